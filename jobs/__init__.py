@@ -1,0 +1,1 @@
+"""Ray entry points over the `pipeline` library, and the `deep-spectral` CLI."""

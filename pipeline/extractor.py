@@ -1,0 +1,129 @@
+"""Batch extraction as a callable: image refs in, shard rows and error rows out.
+
+Loads the backbone once (`__init__`) and maps batches (`__call__`), the shape Ray's batch
+inference expects; it knows nothing about Ray. Every image either yields a row or an error
+row: one bad file never costs the rest of its batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import traceback
+
+import numpy as np
+
+from kernels.backend import to_numpy
+from pipeline.affinity import upsample_features
+from pipeline.backbones import create_backbone
+from pipeline.config import ExtractConfig
+from pipeline.images import ImageError, check_min_size, decode_image
+from pipeline.sources import ImageRef, read_bytes
+from pipeline.spectral import image_spectrum
+
+
+def _array_module(device: str):
+    if device == "cuda":
+        import cupy
+
+        return cupy
+    return np
+
+
+class SpectralExtractor:
+    def __init__(self, cfg: ExtractConfig, device: str = "cpu", batch_size: int = 8):
+        self.cfg = cfg
+        self.config_digest = cfg.digest()
+        self.config_json = cfg.to_json()
+        self.backbone = create_backbone(
+            cfg.backbone.name,
+            weights=cfg.backbone.weights,
+            features=cfg.backbone.features,
+            long_side=cfg.backbone.long_side,
+            device=device,
+            batch_size=batch_size,
+        )
+        # Graph and eigensolve run where the features are: CuPy on a GPU actor.
+        self.xp = _array_module(device)
+
+    def __call__(self, refs: list[ImageRef]) -> tuple[list[dict], list[dict]]:
+        """-> (rows for pipeline.schema.eigen_table, rows for error_table)."""
+        rows, errors, decoded = [], [], []
+        for ref in refs:
+            try:
+                data = read_bytes(ref.uri)
+            except Exception as exc:  # missing object, permissions, network: one record each
+                errors.append(self._error(ref, "read", exc))
+                continue
+            try:
+                image = decode_image(data, self.cfg.max_pixels)
+                check_min_size(image, self.backbone.patch_size)
+            except ImageError as exc:
+                errors.append(self._error(ref, exc.stage, exc))
+                continue
+            decoded.append((ref, image, hashlib.sha256(data).hexdigest()))
+        for (ref, image, sha), output in zip(decoded, self._features([d[1] for d in decoded])):
+            if isinstance(output, Exception):
+                errors.append(self._error(ref, "backbone", output))
+                continue
+            try:
+                rows.append(self._row(ref, image, sha, output))
+            except Exception as exc:
+                errors.append(self._error(ref, "spectral", exc))
+        return rows, errors
+
+    def _features(self, images: list[np.ndarray]) -> list:
+        """Backbone outputs in input order; on a batch failure, retry one by one so the
+        exception lands on the image that caused it."""
+        try:
+            return list(self.backbone(images))
+        except Exception:
+            outputs = []
+            for image in images:
+                try:
+                    outputs.append(self.backbone([image])[0])
+                except Exception as exc:
+                    outputs.append(exc)
+            return outputs
+
+    def _row(self, ref: ImageRef, image: np.ndarray, sha: str, output) -> dict:
+        features = upsample_features(self.xp.asarray(output.features), self.cfg.graph.upsample)
+        spectrum = image_spectrum(features, image, self.cfg)
+        k, grid_h, grid_w = spectrum.eigenvectors.shape
+        row = {
+            "image_id": ref.image_id,
+            "source_uri": ref.uri,
+            "image_sha256": sha,
+            "height": image.shape[0],
+            "width": image.shape[1],
+            "input_height": output.input_hw[0],
+            "input_width": output.input_hw[1],
+            "patch_size": self.backbone.patch_size,
+            "grid_h": grid_h,
+            "grid_w": grid_w,
+            "backbone": self.cfg.backbone.name,
+            "weights_digest": self.backbone.weights_digest,
+            "config_digest": self.config_digest,
+            "k": k,
+            "eigenvalues": spectrum.eigenvalues.tolist(),
+            "eigenvectors": spectrum.eigenvectors.astype(self.cfg.eigen.storage_dtype).ravel(),
+            "eigensolver": spectrum.method,
+            "max_residual": spectrum.max_residual,
+            "feature_dim": None,
+            "features": None,
+        }
+        if self.cfg.store_features:
+            row["feature_dim"] = features.shape[-1]
+            row["features"] = to_numpy(features).astype(np.float32).ravel()
+        return row
+
+    def _error(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
+        reason = str(exc) if isinstance(exc, ImageError) else "".join(
+            traceback.format_exception_only(type(exc), exc)
+        ).strip()
+        return {
+            "image_id": ref.image_id,
+            "source_uri": ref.uri,
+            "config_digest": self.config_digest,
+            "stage": stage,
+            "error_type": type(exc).__name__,
+            "reason": reason[:2000],
+        }

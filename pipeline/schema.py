@@ -1,0 +1,88 @@
+"""The one place that defines what the Parquet shards hold.
+
+Plain Arrow types only (no Ray tensor extension), so shards read back as ordinary columns in
+pyarrow, pandas or DuckDB without Ray installed. Arrays are stored flat, row-major, with their
+shape in sibling columns:
+
+    eigenvectors: K × (grid_h · grid_w), eigenvector i of patch (r, c) at i·N + r·grid_w + c
+    features:     (grid_h · grid_w) × feature_dim, present only with store_features
+
+The full run configuration (JSON) is in each file's metadata under b"deep_spectral.config";
+`config_digest` on every row says which configuration produced it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+CONFIG_METADATA_KEY = b"deep_spectral.config"
+
+EIGEN_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("input_height", pa.int32(), nullable=False),
+        pa.field("input_width", pa.int32(), nullable=False),
+        pa.field("patch_size", pa.int32(), nullable=False),
+        pa.field("grid_h", pa.int32(), nullable=False),
+        pa.field("grid_w", pa.int32(), nullable=False),
+        pa.field("backbone", pa.string(), nullable=False),
+        pa.field("weights_digest", pa.string(), nullable=False),
+        pa.field("config_digest", pa.string(), nullable=False),
+        pa.field("k", pa.int32(), nullable=False),
+        pa.field("eigenvalues", pa.list_(pa.float64()), nullable=False),
+        pa.field("eigenvectors", pa.large_list(pa.float32()), nullable=False),
+        pa.field("eigensolver", pa.string(), nullable=False),
+        pa.field("max_residual", pa.float64(), nullable=False),
+        pa.field("feature_dim", pa.int32(), nullable=True),
+        pa.field("features", pa.large_list(pa.float32()), nullable=True),
+    ]
+)
+
+ERROR_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("config_digest", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("error_type", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+def eigen_schema(storage_dtype: str = "float32") -> pa.Schema:
+    """EIGEN_SCHEMA with eigenvectors stored as float32 or float16 (half the bytes;
+    pyarrow and pandas read it, DuckDB does not know Arrow's half float)."""
+    if storage_dtype == "float32":
+        return EIGEN_SCHEMA
+    if storage_dtype == "float16":
+        index = EIGEN_SCHEMA.get_field_index("eigenvectors")
+        return EIGEN_SCHEMA.set(index, pa.field("eigenvectors", pa.large_list(pa.float16()), nullable=False))
+    raise ValueError(f"storage_dtype must be 'float32' or 'float16', got {storage_dtype!r}")
+
+
+def eigenvectors_of(row: dict) -> np.ndarray:
+    """A row as read back (pyarrow `to_pylist` or pandas) -> eigenvectors (K, grid_h, grid_w)."""
+    flat = np.asarray(row["eigenvectors"], dtype=np.float32)
+    return flat.reshape(row["k"], row["grid_h"], row["grid_w"])
+
+
+def features_of(row: dict) -> np.ndarray:
+    """A row with stored features -> (grid_h, grid_w, feature_dim) float32."""
+    if row.get("features") is None:
+        raise ValueError(f"{row['image_id']}: shard was written without store_features")
+    flat = np.asarray(row["features"], dtype=np.float32)
+    return flat.reshape(row["grid_h"], row["grid_w"], row["feature_dim"])
+
+
+def eigen_table(records: list[dict], storage_dtype: str = "float32") -> pa.Table:
+    """Rows built by pipeline.extractor -> a table in the shard schema."""
+    return pa.Table.from_pylist(records, schema=eigen_schema(storage_dtype))
+
+
+def error_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=ERROR_SCHEMA)

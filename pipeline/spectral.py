@@ -1,0 +1,64 @@
+"""One image's spectral decomposition: features -> graph -> oriented Laplacian eigenvectors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels import smallest_eigenpairs
+from kernels.backend import to_numpy
+from pipeline.affinity import image_affinity
+from pipeline.config import ExtractConfig
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    eigenvalues: np.ndarray  # (k,) ascending, eigenvalues of L = D^-½ (D − W) D^-½
+    eigenvectors: np.ndarray  # (k, h, w) generalized eigenvectors, unit norm, oriented
+    method: str  # the eigensolver that produced them
+    max_residual: float
+
+
+def border_mask(h: int, w: int) -> np.ndarray:
+    """(h, w) bool, True on the outermost ring of the grid."""
+    mask = np.zeros((h, w), dtype=bool)
+    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = True
+    return mask
+
+
+def orient_by_border(eigenvectors: np.ndarray) -> np.ndarray:
+    """Flip eigenvectors 1..k-1 of (k, h, w) so that their positive side touches the border less.
+
+    Objects rarely fill the frame, so "positive = foreground" becomes a deterministic rule
+    (FINDINGS: the minority-side rule picks the wrong side on about a quarter of large-object
+    images). Ties go to the side whose border entries sum to less, then to a positive maximum
+    |entry|, so the output never depends on the eigensolver's arbitrary sign. Index 0, the
+    constant vector, stays positive.
+    """
+    out = eigenvectors.copy()
+    border = border_mask(*eigenvectors.shape[1:])
+    for vec in out[1:]:
+        edge = vec[border]
+        key = (np.sum(edge > 0) - np.sum(edge < 0), float(edge.sum()))
+        if key == (0, 0.0):
+            key = (0, -float(vec.flat[np.argmax(np.abs(vec))]))
+        if key > (0, 0.0):
+            vec *= -1
+    return out
+
+
+def image_spectrum(features, image: np.ndarray, cfg: ExtractConfig) -> Spectrum:
+    """(h, w, C) graph-grid features (NumPy or CuPy) and the (H, W, 3) image -> its Spectrum.
+
+    k is capped at the number of nodes h·w.
+    """
+    h, w = features.shape[:2]
+    W = image_affinity(features, image, cfg.graph)
+    pairs = smallest_eigenpairs(W, min(cfg.eigen.k, h * w), method=cfg.eigen.method)
+    vectors = to_numpy(pairs.eigenvectors).T.reshape(-1, h, w)
+    return Spectrum(
+        eigenvalues=to_numpy(pairs.eigenvalues).astype(np.float64),
+        eigenvectors=orient_by_border(vectors),
+        method=pairs.method,
+        max_residual=float(pairs.max_residual),
+    )

@@ -1,0 +1,77 @@
+"""Shards: schema round-trip through plain pyarrow, atomic commit, rerun bookkeeping."""
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import EigenConfig, ExtractConfig
+from pipeline.schema import CONFIG_METADATA_KEY, EIGEN_SCHEMA, eigen_table, eigenvectors_of, error_table
+from pipeline.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table, write_shard
+
+
+def make_row(image_id: str, digest: str, k=3, gh=4, gw=5, rng=np.random.default_rng(0)):
+    vecs = rng.normal(size=(k, gh, gw)).astype(np.float32)
+    return {
+        "image_id": image_id, "source_uri": f"file:///data/{image_id}", "image_sha256": "0" * 64,
+        "height": 70, "width": 56, "input_height": 56, "input_width": 70, "patch_size": 14,
+        "grid_h": gh, "grid_w": gw, "backbone": "dinov2_vits14_offline", "weights_digest": "abc",
+        "config_digest": digest, "k": k, "eigenvalues": [0.0, 0.1, 0.2][:k],
+        "eigenvectors": vecs.ravel(), "eigensolver": "dense", "max_residual": 1e-12,
+        "feature_dim": None, "features": None,
+    }, vecs
+
+
+def test_roundtrip_with_plain_pyarrow(tmp_path):
+    cfg = ExtractConfig()
+    row, vecs = make_row("a/0001.jpg", cfg.digest())
+    uri = write_shard(eigen_table([row]), str(tmp_path), EIGEN_DIR, cfg.to_json())
+    assert uri.endswith(".parquet")
+    table = pq.read_table(tmp_path / EIGEN_DIR)
+    assert table.schema.remove_metadata().equals(EIGEN_SCHEMA)
+    back = table.to_pylist()[0]
+    np.testing.assert_array_equal(eigenvectors_of(back), vecs)
+    meta = pq.read_schema(next((tmp_path / EIGEN_DIR).glob("*.parquet"))).metadata
+    assert ExtractConfig.from_dict(json.loads(meta[CONFIG_METADATA_KEY])) == cfg
+    assert not list((tmp_path / EIGEN_DIR).glob("_tmp*"))
+
+
+def test_float16_storage(tmp_path):
+    cfg = ExtractConfig(eigen=EigenConfig(storage_dtype="float16"))
+    row, vecs = make_row("x.png", cfg.digest())
+    row["eigenvectors"] = vecs.astype(np.float16).ravel()
+    write_shard(eigen_table([row], "float16"), str(tmp_path), EIGEN_DIR, cfg.to_json())
+    back = pq.read_table(tmp_path / EIGEN_DIR).to_pandas().iloc[0].to_dict()
+    np.testing.assert_allclose(eigenvectors_of(back), vecs, atol=2e-3)
+
+
+def test_same_batch_rewritten_replaces_its_shard(tmp_path):
+    digest = ExtractConfig().digest()
+    rows = [make_row(i, digest)[0] for i in ("a", "b")]
+    write_shard(eigen_table(rows), str(tmp_path), EIGEN_DIR, "{}")
+    write_shard(eigen_table(rows[::-1]), str(tmp_path), EIGEN_DIR, "{}")
+    assert read_table(str(tmp_path)).num_rows == 2
+
+
+def test_finished_ids_by_config_digest(tmp_path):
+    write_shard(eigen_table([make_row("a", "d1")[0], make_row("b", "d1")[0]]), str(tmp_path), EIGEN_DIR, "{}")
+    write_shard(eigen_table([make_row("c", "d2")[0]]), str(tmp_path), EIGEN_DIR, "{}")
+    write_shard(error_table([{"image_id": "z", "source_uri": "u", "config_digest": "d1", "stage": "decode",
+                              "error_type": "ImageError", "reason": "empty"}]), str(tmp_path), ERROR_DIR, "{}")
+    assert finished_ids(str(tmp_path), "d1") == {"a", "b"}
+    assert finished_ids(str(tmp_path), "d2") == {"c"}
+    assert finished_ids(str(tmp_path), "d1", ERROR_DIR) == {"z"}
+    assert finished_ids(str(tmp_path / "nothing-here"), "d1") == set()
+
+
+def test_fsspec_memory_filesystem():
+    out = "memory://deep-spectral-test/out"
+    write_shard(eigen_table([make_row("m", "d")[0]]), out, EIGEN_DIR, "{}")
+    assert finished_ids(out, "d") == {"m"}
+
+
+def test_schema_rejects_wrong_types():
+    row, _ = make_row("a", "d")
+    row["height"] = "tall"
+    with pytest.raises(Exception):
+        eigen_table([row])
