@@ -37,9 +37,9 @@ class SpectralExtractor:
             cfg.backbone.name,
             weights=cfg.backbone.weights,
             features=cfg.backbone.features,
-            long_side=cfg.backbone.long_side,
+            resize=cfg.backbone.long_side or "crop",
             device=device,
-            batch_size=batch_size,
+            max_batch_size=batch_size,
         )
         # Graph and eigensolve run where the features are: CuPy on a GPU actor.
         self.xp = _array_module(device)
@@ -100,7 +100,7 @@ class SpectralExtractor:
             "grid_h": grid_h,
             "grid_w": grid_w,
             "backbone": self.cfg.backbone.name,
-            "weights_digest": self.backbone.weights_digest,
+            "weights_digest": self.backbone.digest,
             "config_digest": self.config_digest,
             "k": k,
             "eigenvalues": spectrum.eigenvalues.tolist(),

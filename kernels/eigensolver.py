@@ -1,0 +1,397 @@
+"""Smallest eigenpairs of a graph's normalised Laplacian, returned as generalised eigenvectors.
+
+For a symmetric non-negative affinity W (N, N) with degrees d = W 1 the reference solves
+(D - W) x = lambda D x by shift-invert (`eigsh(D - W, k, sigma=0, M=D)`). Here the same
+pairs come from the symmetric problem L v = lambda v, L = I - A, A = D^-1/2 W D^-1/2, with
+x = D^-1/2 v (same eigenvalues). The smallest eigenpairs of L are the largest of A, which a
+Krylov method finds without factorising anything: on image graphs the top of A's spectrum
+(1, ~0.9, ~0.5, ... , ~0.04) stands far above a bulk packed around 0.
+
+One pair is known exactly: A sqrt(d) = sqrt(d), i.e. lambda = 0 with x constant. Every
+method below solves only for the other k - 1 pairs, in the complement of sqrt(d), and
+column 0 is set to the exact constant vector.
+
+Methods (`method=`):
+  "dense"        eigh of L (scipy.linalg.eigh subset / cupy.linalg.eigh): O(N^3), exact.
+  "krylov"       block Krylov (block Lanczos, full reorthogonalisation, thick restarts) on A:
+                 all work is GEMMs with W, in float32 unless `tol` asks for more.
+  "shift_invert" the same block Krylov on (L + SHIFT I)^-1 through a sparse LU: for sparse
+                 (KNN) W, whose small eigenvalues are too clustered for a polynomial in A.
+  "lanczos"      ARPACK / cupyx Lanczos (`eigsh(A, which="LA")`), one vector at a time.
+  "lobpcg"       scipy / cupyx LOBPCG on A, largest, constrained to the complement of sqrt(d).
+  "auto"         "dense" for N <= DENSE_MAX_N, else "shift_invert" for sparse W and
+                 "krylov" for dense W.
+The block methods use a block of k + 1 >= k - 1 vectors, so repeated eigenvalues (a graph in
+several components) are resolved; single-vector "lanczos" can silently miss copies of them
+(measured here on a KNN-sparsified graph: eigenvalues off by 2e-3 with every residual below
+tol), which is why "auto" never picks it. Every iterative result is checked: non-finite
+values or a residual ||L v - lambda v|| above `tol` (v unit) send the solve to "dense", and
+the result records which method produced it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from kernels.backend import array_module, is_sparse, scipy_module
+from kernels.laplacian import degrees, inverse_sqrt_degrees, normalized_laplacian
+
+METHODS = ("auto", "dense", "krylov", "shift_invert", "lanczos", "lobpcg")
+
+# At or below this many nodes "auto" uses dense eigh. Measured on the 2-core CPU (K = 15):
+# dense 1.0 / 4.2 / 7.7 ms against krylov 3.1 / 4.7 / 6.0 ms at N = 96 / 204 / 294.
+DENSE_MAX_N = 200
+
+# Shift of the sparse shift-invert method: L + SHIFT I is definite, and 1e-3 is below the
+# spectral gaps that matter while keeping the LU's condition number (~2 / SHIFT) harmless.
+SHIFT = 1e-3
+
+# float32 iterations stall at residuals of 3e-7..1e-6 (measured, N = 700..2800); a `tol`
+# below this iterates in float64 (GEMMs ~2.5x slower on this CPU).
+FLOAT32_MIN_TOL = 5e-6
+
+
+@dataclass(frozen=True)
+class Eigenpairs:
+    """The k smallest eigenpairs of L = I - D^-1/2 W D^-1/2, in W's array module.
+
+    eigenvalues:  (k,) float64, ascending, clipped at 0 (L is positive semi-definite);
+                  eigenvalues[0] == 0.
+    eigenvectors: (N, k) float64, column j the generalised eigenvector x_j = D^-1/2 v_j of
+                  (D - W) x = lambda D x, scaled to unit Euclidean norm. Column 0 is exactly
+                  1/sqrt(N) everywhere (isolated nodes included: their rows of D - W are 0).
+                  The others have their largest-|entry| positive: deterministic, but callers
+                  that need a meaningful sign must orient them themselves.
+    method:       the method that produced the result (one of METHODS other than "auto").
+    max_residual: max_j ||L v_j - lambda_j v_j|| over the unit vectors v_j, in the precision
+                  the method worked in.
+    fallback_from: the iterative method whose result failed the check, if dense took over.
+    """
+
+    eigenvalues: Any
+    eigenvectors: Any
+    method: str
+    max_residual: float
+    fallback_from: Optional[str] = None
+
+
+def smallest_eigenpairs(W, k: int = 15, *, method: str = "auto", tol: float = 1e-5, seed: int = 0,
+                        maxiter: Optional[int] = None, fallback: bool = True) -> Eigenpairs:
+    """Symmetric non-negative W (N, N), dense or sparse, NumPy or CuPy -> Eigenpairs (k of them).
+
+    tol:     accepted residual ||L v - lambda v|| per unit eigenvector. Eigenvalues are then
+             within tol of the exact ones (usually within tol^2 / gap).
+    seed:    seeds the iterative methods' start vectors (same input -> same output).
+    maxiter: iteration cap of the iterative method (block products for "krylov", ARPACK
+             restarts for "lanczos", iterations for "lobpcg"); None = the method's default.
+    fallback: if False, an iterative result that fails the check is returned as it is
+             (its max_residual tells), instead of being recomputed densely.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if W.ndim != 2 or W.shape[0] != W.shape[1]:
+        raise ValueError(f"W must be square (N, N), got shape {W.shape}")
+    n = W.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, N={n}], got {k}")
+    xp = array_module(W)
+    d = degrees(W).astype(xp.float64)
+    if not bool(xp.isfinite(d).all()):
+        raise ValueError("W contains non-finite values")
+    if not bool((d > 0).any()):
+        raise ValueError("W has no edges: every eigenvector of L = I is an eigenvector")
+    r = inverse_sqrt_degrees(d)
+    v0 = xp.sqrt(xp.maximum(d, 0.0))
+    v0 /= xp.linalg.norm(v0)
+
+    if method == "auto":
+        method = "dense" if n <= DENSE_MAX_N else "shift_invert" if is_sparse(W) else "krylov"
+    used, failed = method, None
+    if k == 1:
+        lam, V, res = xp.zeros(0), xp.zeros((n, 0)), xp.zeros(0)
+    elif method == "dense":
+        lam, V, res = _dense(W, r, v0, k - 1)
+    else:
+        dtype = np.float32 if tol >= FLOAT32_MIN_TOL else np.float64
+        solver = {"krylov": _krylov, "shift_invert": _shift_invert, "lanczos": _lanczos,
+                  "lobpcg": _lobpcg}[method]
+        lam, V, res = solver(W, r, v0, k - 1, tol=tol, seed=seed, maxiter=maxiter, dtype=dtype)
+        if fallback and not float(res.max()) <= tol:  # `not <=` also catches NaN
+            used, failed = "dense", method
+            lam, V, res = _dense(W, r, v0, k - 1)
+    return _assemble(lam, V, res, r, v0, used, failed)
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+def _assemble(lam, V, res, r, v0, method, fallback_from) -> Eigenpairs:
+    """L's pairs (lambda, v) for the k - 1 non-trivial ones -> Eigenpairs with x = D^-1/2 v."""
+    xp = array_module(V)
+    n = v0.shape[0]
+    lam = xp.concatenate([xp.zeros(1), xp.maximum(lam.astype(xp.float64), 0.0)])
+    V = xp.concatenate([v0[:, None], V.astype(xp.float64)], axis=1)
+    # Isolated nodes map with 1, not 0: their own eigenvector (L e_i = e_i) must not vanish.
+    x = xp.where(r > 0, r, 1.0)[:, None] * V
+    x /= xp.linalg.norm(x, axis=0, keepdims=True)
+    peak = x[xp.argmax(xp.abs(x), axis=0), xp.arange(x.shape[1])]
+    x *= xp.where(peak < 0, -1.0, 1.0)[None, :]
+    x[:, 0] = 1.0 / np.sqrt(n)
+    max_res = float(res.max()) if res.shape[0] else 0.0
+    return Eigenpairs(lam, x, method, max_res, fallback_from)
+
+
+def _operator(W, r, dtype):
+    """X (N, b) -> A X = D^-1/2 W D^-1/2 X in `dtype`, without forming A (one GEMM with W)."""
+    Wc = W if W.dtype == dtype else W.astype(dtype)  # cupyx sparse astype has no copy=
+    rc = r.astype(dtype)[:, None]
+
+    def apply(X):
+        return rc * (Wc @ (rc * X))
+
+    return apply
+
+
+def _start_block(n, b, seed, like, dtype):
+    """Seeded Gaussian (n, b) block, drawn on the host so CPU and GPU runs start identically."""
+    xp = array_module(like)
+    block = np.random.default_rng(seed).standard_normal((n, b))
+    return xp.asarray(block, dtype=dtype)
+
+
+def _residual_norms(AV, V, theta):
+    """||A v_j - theta_j v_j|| per column; equal to ||L v_j - lambda_j v_j||."""
+    xp = array_module(V)
+    return xp.linalg.norm(AV - V * theta[None, :].astype(V.dtype), axis=0).astype(xp.float64)
+
+
+def _dense(W, r, v0, m):
+    """The m smallest pairs of L other than (0, v0), by dense eigh in float64."""
+    xp = array_module(v0)
+    linalg = scipy_module(v0).linalg
+    dense = W.toarray() if is_sparse(W) else W
+    L, _ = normalized_laplacian(dense.astype(xp.float64, copy=False))
+    # Lift the known null vector to 3 > lambda_max(L) <= 2 so the m smallest are the others.
+    L += 3.0 * (v0[:, None] * v0[None, :])
+    if xp is np:
+        lam, V = linalg.eigh(L, subset_by_index=[0, m - 1], overwrite_a=False, check_finite=False)
+    else:  # cupy.linalg.eigh has no subset: full syevd, then the first m columns
+        lam, V = xp.linalg.eigh(L)
+        lam, V = lam[:m], V[:, :m]
+    return lam, V, _residual_norms(L @ V, V, lam)
+
+
+# ------------------------------------------------------------------------------ block Krylov
+
+def _krylov(W, r, v0, m, *, tol, seed, maxiter, dtype):
+    """The m largest pairs of A in the complement of v0 by block Krylov -> L's (lambda, v, res)."""
+    n = v0.shape[0]
+    # Block size >= m: a block method captures at most `block` copies of a repeated eigenvalue,
+    # so a smaller block could silently miss one (two components, symmetric graphs).
+    block = min(m + 2, n - 1)
+    apply = _operator(W, r, dtype)
+    start = _start_block(n, block, seed, v0, dtype)
+    theta, V, res = largest_eigenpairs_block_krylov(
+        apply, start, m, deflate=v0.astype(dtype)[:, None], tol=tol,
+        max_products=maxiter if maxiter is not None else 60)
+    return 1.0 - theta, V, res
+
+
+def _qr(Z):
+    """Thin QR (N, b) -> Q (N, b), R (b, b), from the array module's own linalg.
+
+    Not scipy.linalg.qr, although it is ~2x faster alone: SciPy and NumPy wheels each bundle
+    their own OpenBLAS, and alternating calls between the two thread pools (spinning threads
+    competing for 2 cores) made the whole loop ~4x slower here.
+    """
+    return array_module(Z).linalg.qr(Z)
+
+
+def _orthonormalize(Z, B):
+    """Z (N, b) -> orthonormal (N, b) spanning Z's part orthogonal to B's orthonormal columns."""
+    xp = array_module(Z)
+    scale = float(xp.linalg.norm(Z, axis=0).max())
+    for _ in range(2):  # classical Gram-Schmidt twice: BLAS-3 and orthogonal to rounding
+        Z = Z - B @ (B.T @ Z)
+    Q, R = _qr(Z)
+    # A column of Z that lay (almost) in span(B) comes out of QR as amplified rounding noise,
+    # not orthogonal to B; project the normalised block once more in that case.
+    if float(xp.abs(xp.diagonal(R)).min()) < 1e-3 * scale:
+        Q, _ = _qr(Q - B @ (B.T @ Q))
+    return Q
+
+
+def largest_eigenpairs_block_krylov(apply, start, m, *, deflate, tol, max_products=60, max_dim=None):
+    """Largest m eigenpairs of a symmetric operator on the complement of `deflate`.
+
+    apply:   X (N, b) -> A X (N, b); A symmetric, in the dtype of `start`.
+    start:   (N, b) start block, b >= m (see _krylov).
+    deflate: (N, p) orthonormal columns excluded from the search (known eigenvectors).
+    Returns theta (m,) descending (float64), V (N, m) orthonormal, residual norms (m,)
+    ||A v - theta v||, computed explicitly from stored products (no extra apply).
+
+    Block Lanczos with full reorthogonalisation: the basis Q and A Q are kept, T = Q^T A Q
+    grows by one block column per product, and Rayleigh-Ritz on T gives the pairs. When the
+    basis would exceed max_dim, it restarts from the best Ritz vectors (whose images are
+    already known) extended by their residual directions.
+    """
+    xp = array_module(start)
+    n, b = start.shape
+    p = deflate.shape[1]
+    room = n - p
+    cap = min(max_dim or 10 * b, room)
+    # Column-major, and `deflate` stored in front: every basis Q[:, :p + dim] is a contiguous
+    # view, so reorthogonalisation copies nothing.
+    Q = xp.empty((n, p + cap), dtype=start.dtype, order="F")
+    Q[:, :p] = deflate
+    AQ = xp.empty((n, cap), dtype=start.dtype, order="F")
+    T = xp.zeros((cap, cap), dtype=xp.float64)
+    new = _orthonormalize(start, deflate)
+    dim, products = 0, 0
+    # Rayleigh-Ritz costs an eigh of T plus two GEMMs, so it runs only where convergence is
+    # plausible: from a basis of 4 blocks on, then as often as the observed rate suggests.
+    next_check, last = 4, None
+    while True:
+        nb = new.shape[1]
+        Q[:, p + dim:p + dim + nb] = new
+        AQ[:, dim:dim + nb] = apply(new)
+        products += 1
+        coupling = (Q[:, p:p + dim + nb].T @ AQ[:, dim:dim + nb]).astype(xp.float64)
+        T[:dim + nb, dim:dim + nb] = coupling
+        T[dim:dim + nb, :dim + nb] = coupling.T
+        dim += nb
+        # A full next block must fit; when the space itself is smaller (cap == room) the
+        # last block is cut instead and Rayleigh-Ritz on the whole space is exact.
+        restart = dim + b > cap and cap < room
+        if products >= min(next_check, max_products) or dim >= room or restart:
+            # 2b Ritz pairs: the top m are the answer, all 2b survive a thick restart.
+            theta, Y = _top_ritz(T[:dim, :dim], min(dim, 2 * b))
+            Yc = Y.astype(Q.dtype)
+            V, AV = Q[:, p:p + dim] @ Yc, AQ[:, :dim] @ Yc
+            res = _residual_norms(AV[:, :m], V[:, :m], theta[:m])
+            worst = float(res.max())
+            if worst <= tol or products >= max_products or dim >= room:
+                return theta[:m], V[:, :m], res
+            next_check = products + _products_to_tol(worst, tol, last, products)
+            last = (worst, products)
+            if restart:
+                # Thick restart: the 2b Ritz vectors and their images replace the basis, T
+                # becomes diagonal, and the next block is the top b's residual directions.
+                keep = V.shape[1]
+                Q[:, p:p + keep], AQ[:, :keep] = V, AV
+                T[:] = 0.0
+                T[xp.arange(keep), xp.arange(keep)] = theta
+                dim = keep
+                new = _orthonormalize(AV[:, :b], Q[:, :p + dim])
+                continue
+        new = _orthonormalize(AQ[:, dim - nb:dim], Q[:, :p + dim])
+        new = new[:, :cap - dim]
+
+
+def _products_to_tol(worst, tol, last, products):
+    """Products until the next Rayleigh-Ritz: the geometric rate seen so far, at least 1."""
+    if last is None or not 0 < worst < last[0] or not tol > 0:
+        return 1
+    rate = (worst / last[0]) ** (1.0 / (products - last[1]))
+    return int(min(max(1.0, np.log(tol / worst) / np.log(rate)), 1e6))
+
+
+def _top_ritz(T, count):
+    """Symmetric T (dim, dim) -> its `count` largest eigenvalues (descending) and vectors."""
+    xp = array_module(T)
+    theta, Y = xp.linalg.eigh(T)
+    return theta[::-1][:count], Y[:, ::-1][:, :count]
+
+
+# ----------------------------------------------------------------------------- shift-invert
+
+def _shift_invert(W, r, v0, m, *, tol, seed, maxiter, dtype):
+    """Sparse W: block Krylov on (L + SHIFT I)^-1 through a sparse LU -> L's (lambda, v, res).
+
+    KNN-sparsified graphs pack their smallest eigenvalues within ~1e-3 of each other and of
+    0 (often several exact zeros: the graph falls apart), where a polynomial in A converges
+    too slowly; inverting maps them to 1/(lambda + SHIFT), far apart. A positive shift keeps
+    L + SHIFT I definite even though L is singular. The block (>= m) still resolves repeated
+    eigenvalues, which single-vector shift-invert Lanczos can miss without warning.
+    """
+    if not is_sparse(W):
+        raise ValueError("method='shift_invert' needs a sparse W (its LU would be dense)")
+    xp = array_module(v0)
+    sp = scipy_module(v0)
+    n = v0.shape[0]
+    L, _ = normalized_laplacian(W if W.dtype == xp.float64 else W.astype(xp.float64))
+    lu = sp.sparse.linalg.splu((L + SHIFT * sp.sparse.identity(n, format="csr")).tocsc())
+    block = min(m + 2, n - 1)
+    # B v = mu v + e gives ||L v - (1/mu - SHIFT) v|| <= ||L + SHIFT I|| ||e|| / mu <= ~4 ||e||.
+    _, V, _ = largest_eigenpairs_block_krylov(
+        lu.solve, _start_block(n, block, seed, v0, xp.float64), m, deflate=v0[:, None],
+        tol=tol / 5, max_products=maxiter if maxiter is not None else 30)
+    # Rayleigh-Ritz with L itself: eigenvalues and residuals of the problem we promise.
+    LV = L @ V
+    lam, Y = xp.linalg.eigh(V.T @ LV)
+    V, LV = V @ Y, LV @ Y
+    return lam, V, _residual_norms(LV, V, lam)
+
+
+# ---------------------------------------------------------------------- library iterative
+
+def _deflated_linear_operator(W, r, v0, dtype):
+    """A with v0 moved from eigenvalue 1 to -1 (the bottom of A's [-1, 1]), as a LinearOperator."""
+    sparse_linalg = scipy_module(v0).sparse.linalg
+    apply = _operator(W, r, dtype)
+    u = v0.astype(dtype)[:, None]
+    n = v0.shape[0]
+
+    def matmat(X):
+        X2 = X.reshape(n, -1)
+        out = apply(X2) - 2.0 * (u @ (u.T @ X2))
+        return out.reshape(X.shape)
+
+    return sparse_linalg.LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=dtype)
+
+
+def _lanczos(W, r, v0, m, *, tol, seed, maxiter, dtype):
+    """ARPACK (CPU) or cupyx (GPU) Lanczos for A's m largest ("LA") -> L's (lambda, v, res)."""
+    xp = array_module(v0)
+    sparse_linalg = scipy_module(v0).sparse.linalg
+    op = _deflated_linear_operator(W, r, v0, dtype)
+    start = _start_block(v0.shape[0], 1, seed, v0, dtype)[:, 0]
+    try:
+        theta, V = sparse_linalg.eigsh(op, m, which="LA", v0=start, tol=tol, maxiter=maxiter)
+    except (RuntimeError, ValueError, ArithmeticError):  # ARPACK no-convergence / LinAlgError
+        return _failed(v0, m, dtype)
+    order = xp.argsort(-theta)
+    theta, V = theta[order].astype(xp.float64), V[:, order]
+    res = _residual_norms(_operator(W, r, dtype)(V), V, theta)
+    return 1.0 - theta, V, res
+
+
+def _lobpcg(W, r, v0, m, *, tol, seed, maxiter, dtype):
+    """scipy / cupyx LOBPCG for A's m largest, orthogonal to v0 -> L's (lambda, v, res)."""
+    xp = array_module(v0)
+    sparse_linalg = scipy_module(v0).sparse.linalg
+    apply = _operator(W, r, dtype)
+    n = v0.shape[0]
+    op = sparse_linalg.LinearOperator((n, n), matvec=apply, matmat=apply, dtype=dtype)
+    start = _start_block(n, m, seed, v0, dtype)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # non-convergence is judged by our residual check
+            theta, V = sparse_linalg.lobpcg(op, start, Y=v0.astype(dtype)[:, None], tol=tol,
+                                            maxiter=maxiter if maxiter is not None else 100,
+                                            largest=True)
+    except (RuntimeError, ValueError, ArithmeticError):
+        return _failed(v0, m, dtype)
+    order = xp.argsort(-theta)
+    theta, V = theta[order].astype(xp.float64), V[:, order]
+    res = _residual_norms(apply(V), V, theta)
+    return 1.0 - theta, V, res
+
+
+def _failed(v0, m, dtype):
+    """A result that fails every check, for solvers that raised."""
+    xp = array_module(v0)
+    nan = xp.full(m, xp.nan)
+    return nan, xp.full((v0.shape[0], m), xp.nan, dtype=dtype), nan

