@@ -99,7 +99,7 @@ def run_extract(source: str, out: str, cfg: ExtractConfig, runtime: RuntimeConfi
         fn_constructor_kwargs={"config_json": cfg.to_json(), "out": out, "device": device,
                                "batch_size": runtime.batch_size, "threads": threads},
         batch_size=runtime.batch_size,
-        concurrency=n_actors,
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
         **resources,
     ).take_all()
     failed = [r for r in results if not r["ok"]]
