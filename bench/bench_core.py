@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--k", type=int, default=15)
     args = parser.parse_args()
-    paths = sorted((Path(args.data_root) / "ecssd").glob("*.jpg"))[: args.images] or sorted((ROOT / "samples").glob("*.jpg"))
+    paths = sorted((Path(args.data_root) / "ecssd" / "images").glob("*.jpg"))[: args.images] or sorted((ROOT / "samples").glob("*.jpg"))
     cfg = ExtractConfig()
     backbone = create_backbone(cfg.backbone.name, resize=cfg.backbone.long_side)
     backbone([decode_image((ROOT / "samples" / "chelsea.jpg").read_bytes())])  # warm-up

@@ -45,8 +45,9 @@ METHODS = ("auto", "dense", "krylov", "shift_invert", "lanczos", "lobpcg")
 # dense 1.0 / 4.2 / 7.7 ms against krylov 3.1 / 4.7 / 6.0 ms at N = 96 / 204 / 294.
 DENSE_MAX_N = 200
 
-# Shift of the sparse shift-invert method: L + SHIFT I is definite, and 1e-3 is below the
-# spectral gaps that matter while keeping the LU's condition number (~2 / SHIFT) harmless.
+# Shift of the sparse shift-invert method: small against the eigenvalues sought on KNN graphs
+# (~1e-3..1e-1), so 1/(lambda + SHIFT) spreads them apart, yet it keeps the singular L's
+# L + SHIFT I definite with a harmless condition number (~2 / SHIFT).
 SHIFT = 1e-3
 
 # float32 iterations stall at residuals of 3e-7..1e-6 (measured, N = 700..2800); a `tol`
@@ -173,7 +174,8 @@ def _dense(W, r, v0, m):
     linalg = scipy_module(v0).linalg
     dense = W.toarray() if is_sparse(W) else W
     L, _ = normalized_laplacian(dense.astype(xp.float64, copy=False))
-    # Lift the known null vector to 3 > lambda_max(L) <= 2 so the m smallest are the others.
+    # Move the known null vector's eigenvalue from 0 to 3 (> 2 >= lambda_max(L)): the m
+    # smallest are then exactly the pairs still missing, whatever the multiplicity of 0.
     L += 3.0 * (v0[:, None] * v0[None, :])
     if xp is np:
         lam, V = linalg.eigh(L, subset_by_index=[0, m - 1], overwrite_a=False, check_finite=False)
@@ -223,14 +225,19 @@ def _orthonormalize(Z, B):
     return Q
 
 
-def largest_eigenpairs_block_krylov(apply, start, m, *, deflate, tol, max_products=60, max_dim=None):
+def largest_eigenpairs_block_krylov(apply, start, m, *, deflate, tol, measure=None,
+                                    max_products=60, max_dim=None):
     """Largest m eigenpairs of a symmetric operator on the complement of `deflate`.
 
     apply:   X (N, b) -> A X (N, b); A symmetric, in the dtype of `start`.
     start:   (N, b) start block, b >= m (see _krylov).
     deflate: (N, p) orthonormal columns excluded from the search (known eigenvectors).
-    Returns theta (m,) descending (float64), V (N, m) orthonormal, residual norms (m,)
-    ||A v - theta v||, computed explicitly from stored products (no extra apply).
+    tol:     converged when every residual <= tol.
+    measure: optional (V (N, m), theta (m,)) -> (m,) residuals to test instead of
+             ||A v - theta v|| (for an A that only stands in for the problem, as in
+             shift-invert).
+    Returns theta (m,) descending (float64), V (N, m) orthonormal, and the residuals: by
+    default ||A v - theta v||, computed explicitly from stored products (no extra apply).
 
     Block Lanczos with full reorthogonalisation: the basis Q and A Q are kept, T = Q^T A Q
     grows by one block column per product, and Rayleigh-Ritz on T gives the pairs. When the
@@ -241,7 +248,7 @@ def largest_eigenpairs_block_krylov(apply, start, m, *, deflate, tol, max_produc
     n, b = start.shape
     p = deflate.shape[1]
     room = n - p
-    cap = min(max_dim or 10 * b, room)
+    cap = min(max(max_dim or 10 * b, 3 * b), room)  # a thick restart keeps 2b, adds b
     # Column-major, and `deflate` stored in front: every basis Q[:, :p + dim] is a contiguous
     # view, so reorthogonalisation copies nothing.
     Q = xp.empty((n, p + cap), dtype=start.dtype, order="F")
@@ -270,7 +277,10 @@ def largest_eigenpairs_block_krylov(apply, start, m, *, deflate, tol, max_produc
             theta, Y = _top_ritz(T[:dim, :dim], min(dim, 2 * b))
             Yc = Y.astype(Q.dtype)
             V, AV = Q[:, p:p + dim] @ Yc, AQ[:, :dim] @ Yc
-            res = _residual_norms(AV[:, :m], V[:, :m], theta[:m])
+            if measure is None:
+                res = _residual_norms(AV[:, :m], V[:, :m], theta[:m])
+            else:
+                res = measure(V[:, :m], theta[:m])
             worst = float(res.max())
             if worst <= tol or products >= max_products or dim >= room:
                 return theta[:m], V[:, :m], res
@@ -291,11 +301,15 @@ def largest_eigenpairs_block_krylov(apply, start, m, *, deflate, tol, max_produc
 
 
 def _products_to_tol(worst, tol, last, products):
-    """Products until the next Rayleigh-Ritz: the geometric rate seen so far, at least 1."""
+    """Products until the next Rayleigh-Ritz: 1 or 2, from the geometric rate seen so far.
+
+    At most 2 because Krylov convergence speeds up as it goes (a rate measured early
+    predicts too many products), and a product costs several Rayleigh-Ritz steps.
+    """
     if last is None or not 0 < worst < last[0] or not tol > 0:
         return 1
     rate = (worst / last[0]) ** (1.0 / (products - last[1]))
-    return int(min(max(1.0, np.log(tol / worst) / np.log(rate)), 1e6))
+    return 2 if np.log(tol / worst) / np.log(rate) >= 2 else 1
 
 
 def _top_ritz(T, count):
@@ -309,6 +323,8 @@ def _top_ritz(T, count):
 
 def _shift_invert(W, r, v0, m, *, tol, seed, maxiter, dtype):
     """Sparse W: block Krylov on (L + SHIFT I)^-1 through a sparse LU -> L's (lambda, v, res).
+
+    Always float64 (`dtype` is ignored): the LU is computed once and its solves are cheap.
 
     KNN-sparsified graphs pack their smallest eigenvalues within ~1e-3 of each other and of
     0 (often several exact zeros: the graph falls apart), where a polynomial in A converges
@@ -324,32 +340,38 @@ def _shift_invert(W, r, v0, m, *, tol, seed, maxiter, dtype):
     L, _ = normalized_laplacian(W if W.dtype == xp.float64 else W.astype(xp.float64))
     lu = sp.sparse.linalg.splu((L + SHIFT * sp.sparse.identity(n, format="csr")).tocsc())
     block = min(m + 2, n - 1)
-    # B v = mu v + e gives ||L v - (1/mu - SHIFT) v|| <= ||L + SHIFT I|| ||e|| / mu <= ~4 ||e||.
+
+    def rayleigh_ritz_with_L(V):
+        # Eigenvalues and residuals of L itself, the problem we promise, on span(V).
+        LV = L @ V
+        lam, Y = xp.linalg.eigh(V.T @ LV)
+        V, LV = V @ Y, LV @ Y
+        return lam, V, _residual_norms(LV, V, lam)
+
     _, V, _ = largest_eigenpairs_block_krylov(
-        lu.solve, _start_block(n, block, seed, v0, xp.float64), m, deflate=v0[:, None],
-        tol=tol / 5, max_products=maxiter if maxiter is not None else 30)
-    # Rayleigh-Ritz with L itself: eigenvalues and residuals of the problem we promise.
-    LV = L @ V
-    lam, Y = xp.linalg.eigh(V.T @ LV)
-    V, LV = V @ Y, LV @ Y
-    return lam, V, _residual_norms(LV, V, lam)
+        lu.solve, _start_block(n, block, seed, v0, xp.float64), m, deflate=v0[:, None], tol=tol,
+        measure=lambda V, mu: rayleigh_ritz_with_L(V)[2],
+        max_products=maxiter if maxiter is not None else 30)
+    return rayleigh_ritz_with_L(V)
 
 
 # ---------------------------------------------------------------------- library iterative
 
-def _deflated_linear_operator(W, r, v0, dtype):
-    """A with v0 moved from eigenvalue 1 to -1 (the bottom of A's [-1, 1]), as a LinearOperator."""
-    sparse_linalg = scipy_module(v0).sparse.linalg
-    apply = _operator(W, r, dtype)
-    u = v0.astype(dtype)[:, None]
-    n = v0.shape[0]
+def _linear_operator(apply, n, dtype, like):
+    """apply (on (N, b) blocks) -> a scipy / cupyx LinearOperator taking (N,) or (N, b)."""
+    sparse_linalg = scipy_module(like).sparse.linalg
 
     def matmat(X):
-        X2 = X.reshape(n, -1)
-        out = apply(X2) - 2.0 * (u @ (u.T @ X2))
-        return out.reshape(X.shape)
+        return apply(X.reshape(n, -1)).reshape(X.shape)
 
     return sparse_linalg.LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=dtype)
+
+
+def _deflated_linear_operator(W, r, v0, dtype):
+    """A with v0 moved from eigenvalue 1 to -1 (the bottom of A's [-1, 1]), as a LinearOperator."""
+    apply = _operator(W, r, dtype)
+    u = v0.astype(dtype)[:, None]
+    return _linear_operator(lambda X: apply(X) - 2.0 * (u @ (u.T @ X)), v0.shape[0], dtype, v0)
 
 
 def _lanczos(W, r, v0, m, *, tol, seed, maxiter, dtype):
@@ -374,7 +396,7 @@ def _lobpcg(W, r, v0, m, *, tol, seed, maxiter, dtype):
     sparse_linalg = scipy_module(v0).sparse.linalg
     apply = _operator(W, r, dtype)
     n = v0.shape[0]
-    op = sparse_linalg.LinearOperator((n, n), matvec=apply, matmat=apply, dtype=dtype)
+    op = _linear_operator(apply, n, dtype, v0)
     start = _start_block(n, m, seed, v0, dtype)
     try:
         with warnings.catch_warnings():

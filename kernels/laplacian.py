@@ -28,8 +28,8 @@ def inverse_sqrt_degrees(d):
 def normalized_laplacian(W):
     """Symmetric non-negative W (N, N), dense or sparse -> (L (N, N), d (N,)).
 
-    L = I - D^-1/2 W D^-1/2, the same kind as W (dense stays dense, sparse stays sparse CSR,
-    NumPy stays NumPy, CuPy stays CuPy); d = W @ 1 are the degrees.
+    L = I - D^-1/2 W D^-1/2, the same kind as W: dense stays dense (same dtype), any sparse
+    format becomes a CSR matrix, NumPy stays NumPy, CuPy stays CuPy; d = W @ 1 (degrees).
 
     Isolated nodes (d_i = 0, an all-zero row of W) take d_i^-1/2 = 0, so row and column i of
     L become the unit vector e_i: L e_i = e_i, an eigenvalue 1 that sits inside the bulk of
@@ -41,9 +41,13 @@ def normalized_laplacian(W):
     r = inverse_sqrt_degrees(d)
     n = W.shape[0]
     if is_sparse(W):
+        # Scale the stored entries in place of diagonal-matrix products: plain COO indexing
+        # that scipy.sparse and cupyx.scipy.sparse share, and one pass over nnz.
         sparse = scipy_module(W).sparse
-        scale = sparse.diags(r.astype(W.dtype, copy=False))
-        L = sparse.identity(n, dtype=W.dtype, format="csr") - (scale @ W @ scale)
+        coo = W.tocoo()
+        scaled = coo.data * r[coo.row] * r[coo.col]
+        A = sparse.coo_matrix((scaled.astype(W.dtype, copy=False), (coo.row, coo.col)), shape=W.shape)
+        L = sparse.identity(n, dtype=W.dtype, format="csr") - A.tocsr()
         return L.tocsr(), d
     L = -(r[:, None] * W * r[None, :])
     L[xp.diag_indices(n)] += 1.0

@@ -49,8 +49,8 @@ def test_feature_affinity_is_clipped_cosine():
     f = rng.normal(size=(50, 8))
     W = feature_affinity(f)
     fn = f / np.linalg.norm(f, axis=1, keepdims=True)
-    np.testing.assert_allclose(W, np.maximum(fn @ fn.T, 0))
-    assert (W >= 0).all() and np.allclose(np.diag(W), 1)
+    np.testing.assert_allclose(W, np.maximum(fn @ fn.T, 0), atol=1e-6)
+    assert W.dtype == np.float64 and (W >= 0).all() and np.allclose(np.diag(W), 1)
     assert (W == 0).any()  # random features have negative cosines, clipped
 
 

@@ -95,11 +95,14 @@ def assert_matches_dense(pairs: Eigenpairs, W, ref_vals, ref_vecs, k=K):
         gap = ref_vals[j] - ref_vals[j - 1]
         if gap < 1e-3:  # a cluster: only the subspace around it is determined
             continue
-        # Projector distance = sin of the largest principal angle <= ||R||_F / gap.
-        P = V[:, :j] @ V[:, :j].T
-        P_ref = ref_vecs[:, :j] @ ref_vecs[:, :j].T
-        bound = np.sqrt(j) * max(pairs.max_residual, 1e-7) / gap * 2 + 1e-6
-        assert np.linalg.norm(P - P_ref, 2) <= bound, (j, gap)
+        # ||P - P_ref||_2 = sin of the largest principal angle <= ||R||_F / gap (Davis-Kahan),
+        # = ||(I - P) V_ref||_2 with P onto an orthonormal basis of ours (QR: float32-iterated
+        # vectors are orthogonal only to ~1e-7); accurate for small angles, unlike 1 - cos^2.
+        basis, _ = np.linalg.qr(V[:, :j])
+        ref = ref_vecs[:, :j]
+        sin_max = np.linalg.norm(ref - basis @ (basis.T @ ref), 2)
+        bound = 2 * np.sqrt(j) * max(pairs.max_residual, 1e-7) / gap + 1e-6
+        assert sin_max <= bound, (j, gap, sin_max, bound)
 
 
 def generalized_residual(pairs: Eigenpairs, W) -> float:
@@ -190,7 +193,8 @@ def test_isolated_node(method):
     assert np.isfinite(pairs.eigenvectors).all()
     np.testing.assert_allclose(pairs.eigenvalues, ref_vals[:K], atol=TOL)
     assert pairs.eigenvectors[5, 0] == 1.0 / np.sqrt(W.shape[0])
-    np.testing.assert_allclose(pairs.eigenvectors[5, 1:], 0.0, atol=TOL)  # residual-level
+    # Exactly 0 in exact arithmetic; iterative methods leave residual-level noise there.
+    np.testing.assert_allclose(pairs.eigenvectors[5, 1:], 0.0, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ("dense", "krylov", "shift_invert"))
@@ -230,6 +234,25 @@ def test_without_fallback_the_unconverged_result_is_returned():
     _, W = graph("astronaut", 700)
     pairs = smallest_eigenpairs(W, K, method="krylov", maxiter=2, fallback=False)
     assert pairs.method == "krylov" and pairs.max_residual > TOL
+
+
+def test_block_krylov_thick_restarts():
+    """A basis capped at 4 blocks forces restarts; the answer must not change."""
+    from kernels.eigensolver import _operator, _start_block, largest_eigenpairs_block_krylov
+    from kernels.laplacian import degrees, inverse_sqrt_degrees
+
+    key, W = graph("rocket", 700)
+    d = degrees(W)
+    v0 = np.sqrt(d) / np.linalg.norm(np.sqrt(d))
+    apply = _operator(W, inverse_sqrt_degrees(d), np.float64)
+    start = _start_block(W.shape[0], K + 1, 0, v0, np.float64)
+    theta, V, res = largest_eigenpairs_block_krylov(apply, start, K - 1, deflate=v0[:, None],
+                                                    tol=1e-8, max_dim=4 * (K + 1))
+    assert res.max() <= 1e-8
+    ref_vals, _ = dense_reference(key, W)
+    np.testing.assert_allclose(1.0 - theta, ref_vals[1:K], atol=1e-10)
+    np.testing.assert_allclose(V.T @ V, np.eye(K - 1), atol=1e-10)
+    np.testing.assert_allclose(V.T @ v0, 0.0, atol=1e-10)
 
 
 def test_deterministic():
