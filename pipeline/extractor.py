@@ -11,7 +11,6 @@ import traceback
 
 import numpy as np
 
-from kernels.backend import to_numpy
 from pipeline.affinity import upsample_features
 from pipeline.backbones import create_backbone
 from pipeline.config import ExtractConfig
@@ -85,8 +84,7 @@ class SpectralExtractor:
             return outputs
 
     def _row(self, ref: ImageRef, image: np.ndarray, sha: str, output) -> dict:
-        features = upsample_features(self.xp.asarray(output.features), self.cfg.graph.upsample)
-        spectrum = image_spectrum(features, image, self.cfg)
+        spectrum = image_spectrum(self.xp.asarray(output.features), image, self.cfg)
         k, grid_h, grid_w = spectrum.eigenvectors.shape
         row = {
             "image_id": ref.image_id,
@@ -111,8 +109,10 @@ class SpectralExtractor:
             "features": None,
         }
         if self.cfg.store_features:
+            # Stored on the eigenvectors' grid, so one (grid_h, grid_w) describes both.
+            features = upsample_features(output.features, self.cfg.graph.upsample)
             row["feature_dim"] = features.shape[-1]
-            row["features"] = to_numpy(features).astype(np.float32).ravel()
+            row["features"] = features.astype(np.float32).ravel()
         return row
 
     def _error(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:

@@ -48,11 +48,12 @@ def orient_by_border(eigenvectors: np.ndarray) -> np.ndarray:
 
 
 def image_spectrum(features, image: np.ndarray, cfg: ExtractConfig) -> Spectrum:
-    """(h, w, C) graph-grid features (NumPy or CuPy) and the (H, W, 3) image -> its Spectrum.
+    """(h, w, C) backbone features (NumPy or CuPy) and the (H, W, 3) image -> its Spectrum
+    on the (h·u, w·u) grid, u = cfg.graph.upsample.
 
-    k is capped at the number of nodes h·w.
+    k is capped at the number of nodes.
     """
-    h, w = features.shape[:2]
+    h, w = features.shape[0] * cfg.graph.upsample, features.shape[1] * cfg.graph.upsample
     W = image_affinity(features, image, cfg.graph)
     pairs = smallest_eigenpairs(W, min(cfg.eigen.k, h * w), method=cfg.eigen.method)
     vectors = to_numpy(pairs.eigenvectors).T.reshape(-1, h, w)

@@ -1,8 +1,9 @@
 """kernels.eigensolver against dense eigh, on affinity graphs of real photographs.
 
-Until the backbone is wired in, the graphs are built the way the pipeline builds them
-(W = max(f f^T, 0) over L2-normalised per-patch descriptors) from descriptors that need no
-model: each 8x8 RGB patch, mean-centred over the image, plus its grid position.
+Two kinds of graph: the pipeline's own (offline ViT features of the sample photos through
+pipeline.affinity, at the default grid and upsampled 2x), and, for the many method/edge-case
+tests that need no model, W = max(f f^T, 0) over L2-normalised pixel descriptors of the same
+photos (each 8x8 RGB patch, mean-centred over the image, plus its grid position).
 """
 from __future__ import annotations
 
@@ -376,3 +377,32 @@ class TestCuPy:
         pairs = smallest_eigenpairs(cupy.asarray(W), K, method="krylov", maxiter=1)
         assert pairs.method == "dense" and pairs.fallback_from == "krylov"
         assert_matches_dense(pairs, W, *dense_reference(key, W))
+
+
+# ------------------------------------------------------------- the pipeline's own ViT graphs
+
+@pytest.fixture(scope="module")
+def vit_graphs(offline_weights):
+    """{(name, upsample): float32 W} from the offline backbone's features at long side 448."""
+    from pipeline.affinity import feature_affinity
+    from pipeline.backbones import create_backbone
+
+    backbone = create_backbone("dinov2_vits14_offline", weights=str(offline_weights), resize=448)
+    graphs = {}
+    for name in ("astronaut", "coffee"):
+        image = np.asarray(Image.open(SAMPLES / f"{name}.jpg").convert("RGB"))
+        features = backbone([image])[0].features
+        for upsample in (1, 2):
+            graphs[(name, upsample)] = feature_affinity(features, upsample)
+    return graphs
+
+
+@pytest.mark.parametrize("upsample", [1, 2])
+@pytest.mark.parametrize("name", ["astronaut", "coffee"])
+def test_auto_matches_dense_eigh_on_vit_graphs(vit_graphs, name, upsample):
+    W = vit_graphs[(name, upsample)]
+    assert 600 <= W.shape[0] / upsample**2 <= 1100
+    ref_vals, ref_vecs = dense_reference(("vit", name, upsample), W.astype(np.float64))
+    pairs = smallest_eigenpairs(W, K)
+    assert pairs.method == "krylov" and pairs.fallback_from is None
+    assert_matches_dense(pairs, W.astype(np.float64), ref_vals, ref_vecs)
