@@ -18,35 +18,16 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
-from PIL import Image
 
+from bench.pixel_graphs import image_graph
 from kernels import normalized_laplacian, smallest_eigenpairs
+from pipeline.affinity import topk_graph
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = (700, 2800)
-
-
-def image_graph(name: str, n_target: int, patch: int = 8) -> np.ndarray:
-    """Dense W (N, N), N ~ n_target, from samples/<name>.jpg (as in tests/test_eigensolver.py)."""
-    image = Image.open(ROOT / "samples" / f"{name}.jpg").convert("RGB")
-    w, h = image.size
-    scale = np.sqrt(n_target / ((h / patch) * (w / patch)))
-    gh, gw = max(2, round(h * scale / patch)), max(2, round(w * scale / patch))
-    pixels = np.asarray(image.resize((gw * patch, gh * patch), Image.Resampling.BILINEAR),
-                        dtype=np.float64) / 255.0
-    patches = pixels.reshape(gh, patch, gw, patch, 3).transpose(0, 2, 1, 3, 4).reshape(gh * gw, -1)
-    patches -= patches.mean(axis=0)
-    patches /= np.linalg.norm(patches, axis=1).mean()
-    yy, xx = np.mgrid[0:gh, 0:gw]
-    position = np.stack([yy.ravel() / gh, xx.ravel() / gw], axis=1) - 0.5
-    f = np.concatenate([patches, position], axis=1)
-    f /= np.linalg.norm(f, axis=1, keepdims=True)
-    return np.maximum(f @ f.T, 0.0)
 
 
 # ------------------------------------------------------------------------------ candidates
@@ -65,15 +46,6 @@ def reference(W, k):
 def raw_dense_eigh(W, k):
     L, _ = normalized_laplacian(W.toarray() if scipy.sparse.issparse(W) else W)
     return scipy.linalg.eigh(L, subset_by_index=[0, k - 1], check_finite=False)[0], ""
-
-
-def knn_sparsify(W: np.ndarray, neighbours: int) -> scipy.sparse.csr_matrix:
-    """Each row's top `neighbours` entries, symmetrised by max (pipeline.affinity's topk)."""
-    n = W.shape[0]
-    cols = np.argpartition(-W, neighbours - 1, axis=1)[:, :neighbours]
-    rows = np.repeat(np.arange(n), neighbours)
-    top = scipy.sparse.csr_matrix((W[rows, cols.ravel()], (rows, cols.ravel())), shape=(n, n))
-    return top.maximum(top.T).tocsr()
 
 
 def _normalized_affinity(W):
@@ -159,7 +131,7 @@ def main() -> None:
     sections = [(f"dense W float64, N ~ {size}", {name: image_graph(name, size) for name in args.images},
                  DENSE_CANDIDATES) for size in SIZES]
     sections.append((f"KNN-sparsified W (top {args.knn} per row, symmetrised), N ~ 2800",
-                     {name: knn_sparsify(image_graph(name, 2800), args.knn) for name in args.images},
+                     {name: topk_graph(image_graph(name, 2800), args.knn) for name in args.images},
                      SPARSE_CANDIDATES))
     for title, graphs, candidates in sections:
         report(title, graphs, candidates, args.k)

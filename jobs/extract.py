@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -88,7 +89,9 @@ def run_extract(source: str, out: str, cfg: ExtractConfig, runtime: RuntimeConfi
         print(f"nothing to do: all {skipped} images already in {out} for config {cfg.digest()}")
         return summary
     if not ray.is_initialized():
-        ray.init(address=runtime.address)
+        # Never join whatever cluster a stale /tmp/ray file points at: RAY_ADDRESS (set by
+        # `ray job submit`) or --address choose a cluster, else a fresh local Ray starts.
+        ray.init(address=runtime.address or os.environ.get("RAY_ADDRESS") or "local")
     device, n_actors, resources, threads = _placement(runtime, ray.cluster_resources())
     print(f"extracting {len(todo)} images ({skipped} already done) with {n_actors} {device} actor(s)")
     import ray.data
@@ -135,7 +138,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-actors", type=int, default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--retry-errors", action="store_true", help="retry images recorded as failed")
-    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)")
+    parser.add_argument("--address", default=None,
+                        help="Ray address (default: RAY_ADDRESS, else a new local Ray; 'auto' joins "
+                             "a cluster started with `ray start` on this machine)")
     parser.add_argument("--summary", default=None, help="write the run summary JSON here")
 
 

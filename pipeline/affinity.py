@@ -73,7 +73,12 @@ def feature_affinity(features, upsample: int = 1, topk: int | None = None):
     W = xp.maximum(W, 0.0, out=W)
     if topk is None or topk >= W.shape[0]:
         return W
-    sparse = scipy_module(features).sparse
+    return topk_graph(W, topk)
+
+
+def topk_graph(W, topk: int):
+    """Dense (N, N) W -> CSR keeping each row's top-k entries, symmetrised by max(W, Wᵀ)."""
+    xp, sparse = array_module(W), scipy_module(W).sparse
     n = W.shape[0]
     cols = xp.argpartition(-W, topk - 1, axis=1)[:, :topk]
     rows = xp.repeat(xp.arange(n), topk)

@@ -93,4 +93,4 @@ class RuntimeConfig:
     num_actors: Optional[int] = None  # None = one per GPU, or one per spare CPU core
     device: str = "auto"  # "auto", "cpu" or "cuda"
     retry_errors: bool = False
-    address: Optional[str] = None  # Ray address; None = RAY_ADDRESS or a new local Ray
+    address: Optional[str] = None  # Ray address; None = RAY_ADDRESS, else a new local Ray

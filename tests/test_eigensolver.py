@@ -17,9 +17,11 @@ import scipy.sparse
 import scipy.sparse.linalg
 from PIL import Image
 
+from bench import pixel_graphs
 from kernels import (Eigenpairs, array_module, normalized_laplacian, scipy_module,
                      smallest_eigenpairs, to_numpy)
 from kernels.eigensolver import DENSE_MAX_N
+from pipeline.affinity import topk_graph
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -29,32 +31,7 @@ TOL = 1e-5
 
 # ----------------------------------------------------------------------------------- graphs
 
-@lru_cache(maxsize=None)
-def image_graph(name: str, n_target: int, patch: int = 8) -> np.ndarray:
-    """Dense W (N, N), N ~ n_target, from samples/<name>.jpg."""
-    image = Image.open(SAMPLES / f"{name}.jpg").convert("RGB")
-    w, h = image.size
-    scale = np.sqrt(n_target / ((h / patch) * (w / patch)))
-    gh, gw = max(2, round(h * scale / patch)), max(2, round(w * scale / patch))
-    pixels = np.asarray(image.resize((gw * patch, gh * patch), Image.Resampling.BILINEAR),
-                        dtype=np.float64) / 255.0
-    patches = pixels.reshape(gh, patch, gw, patch, 3).transpose(0, 2, 1, 3, 4).reshape(gh * gw, -1)
-    patches -= patches.mean(axis=0)
-    patches /= np.linalg.norm(patches, axis=1).mean()
-    yy, xx = np.mgrid[0:gh, 0:gw]
-    position = np.stack([yy.ravel() / gh, xx.ravel() / gw], axis=1) - 0.5
-    f = np.concatenate([patches, position], axis=1)
-    f /= np.linalg.norm(f, axis=1, keepdims=True)
-    return np.maximum(f @ f.T, 0.0)
-
-
-def knn_sparsify(W: np.ndarray, neighbours: int) -> scipy.sparse.csr_matrix:
-    """Each row's top `neighbours` entries, symmetrised by max (as pipeline.affinity does)."""
-    n = W.shape[0]
-    cols = np.argpartition(-W, neighbours - 1, axis=1)[:, :neighbours]
-    rows = np.repeat(np.arange(n), neighbours)
-    top = scipy.sparse.csr_matrix((W[rows, cols.ravel()], (rows, cols.ravel())), shape=(n, n))
-    return top.maximum(top.T).tocsr()
+image_graph = lru_cache(maxsize=None)(pixel_graphs.image_graph)
 
 
 def graph(name: str, n: int):
@@ -164,7 +141,7 @@ def test_each_method_gives_the_same_result(method):
 
 def test_shift_invert_on_sparse_graph_and_auto_picks_it():
     key, W = graph("astronaut", 2800)
-    S = knn_sparsify(W, 10)
+    S = topk_graph(W, 10)
     ref = dense_reference(("astronaut-knn10", 2800), S)
     pairs = smallest_eigenpairs(S, K)
     assert pairs.method == "shift_invert"
@@ -365,7 +342,7 @@ class TestCuPy:
         import cupyx.scipy.sparse
 
         key, W = graph("astronaut", 2800)
-        S = knn_sparsify(W, 10)
+        S = topk_graph(W, 10)
         gpu = smallest_eigenpairs(cupyx.scipy.sparse.csr_matrix(S), K)
         assert gpu.method == "shift_invert"
         assert_matches_dense(gpu, S, *dense_reference(("astronaut-knn10", 2800), S))

@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,8 +41,13 @@ def ray_head(tmp_path):
         assert head.poll() is None and time.time() < deadline, "Ray head did not come up"
         time.sleep(2)
     yield address, env
-    os.killpg(head.pid, signal.SIGTERM)
+    os.killpg(head.pid, signal.SIGKILL)  # the head and every Ray process it started
     head.wait(timeout=60)
+    # A killed head leaves /tmp/ray/ray_current_cluster pointing at it; later ray.init() calls
+    # on this machine would try to join the dead cluster.
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if current.exists() and current.read_text().strip().endswith(f":{gcs}"):
+        current.unlink()
 
 
 def test_ray_job_submit(ray_head, tmp_path, offline_weights):

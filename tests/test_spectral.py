@@ -1,6 +1,5 @@
 """Per-image spectrum: sign convention and the Fiedler vector on a real image."""
 import numpy as np
-import pytest
 
 from pipeline.spectral import border_mask, orient_by_border
 
