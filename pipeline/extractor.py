@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import traceback
+import warnings
 
 import numpy as np
 
@@ -20,10 +21,15 @@ from pipeline.spectral import image_spectrum
 
 
 def _array_module(device: str):
+    """CuPy on a GPU actor (graph and eigensolve on the GPU), NumPy otherwise."""
     if device == "cuda":
-        import cupy
+        try:
+            import cupy
 
-        return cupy
+            return cupy
+        except ImportError:
+            warnings.warn("CuPy is not installed (pip install -e '.[gpu]'): the graph and "
+                          "eigensolve run on the CPU; only the backbone uses the GPU")
     return np
 
 
