@@ -68,7 +68,7 @@ def feature_affinity(features, upsample: int = 1, topk: int | None = None):
         # ||P f||² = diag(P G Pᵀ) = rowsum(P ∘ P G): the N'×N' product comes out normalised.
         inv_norm = 1.0 / xp.sqrt(xp.maximum(xp.asarray(P.multiply(PG).sum(axis=1)).ravel(), 1e-24))
         PG *= inv_norm[:, None]
-        W = P @ PG.T
+        W = P @ xp.ascontiguousarray(PG.T)  # SciPy's sparse @ dense is ~1.6x slower on a transposed view
         W *= inv_norm[:, None]
     W = xp.maximum(W, 0.0, out=W)
     if topk is None or topk >= W.shape[0]:
