@@ -4,18 +4,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import extract
+from jobs import evaluate, extract
+
+COMMANDS = {
+    "extract": (extract, "images -> eigenvector shards"),
+    "evaluate": (evaluate, "benchmark images -> masks / boxes -> metrics (JSON, table, panels)"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deep-spectral", description="Deep Spectral Methods on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
-    extract.add_arguments(sub.add_parser("extract", help="images -> eigenvector shards", description=extract.__doc__,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter))
+    for name, (module, help_) in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=help_, description=module.__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
-    if args.command == "extract":
-        return extract.main(args)
-    return 2
+    return COMMANDS[args.command][0].main(args)
 
 
 if __name__ == "__main__":

@@ -52,9 +52,11 @@ class ExtractActor:
         }
 
 
-def pending_images(source: str, out: str, cfg: ExtractConfig, retry_errors: bool) -> tuple[list[ImageRef], int]:
-    """(images still to do, number already done or failed) for this configuration."""
-    refs = list_images(source)
+def pending_images(source: str | None, out: str, cfg: ExtractConfig, retry_errors: bool,
+                   refs: list[ImageRef] | None = None) -> tuple[list[ImageRef], int]:
+    """(images still to do, number already done or failed) for this configuration; `refs`
+    replaces listing SOURCE (an evaluation's benchmark images)."""
+    refs = list_images(source) if refs is None else refs
     digest = cfg.digest()
     done = finished_ids(out, digest, EIGEN_DIR)
     if not retry_errors:
@@ -77,17 +79,53 @@ def _placement(runtime: RuntimeConfig, resources: dict) -> tuple[str, int, dict,
     return device, n, {"num_cpus": min(1.0, (cpus - 0.5) / n)}, share
 
 
-def run_extract(source: str, out: str, cfg: ExtractConfig, runtime: RuntimeConfig) -> dict:
-    """Process every pending image; returns a summary (also printed)."""
-    import ray
+def _run_in_process(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: RuntimeConfig) -> list[dict]:
+    """The actors' work without Ray: one ExtractActor in this process, batch by batch."""
+    device = runtime.device if runtime.device != "auto" else "cpu"
+    actor = ExtractActor(cfg.to_json(), out, device, runtime.batch_size, os.cpu_count() or 1)
+    results = []
+    for s in range(0, len(todo), runtime.batch_size):
+        batch = todo[s:s + runtime.batch_size]
+        done = actor({"image_id": [r.image_id for r in batch], "uri": [r.uri for r in batch]})
+        results += [dict(zip(done, values)) for values in zip(*done.values())]
+    return results
 
+
+def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: RuntimeConfig,
+                refs: list[ImageRef] | None = None, local: bool = False) -> dict:
+    """Process every pending image; returns a summary (also printed).
+
+    refs: the images to do instead of listing SOURCE. local: run the same ExtractActor in
+    this process instead of on Ray (no cluster; one model on all cores).
+    """
     started = time.time()
-    todo, skipped = pending_images(source, out, cfg, runtime.retry_errors)
+    todo, skipped = pending_images(source, out, cfg, runtime.retry_errors, refs)
     summary = {"source": source, "out": out, "config_digest": cfg.digest(), "config": cfg.to_dict(),
                "skipped": skipped, "processed": 0, "failed": 0, "errors": []}
     if not todo:
         print(f"nothing to do: all {skipped} images already in {out} for config {cfg.digest()}")
         return summary
+    if local:
+        print(f"extracting {len(todo)} images ({skipped} already done) in this process")
+        results = _run_in_process(todo, out, cfg, runtime)
+    else:
+        results = _run_on_ray(todo, skipped, out, cfg, runtime)
+    failed = [r for r in results if not r["ok"]]
+    summary.update(processed=len(results) - len(failed), failed=len(failed),
+                   errors=[{"image_id": r["image_id"], "reason": r["reason"]} for r in failed],
+                   seconds=round(time.time() - started, 2))
+    print(f"done: {summary['processed']} images written, {summary['failed']} failed, "
+          f"{summary['seconds']} s; shards in {out}/{EIGEN_DIR}, errors in {out}/{ERROR_DIR}")
+    for err in summary["errors"]:
+        print(f"  failed {err['image_id']}: {err['reason']}")
+    return summary
+
+
+def _run_on_ray(todo: list[ImageRef], skipped: int, out: str, cfg: ExtractConfig,
+                runtime: RuntimeConfig) -> list[dict]:
+    """ExtractActors on Ray Data -> one {"image_id", "ok", "reason"} record per image."""
+    import ray
+
     if not ray.is_initialized():
         # Never join whatever cluster a stale /tmp/ray file points at: RAY_ADDRESS (set by
         # `ray job submit`) or --address choose a cluster, else a fresh local Ray starts.
@@ -105,21 +143,19 @@ def run_extract(source: str, out: str, cfg: ExtractConfig, runtime: RuntimeConfi
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         **resources,
     ).take_all()
-    failed = [r for r in results if not r["ok"]]
-    summary.update(processed=len(results) - len(failed), failed=len(failed),
-                   errors=[{"image_id": r["image_id"], "reason": r["reason"]} for r in failed],
-                   seconds=round(time.time() - started, 2))
-    print(f"done: {summary['processed']} images written, {summary['failed']} failed, "
-          f"{summary['seconds']} s; shards in {out}/{EIGEN_DIR}, errors in {out}/{ERROR_DIR}")
-    for err in summary["errors"]:
-        print(f"  failed {err['image_id']}: {err['reason']}")
-    return summary
+    return results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d, g, e = BackboneConfig(), GraphConfig(), EigenConfig()
     parser.add_argument("source", help="folder, glob, list file (.txt) or fsspec URL of images")
     parser.add_argument("--out", required=True, help="output folder or fsspec URL")
+    add_extract_options(parser)
+    parser.add_argument("--summary", default=None, help="write the run summary JSON here")
+
+
+def add_extract_options(parser: argparse.ArgumentParser) -> None:
+    """Every option of ExtractConfig and RuntimeConfig (shared with `evaluate`)."""
+    d, g, e = BackboneConfig(), GraphConfig(), EigenConfig()
     parser.add_argument("--backbone", default=d.name)
     parser.add_argument("--weights", default=None, help="local path or fsspec URL of weights (default: registry)")
     parser.add_argument("--features", choices=["keys", "tokens"], default=None,
@@ -141,7 +177,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="Ray address (default: RAY_ADDRESS, else a new local Ray; 'auto' joins "
                              "a cluster started with `ray start` on this machine)")
-    parser.add_argument("--summary", default=None, help="write the run summary JSON here")
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeConfig]:

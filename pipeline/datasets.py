@@ -1,0 +1,99 @@
+"""Benchmark readers: images with ground-truth masks or boxes, as a list of `Sample`s.
+
+    folder_pairs(images, masks)            images/NAME.ext + masks/NAME.png, matched by stem
+    coco_boxes(images, annotations_json)   COCO instances JSON (iscrowd boxes ignored)
+    voc_boxes(voc_root, split)             PASCAL VOC: ImageSets/Main/SPLIT.txt + Annotations/*.xml
+
+Boxes are float [x0, y0, x1, y1] in continuous pixel coordinates (pixel columns 0..9 are
+[0, 10)), the convention of pipeline.geometry and pipeline.metrics. Paths may be local or
+fsspec URLs.
+"""
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+from PIL import Image
+
+from pipeline.sources import list_images, read_bytes
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    image_id: str  # unique, stable: the path relative to the images folder
+    uri: str
+    mask_uri: str | None = None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # (n, 4) xyxy
+    coco_id: int | None = None  # the dataset's own numeric id, for COCO results files
+
+
+def _stem(image_id: str) -> str:
+    return posixpath.splitext(image_id)[0]
+
+
+def folder_pairs(images: str, masks: str) -> list[Sample]:
+    """Every image with a mask of the same relative path stem (any extension), sorted by id.
+
+    Images without a mask are left out (a benchmark's mask folder defines the split).
+    """
+    by_stem = {_stem(r.image_id): r.uri for r in list_images(masks)}
+    return [Sample(r.image_id, r.uri, mask_uri=by_stem[_stem(r.image_id)])
+            for r in list_images(images) if _stem(r.image_id) in by_stem]
+
+
+def read_mask(uri: str) -> np.ndarray:
+    """A mask image -> (H, W) bool; any non-zero value (in any channel) is foreground."""
+    arr = np.asarray(Image.open(io.BytesIO(read_bytes(uri))))
+    return arr.any(axis=-1) if arr.ndim == 3 else arr != 0
+
+
+def coco_boxes(images: str, annotations: str) -> list[Sample]:
+    """Images listed in a COCO instances JSON that exist under `images`, sorted by file name,
+    with their non-crowd boxes (COCO bbox [x, y, w, h] -> [x, y, x + w, y + h])."""
+    with fsspec.open(annotations, "rt") as f:
+        data = json.load(f)
+    boxes: dict[int, list[list[float]]] = {}
+    for ann in data.get("annotations", []):
+        if ann.get("iscrowd", 0):
+            continue
+        x, y, w, h = ann["bbox"]
+        boxes.setdefault(ann["image_id"], []).append([x, y, x + w, y + h])
+    present = {r.image_id: r.uri for r in list_images(images)}
+    samples = []
+    for img in sorted(data["images"], key=lambda i: i["file_name"]):
+        if img["file_name"] in present:
+            samples.append(Sample(img["file_name"], present[img["file_name"]],
+                                  boxes=np.array(boxes.get(img["id"], []), dtype=np.float64).reshape(-1, 4),
+                                  coco_id=img["id"]))
+    return samples
+
+
+def voc_boxes(voc_root: str, split: str = "trainval", include_difficult: bool = True) -> list[Sample]:
+    """PASCAL VOC (VOCdevkit/VOC2007 or VOC2012): the images of ImageSets/Main/SPLIT.txt with
+    their object boxes. VOC's 1-based inclusive [xmin, ymin, xmax, ymax] becomes
+    [xmin - 1, ymin - 1, xmax, ymax]. CorLoc conventions count all objects, difficult included."""
+    root = voc_root.rstrip("/")
+    fs, _ = fsspec.core.url_to_fs(root)
+    with fsspec.open(f"{root}/ImageSets/Main/{split}.txt", "rt") as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    samples = []
+    for name in ids:
+        with fsspec.open(f"{root}/Annotations/{name}.xml", "rb") as f:
+            tree = ET.parse(f).getroot()
+        filename = tree.findtext("filename") or f"{name}.jpg"
+        boxes = []
+        for obj in tree.iter("object"):
+            if not include_difficult and obj.findtext("difficult", "0").strip() == "1":
+                continue
+            bb = obj.find("bndbox")
+            x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            boxes.append([x0 - 1, y0 - 1, x1, y1])
+        uri = fs.unstrip_protocol(f"{fsspec.core.url_to_fs(root)[1]}/JPEGImages/{filename}")
+        samples.append(Sample(f"JPEGImages/{filename}", uri,
+                              boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4)))
+    return samples

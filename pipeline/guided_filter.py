@@ -1,0 +1,47 @@
+"""The guided filter (He, Sun and Tang, ECCV 2010 / TPAMI 2013) with plain NumPy box filters.
+
+Edge-aware smoothing of p by a guide I: within every (2r+1)² window, q is locally linear in I,
+q = a·I + b, fitted by ridge regression (eps). A blocky mask upsampled from the patch grid
+snaps to the image's edges, and its output is a soft map in about [0, 1].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def box_mean(x: np.ndarray, r: int) -> np.ndarray:
+    """(H, W, ...) -> mean over the (2r+1)² window around each pixel, clipped at the borders
+    (windows near the edge average fewer pixels, not zero padding)."""
+    h, w = x.shape[:2]
+    c = np.cumsum(np.cumsum(x, axis=0, dtype=np.float64), axis=1)
+    c = np.pad(c, [(1, 0), (1, 0)] + [(0, 0)] * (x.ndim - 2))
+    y0, y1 = np.clip(np.arange(h) - r, 0, h), np.clip(np.arange(h) + r + 1, 0, h)
+    x0, x1 = np.clip(np.arange(w) - r, 0, w), np.clip(np.arange(w) + r + 1, 0, w)
+    total = c[y1][:, x1] - c[y0][:, x1] - c[y1][:, x0] + c[y0][:, x0]
+    count = ((y1 - y0)[:, None] * (x1 - x0)[None, :]).reshape((h, w) + (1,) * (x.ndim - 2))
+    return total / count
+
+
+def guided_filter(guide: np.ndarray, p: np.ndarray, r: int = 16, eps: float = 1e-2) -> np.ndarray:
+    """guide (H, W) or (H, W, 3) in [0, 1], p (H, W) -> filtered (H, W) float64.
+
+    A colour guide fits q = aᵀI + b with a 3×3 covariance per window (sharper on edges that
+    differ in colour but not in brightness); a grey guide is the scalar case.
+    """
+    guide = np.asarray(guide, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    mean_p = box_mean(p, r)
+    if guide.ndim == 2:
+        mean_i = box_mean(guide, r)
+        cov_ip = box_mean(guide * p, r) - mean_i * mean_p
+        var_i = box_mean(guide * guide, r) - mean_i ** 2
+        a = cov_ip / (var_i + eps)
+        b = mean_p - a * mean_i
+        return box_mean(a, r) * guide + box_mean(b, r)
+    mean_i = box_mean(guide, r)  # (H, W, 3)
+    cov_ip = box_mean(guide * p[..., None], r) - mean_i * mean_p[..., None]
+    outer = guide[..., :, None] * guide[..., None, :]  # (H, W, 3, 3)
+    sigma = box_mean(outer, r) - mean_i[..., :, None] * mean_i[..., None, :]
+    a = np.linalg.solve(sigma + eps * np.eye(3), cov_ip[..., None])[..., 0]  # (H, W, 3)
+    b = mean_p - np.einsum("hwc,hwc->hw", a, mean_i)
+    return np.einsum("hwc,hwc->hw", box_mean(a, r), guide) + box_mean(b, r)

@@ -1,0 +1,136 @@
+"""Object localization from oriented eigenvectors: patch mask -> largest component -> box.
+
+Eigenvector 1 (the Fiedler vector) is stored border-oriented (pipeline.spectral), so its
+positive side is the foreground guess. FINDINGS: threshold 0 gives better boxes than the mean
+(CorLoc 50.0 vs 46.8), so 0 is the default here; masks use the mean (pipeline.objseg).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.geometry import GridGeometry, cells_to_box
+from pipeline.metrics import box_iou
+
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class LocalizeConfig:
+    # Patch threshold on the Fiedler vector: a number, or "mean".
+    threshold: float | str = 0.0
+    # Further boxes (COCO results): components of eigenvectors 1..n_vectors ...
+    n_vectors: int = 3
+    # ... covering at least this fraction of the grid, ...
+    min_area: float = 0.02
+    # ... after dropping boxes that overlap a better-scored one this much.
+    nms_iou: float = 0.7
+
+
+def foreground_mask(vec: np.ndarray, threshold: float | str = 0.0) -> tuple[np.ndarray, bool]:
+    """(h, w) oriented eigenvector -> ((h, w) bool mask vec > t, whether it fell back).
+
+    An empty or full mask carries no object (a constant or degenerate vector, e.g. on a grid of
+    one patch): it falls back to the whole image, the box a detector without an opinion gives,
+    and never an empty box that metrics would have to special-case.
+    """
+    t = float(np.mean(vec)) if threshold == "mean" else float(threshold)
+    mask = vec > t
+    if mask.all() or not mask.any():
+        return np.ones(vec.shape, dtype=bool), True
+    return mask, False
+
+
+def components(mask: np.ndarray, weights: np.ndarray | None = None) -> list[np.ndarray]:
+    """(h, w) bool -> its 8-connected components as bool masks, largest first; equal sizes
+    are ordered by the larger sum of `weights` (e.g. the eigenvector), then by position."""
+    labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index)
+    mass = ndimage.sum_labels(weights, labels, index) if weights is not None else np.zeros(n)
+    order = sorted(range(n), key=lambda c: (-sizes[c], -mass[c], c))
+    return [labels == c + 1 for c in order]
+
+
+def largest_component(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """(h, w) bool -> the largest 8-connected component (empty stays empty)."""
+    parts = components(mask, weights)
+    return parts[0] if parts else mask.copy()
+
+
+def mask_cells(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Non-empty (h, w) bool -> its bounding cells (i0, j0, i1, j1), end-exclusive."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def mask_box(mask: np.ndarray, geom: GridGeometry) -> np.ndarray:
+    """Non-empty (grid_h, grid_w) bool -> [x0, y0, x1, y1] in original pixels."""
+    return cells_to_box(geom, *mask_cells(mask))
+
+
+@dataclass(frozen=True)
+class Localization:
+    box: np.ndarray  # (4,) [x0, y0, x1, y1], original pixels: the single-object answer
+    mask: np.ndarray  # (grid_h, grid_w) bool, the component the box encloses
+    fallback: bool  # the mask was empty or full and became the whole image
+    boxes: np.ndarray  # (n, 4) all boxes, best first; boxes[0] == box
+    scores: np.ndarray  # (n,) descending, in (0, 1]
+
+
+def localize(eigenvectors: np.ndarray, geom: GridGeometry, cfg: LocalizeConfig = LocalizeConfig()) -> Localization:
+    """(k, grid_h, grid_w) oriented eigenvectors -> the Fiedler box and further scored boxes.
+
+    The main box is the largest component of eigenvector 1 above the threshold (score 1).
+    Further candidates are the components of eigenvectors 1..n_vectors above the same threshold
+    with at least `min_area` of the grid, scored by their share of the vector's positive mass
+    divided by the vector's index (coarser cuts first); then greedy NMS.
+    """
+    fiedler = eigenvectors[1] if len(eigenvectors) > 1 else np.zeros(eigenvectors.shape[1:])
+    fmask, fallback = foreground_mask(fiedler, cfg.threshold)
+    main = largest_component(fmask, fiedler)
+    candidates = [(1.0, mask_box(main, geom))]
+    min_cells = cfg.min_area * main.size
+    for index in range(1, min(cfg.n_vectors, len(eigenvectors) - 1) + 1):
+        vec = eigenvectors[index]
+        mask, degenerate = foreground_mask(vec, cfg.threshold)
+        if degenerate:
+            continue
+        total = float(vec[mask].sum())
+        for part in components(mask, vec):
+            if part.sum() < min_cells:
+                break
+            if index == 1 and np.array_equal(part, main):
+                continue
+            score = float(vec[part].sum()) / total / index
+            candidates.append((min(score, 0.999), mask_box(part, geom)))
+    candidates.sort(key=lambda c: -c[0])
+    keep: list[tuple[float, np.ndarray]] = []
+    for score, box in candidates:
+        if all(box_iou(box, kept) < cfg.nms_iou for _, kept in keep):
+            keep.append((score, box))
+    return Localization(box=candidates[0][1], mask=main, fallback=fallback,
+                        boxes=np.array([b for _, b in keep]), scores=np.array([s for s, _ in keep]))
+
+
+def coco_detections(image_id: int | str, boxes: np.ndarray, scores: np.ndarray,
+                    category_id: int = 1) -> list[dict]:
+    """(n, 4) xyxy boxes and (n,) scores -> COCO results entries (bbox is [x, y, w, h]).
+
+    Class-agnostic: every box gets `category_id`, as unsupervised localization has no classes.
+    """
+    return [{"image_id": image_id, "category_id": category_id,
+             "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+             "score": round(float(s), 4)}
+            for (x0, y0, x1, y1), s in zip(np.asarray(boxes).reshape(-1, 4), scores)]
+
+
+def write_coco_results(path: str, detections: list[dict]) -> None:
+    """A COCO results file: one JSON list, loadable by pycocotools' COCO.loadRes."""
+    with open(path, "w") as f:
+        json.dump(detections, f)
