@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import evaluate, extract
+from jobs import evaluate, extract, matte
 
 COMMANDS = {
     "extract": (extract, "images -> eigenvector shards"),
     "evaluate": (evaluate, "benchmark images -> masks / boxes -> metrics (JSON, table, panels)"),
+    "matte": (matte, "images -> soft alpha mattes and RGBA cut-outs"),
 }
 
 
