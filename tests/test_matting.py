@@ -348,3 +348,16 @@ def test_automatic_mode_on_a_photo(sample_image, offline_weights):
     # The cat fills the middle of the photo: the automatic foreground lies there.
     h, w = fg.shape
     assert result.alpha[h // 3:2 * h // 3, w // 3:2 * w // 3].mean() > 0.5
+
+
+def test_cli_evaluate_matting_routes_to_matting(tmp_path):
+    from jobs.cli import main
+    from tests.conftest import shared_data
+
+    root = shared_data("alphamatting")
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "matting", "--images", str(root / "images"), "--alpha", str(root / "alpha"),
+                 "--trimaps", str(root / "trimap1"), "--limit", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 1 and report["n_failed"] == 0
+    assert 0 < report["sad"] < 20 and 0 <= report["mse"] < 0.05
