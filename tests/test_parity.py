@@ -6,6 +6,7 @@ With the same sign rule applied to both, the masks and boxes must agree.
 """
 import numpy as np
 import scipy.linalg
+import threadpoolctl
 
 from pipeline.affinity import image_affinity
 from pipeline.config import ExtractConfig, GraphConfig
@@ -45,7 +46,12 @@ def agreement(ours: np.ndarray, theirs: np.ndarray, image: np.ndarray, geom) -> 
 
 
 def test_masks_and_boxes_match_the_reference_eigenproblem(offline_weights):
-    refs = images()
+    # Dense LAPACK on a busy 2-core machine: spinning OpenBLAS threads cost 50x (10 s vs 0.2 s).
+    with threadpoolctl.threadpool_limits(1):
+        _check_parity(images())
+
+
+def _check_parity(refs):
     cfg = ExtractConfig(store_features=True)
     rows, errors = SpectralExtractor(cfg)(refs)
     assert not errors and len(rows) == len(refs)
