@@ -33,6 +33,7 @@ from pipeline.geometry import geometry_of
 from pipeline.images import decode_image
 from pipeline.localize import coco_detections, write_coco_results
 from pipeline.panels import gallery_html, render_panel
+from pipeline.schema import EIGEN_SCHEMA
 from pipeline.shards import EIGEN_DIR, read_table
 from pipeline.sources import ImageRef, read_bytes
 
@@ -42,12 +43,13 @@ from pipeline.sources import ImageRef, read_bytes
 
 def _read_rows(shards: str, digest: str, wanted: set[str]) -> dict[str, tuple[dict, np.ndarray]]:
     """image_id -> (scalar columns, flat eigenvectors) for this config's rows in `shards`."""
-    table = read_table(shards, EIGEN_DIR)
+    # Never read stored features: they are ~25x the eigenvectors' bytes and unused here.
+    table = read_table(shards, EIGEN_DIR, columns=[n for n in EIGEN_SCHEMA.names if n != "features"])
     if table is None:
         return {}
     table = table.filter(pc.equal(table.column("config_digest"), digest))
     scalars = table.select([c for c in table.column_names
-                            if c not in ("eigenvectors", "features", "eigenvalues")]).to_pylist()
+                            if c not in ("eigenvectors", "eigenvalues")]).to_pylist()
     vectors = table.column("eigenvectors").combine_chunks() if table.num_rows else None
     out = {}
     for i, row in enumerate(scalars):
