@@ -50,7 +50,8 @@ def write_row(spectrum_vals, vecs, cfg) -> None:
            "input_height": 1, "input_width": 1, "patch_size": 14, "grid_h": h, "grid_w": w,
            "backbone": "b", "weights_digest": "w", "config_digest": "c", "k": k,
            "eigenvalues": list(spectrum_vals), "eigenvectors": vecs.astype(np.float32).ravel(),
-           "eigensolver": "x", "max_residual": 0.0, "feature_dim": None, "features": None}
+           "eigensolver": "x", "max_residual": 0.0, "feature_dim": None, "features": None,
+           "n_segments": 0}
     pq.write_table(eigen_table([row]), io.BytesIO(), compression="zstd")
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow.compute as pc
 from PIL import Image
 
-from jobs import extract
+from jobs import evaluate_semantic, extract
 from jobs.tasks import TASKS, Item, Result, Task, data_flags
 from pipeline.datasets import Sample
 from pipeline.geometry import geometry_of
@@ -190,8 +190,17 @@ def print_table(report: dict, task: Task) -> None:
     print("  ".join(v.ljust(w) for v, w in zip(cells, widths)))
 
 
+# Tasks scored over the whole dataset at once (not image by image): name -> (help, module
+# with add_arguments(group) and run(args) -> report).
+DATASET_TASKS = {
+    "semantic": ("semantic segmentation: mIoU after Hungarian matching, mean ± std over seeds",
+                 evaluate_semantic),
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=sorted(TASKS), help="; ".join(f"{t.name}: {t.help}" for t in TASKS.values()))
+    helps = [f"{t.name}: {t.help}" for t in TASKS.values()] + [f"{n}: {h}" for n, (h, _) in DATASET_TASKS.items()]
+    parser.add_argument("task", choices=sorted([*TASKS, *DATASET_TASKS]), help="; ".join(helps))
     data = parser.add_argument_group("data (one of: --images + --masks, --images + --annotations, --voc-root)")
     data.add_argument("--images", help="folder of images")
     data.add_argument("--masks", help="folder of ground-truth masks matched by file stem (non-zero = foreground)")
@@ -213,11 +222,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for task in TASKS.values():
         if task.add_arguments:
             task.add_arguments(parser.add_argument_group(f"{task.name} only"))
+    for name, (_, module) in DATASET_TASKS.items():
+        module.add_arguments(parser.add_argument_group(f"{name} only"))
     extract.add_extract_options(parser.add_argument_group("extraction (as `deep-spectral extract`)"))
 
 
 def main(args: argparse.Namespace) -> int:
-    report = run_evaluate(args)
+    if args.task in DATASET_TASKS:
+        report = DATASET_TASKS[args.task][1].run(args)
+    else:
+        report = run_evaluate(args)
     return 0 if report["n_images"] else 1
 
 

@@ -14,7 +14,8 @@ import os
 import sys
 import time
 
-from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, GraphConfig, RuntimeConfig
+from pipeline.config import (BackboneConfig, EigenConfig, ExtractConfig, GraphConfig, RuntimeConfig,
+                             SegmentsConfig)
 from pipeline.schema import eigen_table, error_table
 from pipeline.shards import EIGEN_DIR, ERROR_DIR, finished_ids, write_shard
 from pipeline.sources import ImageRef, list_images
@@ -175,6 +176,14 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eigensolver", default=e.method)
     parser.add_argument("--float16", action="store_true", help="store eigenvectors as float16")
     parser.add_argument("--store-features", action="store_true", help="also store the patch features")
+    sg = SegmentsConfig()
+    parser.add_argument("--segments", type=int, default=sg.n_segments,
+                        help="k-means segments per image for semantic segmentation (0 = none; paper: 15)")
+    parser.add_argument("--segment-eigenvectors", type=int, default=sg.n_eigenvectors,
+                        help="eigenvectors 1..m that the per-image k-means clusters")
+    parser.add_argument("--segment-features", choices=["crop", "pool"], default=sg.features,
+                        help="crop: re-embed each segment's box crop (CLS); pool: mean patch feature")
+    parser.add_argument("--segment-seed", type=int, default=sg.seed)
     parser.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size)
     parser.add_argument("--num-actors", type=int, default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -192,6 +201,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeC
                           sparsify_topk=args.sparsify_topk, upsample=args.upsample),
         eigen=EigenConfig(k=args.k, method=args.eigensolver,
                           storage_dtype="float16" if args.float16 else "float32"),
+        segments=SegmentsConfig(n_segments=args.segments, n_eigenvectors=args.segment_eigenvectors,
+                                features=args.segment_features, seed=args.segment_seed),
         store_features=args.store_features,
     )
     runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors,

@@ -53,10 +53,29 @@ class EigenConfig:
 
 
 @dataclass(frozen=True)
+class SegmentsConfig:
+    """Per-image segments for semantic segmentation, computed in the extraction actors."""
+
+    # k-means clusters per image over eigenvectors 1..n_eigenvectors; 0 = no segments.
+    n_segments: int = 0
+    n_eigenvectors: int = 14
+    # Segment features: "crop" re-embeds each segment's box crop with the backbone (CLS
+    # token, the paper's choice); "pool" averages the patch features under the mask (cheap).
+    features: str = "crop"
+    crop_size: int = 224  # crops are resized to crop_size x crop_size before re-embedding
+    # Patch-level erosion then dilation of each mask before its box is taken (the
+    # reference's 2 and 3): drops thin bridges that would blow a box up.
+    erode: int = 2
+    dilate: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ExtractConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     eigen: EigenConfig = field(default_factory=EigenConfig)
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     store_features: bool = False
     # Decompression-bomb guard: images with more pixels are rejected before decoding.
     max_pixels: int = 64_000_000
@@ -81,7 +100,8 @@ class ExtractConfig:
             backbone=BackboneConfig(**data.get("backbone", {})),
             graph=GraphConfig(**graph),
             eigen=EigenConfig(**data.get("eigen", {})),
-            **{k: v for k, v in data.items() if k not in ("backbone", "graph", "eigen")},
+            segments=SegmentsConfig(**data.get("segments", {})),
+            **{k: v for k, v in data.items() if k not in ("backbone", "graph", "eigen", "segments")},
         )
 
 

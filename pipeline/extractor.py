@@ -15,7 +15,9 @@ import numpy as np
 from pipeline.affinity import upsample_features
 from pipeline.backbones import create_backbone
 from pipeline.config import ExtractConfig
+from pipeline.geometry import geometry_of
 from pipeline.images import ImageError, check_min_size, decode_image
+from pipeline.segments import pooled_features, segment_boxes, segment_crops, segment_map
 from pipeline.sources import ImageRef, read_bytes
 from pipeline.spectral import image_spectrum
 
@@ -113,13 +115,32 @@ class SpectralExtractor:
             "max_residual": spectrum.max_residual,
             "feature_dim": None,
             "features": None,
+            "n_segments": 0,
         }
+        if self.cfg.segments.n_segments:
+            row.update(self._segments(image, output, spectrum.eigenvectors, row))
         if self.cfg.store_features:
             # Stored on the eigenvectors' grid, so one (grid_h, grid_w) describes both.
             features = upsample_features(output.features, self.cfg.graph.upsample)
             row["feature_dim"] = features.shape[-1]
             row["features"] = features.astype(np.float32).ravel()
         return row
+
+    def _segments(self, image: np.ndarray, output, eigenvectors: np.ndarray, row: dict) -> dict:
+        """The row's segment columns (pipeline.schema): map, boxes and one feature per segment."""
+        cfg = self.cfg.segments
+        labels = segment_map(eigenvectors, cfg)
+        n = int(labels.max())
+        boxes = segment_boxes(labels, n, geometry_of(row, self.cfg.backbone.long_side), cfg)
+        if not n:
+            features = np.zeros((0, self.backbone.feature_dim), np.float32)
+        elif cfg.features == "crop":
+            crops = segment_crops(image, boxes, cfg.crop_size)
+            features = self.backbone.cls_embeddings(crops, resize="crop")
+        else:
+            features = pooled_features(upsample_features(output.features, self.cfg.graph.upsample), labels, n)
+        return {"n_segments": n, "segment_map": labels.ravel(), "segment_boxes": boxes.ravel(),
+                "segment_dim": features.shape[1], "segment_features": features.astype(np.float32).ravel()}
 
     def _error(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
         reason = str(exc) if isinstance(exc, ImageError) else "".join(

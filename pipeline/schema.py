@@ -6,6 +6,10 @@ shape in sibling columns:
 
     eigenvectors: K × (grid_h · grid_w), eigenvector i of patch (r, c) at i·N + r·grid_w + c
     features:     (grid_h · grid_w) × feature_dim, present only with store_features
+    segment_map:  grid_h × grid_w segment labels (0 = background, 1..n_segments), present
+                  only with segments (pipeline.segments); then also
+    segment_boxes: n_segments × 4 pixel boxes [x0, y0, x1, y1] of segments 1..n
+    segment_features: n_segments × segment_dim, the features the dataset-wide clustering reads
 
 The full run configuration (JSON) is in each file's metadata under b"deep_spectral.config";
 `config_digest` on every row says which configuration produced it.
@@ -39,8 +43,15 @@ EIGEN_SCHEMA = pa.schema(
         pa.field("max_residual", pa.float64(), nullable=False),
         pa.field("feature_dim", pa.int32(), nullable=True),
         pa.field("features", pa.large_list(pa.float32()), nullable=True),
+        pa.field("n_segments", pa.int32(), nullable=False),
+        pa.field("segment_map", pa.large_list(pa.int16()), nullable=True),
+        pa.field("segment_boxes", pa.list_(pa.float32()), nullable=True),
+        pa.field("segment_dim", pa.int32(), nullable=True),
+        pa.field("segment_features", pa.large_list(pa.float32()), nullable=True),
     ]
 )
+
+SEGMENT_COLUMNS = ["n_segments", "segment_map", "segment_boxes", "segment_dim", "segment_features"]
 
 ERROR_SCHEMA = pa.schema(
     [
@@ -50,6 +61,18 @@ ERROR_SCHEMA = pa.schema(
         pa.field("stage", pa.string(), nullable=False),
         pa.field("error_type", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+# One row per foreground segment: its dataset-wide class (cluster + 1; 0 is background).
+LABEL_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("segment", pa.int32(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("config_digest", pa.string(), nullable=False),  # the clustering run's digest
+        pa.field("extract_digest", pa.string(), nullable=False),  # the shards it read
     ]
 )
 
@@ -79,6 +102,17 @@ def features_of(row: dict) -> np.ndarray:
     return flat.reshape(row["grid_h"], row["grid_w"], row["feature_dim"])
 
 
+def segments_of(row: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A row with segments -> (segment_map (grid_h, grid_w) int16, boxes (n, 4), features (n, D))."""
+    if row.get("segment_map") is None:
+        raise ValueError(f"{row['image_id']}: shard was written without segments (--segments N)")
+    n = row["n_segments"]
+    labels = np.asarray(row["segment_map"], dtype=np.int16).reshape(row["grid_h"], row["grid_w"])
+    boxes = np.asarray(row["segment_boxes"], dtype=np.float32).reshape(n, 4)
+    features = np.asarray(row["segment_features"], dtype=np.float32).reshape(n, row["segment_dim"] or 0)
+    return labels, boxes, features
+
+
 def eigen_table(records: list[dict], storage_dtype: str = "float32") -> pa.Table:
     """Rows built by pipeline.extractor -> a table in the shard schema."""
     return pa.Table.from_pylist(records, schema=eigen_schema(storage_dtype))
@@ -86,3 +120,7 @@ def eigen_table(records: list[dict], storage_dtype: str = "float32") -> pa.Table
 
 def error_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=ERROR_SCHEMA)
+
+
+def label_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=LABEL_SCHEMA)

@@ -8,17 +8,22 @@ Layout under an output URI (local path or any fsspec URL):
 A shard is written to `_tmp-...` and renamed into place, so a reader sees it whole or not at
 all (pyarrow skips `_`-prefixed files). Its name hashes the config digest and the image ids it
 holds, so a retried batch overwrites its own shard instead of duplicating rows.
+`commit_batch` names both of a batch's shards after the whole batch, so this holds even when
+a retry splits it differently between rows and errors (a transient read error that cleared).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
+from typing import Iterator
 
 import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.config import ExtractConfig
 from pipeline.schema import CONFIG_METADATA_KEY
 
 EIGEN_DIR = "eigs"
@@ -32,13 +37,14 @@ def shard_name(config_digest: str, image_ids: list[str]) -> str:
     return f"part-{h.hexdigest()[:20]}.parquet"
 
 
-def write_shard(table: pa.Table, out: str, kind: str, config_json: str) -> str:
-    """Commit `table` as one Parquet file under OUT/kind/; returns its URI."""
+def write_shard(table: pa.Table, out: str, kind: str, config_json: str, name: str | None = None) -> str:
+    """Commit `table` as one Parquet file under OUT/kind/ (named after its rows unless `name`
+    is given); returns its URI."""
     fs, root = fsspec.core.url_to_fs(out)
     folder = f"{root.rstrip('/')}/{kind}"
     fs.makedirs(folder, exist_ok=True)
     digest = table.column("config_digest")[0].as_py()
-    name = shard_name(digest, table.column("image_id").to_pylist())
+    name = name or shard_name(digest, table.column("image_id").to_pylist())
     metadata = dict(table.schema.metadata or {})
     metadata[CONFIG_METADATA_KEY] = config_json.encode()
     table = table.replace_schema_metadata(metadata)
@@ -49,18 +55,63 @@ def write_shard(table: pa.Table, out: str, kind: str, config_json: str) -> str:
     return fs.unstrip_protocol(f"{folder}/{name}")
 
 
+def commit_batch(out: str, config_digest: str, config_json: str, batch_ids: list[str],
+                 eigen: pa.Table | None, errors: pa.Table | None) -> None:
+    """Commit one batch's rows and error rows as OUT/eigs/NAME and OUT/errors/NAME, NAME
+    hashing the whole batch. A kind with nothing to write loses its shard of an earlier
+    attempt, so after any attempt completes each image of the batch is in exactly one table."""
+    name = shard_name(config_digest, batch_ids)
+    fs, root = fsspec.core.url_to_fs(out)
+    for kind, table in ((EIGEN_DIR, eigen), (ERROR_DIR, errors)):
+        if table is not None and table.num_rows:
+            write_shard(table, out, kind, config_json, name=name)
+        elif fs.exists(f"{root.rstrip('/')}/{kind}/{name}"):
+            fs.rm(f"{root.rstrip('/')}/{kind}/{name}")
+
+
 def _dataset(out: str, kind: str):
     fs, root = fsspec.core.url_to_fs(out)
     folder = f"{root.rstrip('/')}/{kind}"
     if not fs.exists(folder):
         return None
-    return ds.dataset(folder, filesystem=fs, format="parquet")
+    # An explicit sorted file list: scans then visit shards in the same order every run.
+    files = sorted(p for p in fs.find(folder) if p.endswith(".parquet")
+                   and not p.rsplit("/", 1)[-1].startswith(("_", ".")))
+    return ds.dataset(files, filesystem=fs, format="parquet") if files else None
+
+
+def scan_batches(out: str, kind: str, columns: list[str], config_digest: str | None = None,
+                 batch_rows: int = 1024, image_ids: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream OUT/kind in record batches of at most `batch_rows` rows, in a fixed order,
+    holding one batch in memory at a time; optionally only one config's rows, or some images'."""
+    dataset = _dataset(out, kind)
+    if dataset is None:
+        return
+    filter_ = None
+    if config_digest is not None:
+        filter_ = ds.field("config_digest") == config_digest
+    if image_ids is not None:
+        wanted = ds.field("image_id").isin(sorted(image_ids))
+        filter_ = wanted if filter_ is None else filter_ & wanted
+    yield from dataset.to_batches(columns=columns, filter=filter_, batch_size=batch_rows,
+                                  use_threads=False)
 
 
 def read_table(out: str, kind: str = EIGEN_DIR, columns: list[str] | None = None) -> pa.Table | None:
     """Every committed row under OUT/kind, or None when nothing was written yet."""
     dataset = _dataset(out, kind)
     return None if dataset is None else dataset.to_table(columns=columns)
+
+
+def shard_config(out: str, config_digest: str, kind: str = EIGEN_DIR) -> dict:
+    """The run configuration (JSON metadata) of the shards that a config digest wrote."""
+    dataset = _dataset(out, kind)
+    for fragment in dataset.get_fragments() if dataset is not None else []:
+        raw = fragment.physical_schema.metadata.get(CONFIG_METADATA_KEY)
+        config = json.loads(raw) if raw else None
+        if config and ExtractConfig.from_dict(config).digest() == config_digest:
+            return config
+    raise ValueError(f"no shard under {out}/{kind} was written by config {config_digest}")
 
 
 def finished_ids(out: str, config_digest: str, kind: str = EIGEN_DIR) -> set[str]:

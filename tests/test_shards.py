@@ -18,7 +18,7 @@ def make_row(image_id: str, digest: str, k=3, gh=4, gw=5, rng=np.random.default_
         "grid_h": gh, "grid_w": gw, "backbone": "dinov2_vits14_offline", "weights_digest": "abc",
         "config_digest": digest, "k": k, "eigenvalues": [0.0, 0.1, 0.2][:k],
         "eigenvectors": vecs.ravel(), "eigensolver": "dense", "max_residual": 1e-12,
-        "feature_dim": None, "features": None,
+        "feature_dim": None, "features": None, "n_segments": 0,
     }, vecs
 
 

@@ -1,0 +1,140 @@
+"""The final task: dataset-wide clustering of segment features -> pseudo-labels.
+
+    python -m jobs.cluster SHARDS --out OUT --clusters 20               # local Ray
+    ray job submit --working-dir . -- python -m jobs.cluster s3://b/run --out s3://b/labels --clusters 20
+
+SHARDS is an extraction output written with `--segments N`. One Ray task streams every
+segment feature from the shards (bounded memory, pipeline.clustering), fits C clusters with a
+seed, and writes:
+
+    OUT/labels/<image stem>.png          palette PNG per image, 0 = background, c + 1 = cluster c
+    OUT/segment_labels/part-*.parquet    one row per segment (pipeline.schema.LABEL_SCHEMA)
+    OUT/clusters.npz                     centroids (+ PCA), to label new images the same way
+    OUT/cluster.json                     configuration, digests, counts, seconds
+
+Same seed + same shards = the same labels. A rerun with the same settings overwrites the
+same files.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+
+import fsspec
+import numpy as np
+
+from pipeline.clustering import ClusterConfig, SegmentClusters
+from pipeline.pseudo_labels import REFINE_MODES, encode_label_png
+from pipeline.schema import label_table
+from pipeline.semantic import PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_digests, segment_rows
+from pipeline.shards import shard_config, write_shard
+
+LABEL_DIR = "segment_labels"
+FLUSH_ROWS = 4096  # segment rows per labels shard
+
+
+def pick_digest(shards: str, digest: str | None) -> str:
+    """The extraction config to cluster: the one given, or the only one with segments."""
+    found = segment_digests(shards)
+    if digest:
+        if digest not in found:
+            raise SystemExit(f"{shards} has no segments for config {digest} (found: {sorted(found) or 'none'})")
+        return digest
+    if len(found) != 1:
+        raise SystemExit(f"{shards} holds segments of {len(found)} configs {sorted(found)}; "
+                         "choose one with --config-digest" if found else
+                         f"{shards} holds no segments: extract with --segments N first")
+    return next(iter(found))
+
+
+def _save(out: str, name: str, data: bytes) -> None:
+    with fsspec.open(f"{out}/{name}", "wb", auto_mkdir=True) as f:
+        f.write(data)
+
+
+def _save_model(out: str, model: SegmentClusters) -> None:
+    buf = io.BytesIO()
+    arrays = {"centroids": model.centroids}
+    if model.pca_components is not None:
+        arrays.update(pca_mean=model.pca_mean, pca_components=model.pca_components)
+    np.savez(buf, **arrays)
+    _save(out, "clusters.npz", buf.getvalue())
+
+
+def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLabelConfig) -> dict:
+    """Fit the clusters and write every output; returns the run record (also OUT/cluster.json)."""
+    started = time.time()
+    long_side = shard_config(shards, extract_digest)["backbone"]["long_side"]
+    model = fit_segment_clusters(shards, extract_digest, cfg.cluster)
+    fit_seconds = time.time() - started
+    digest = cfg.digest(extract_digest)
+    pending, images, sizes = [], 0, np.zeros(cfg.cluster.n_clusters + 1, np.int64)
+    for row in segment_rows(shards, extract_digest):
+        labels, image_labels = pseudo_labels(row, model, cfg, long_side)
+        _save(out, f"labels/{os.path.splitext(row['image_id'])[0]}.png", encode_label_png(image_labels))
+        sizes += np.bincount(labels, minlength=len(sizes))
+        pending += [{"image_id": row["image_id"], "segment": s + 1, "label": int(c),
+                     "config_digest": digest, "extract_digest": extract_digest} for s, c in enumerate(labels)]
+        images += 1
+        if len(pending) >= FLUSH_ROWS:
+            write_shard(label_table(pending), out, LABEL_DIR, json.dumps(cfg.to_dict()))
+            pending = []
+    if pending:
+        write_shard(label_table(pending), out, LABEL_DIR, json.dumps(cfg.to_dict()))
+    _save_model(out, model)
+    record = {"config_digest": digest, "extract_digest": extract_digest, "shards": shards,
+              "config": cfg.to_dict(), "n_images": images, "n_segments": model.n_fitted,
+              "segments_per_label": sizes[1:].tolist(), "lloyd_passes": model.n_passes,
+              "fit_seconds": round(fit_seconds, 2), "seconds": round(time.time() - started, 2)}
+    _save(out, "cluster.json", json.dumps(record, indent=2).encode())
+    return record
+
+
+def run_cluster(shards: str, out: str, cfg: PseudoLabelConfig, extract_digest: str | None = None,
+                local: bool = False, address: str | None = None) -> dict:
+    digest = pick_digest(shards, extract_digest)
+    if local:
+        return cluster_and_label(shards, out, digest, cfg)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local")
+    # One task, retried if its worker dies: outputs are overwritten whole, never appended.
+    task = ray.remote(cluster_and_label).options(num_cpus=1, max_retries=3)
+    return ray.get(task.remote(shards, out, digest, cfg))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ClusterConfig()
+    parser.add_argument("shards", help="extraction output (written with --segments N)")
+    parser.add_argument("--out", required=True, help="output folder or fsspec URL")
+    parser.add_argument("--clusters", type=int, default=d.n_clusters, help="foreground clusters")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--pca", type=int, default=d.pca_dim, help="PCA dimensions (0 = none)")
+    parser.add_argument("--sample-size", type=int, default=d.sample_size,
+                        help="segments held in memory for the k-means fit; more are streamed")
+    parser.add_argument("--refine", choices=REFINE_MODES, default="none",
+                        help="pixel labels: cell classes, or snapped to edges by the guided filter")
+    parser.add_argument("--config-digest", default=None, help="which extraction config to cluster")
+    parser.add_argument("--local", action="store_true", help="run in this process instead of a Ray task")
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local)")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = PseudoLabelConfig(ClusterConfig(n_clusters=args.clusters, seed=args.seed, pca_dim=args.pca,
+                                          sample_size=args.sample_size), refine=args.refine)
+    record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address)
+    print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "
+          f"in {record['seconds']} s; pseudo-labels in {args.out}/labels")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m jobs.cluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

@@ -1,0 +1,159 @@
+"""`deep-spectral evaluate semantic`: unsupervised semantic segmentation scored as in the paper.
+
+    deep-spectral evaluate semantic --images coco128/images --masks coco128/semantic_masks \\
+        --label-map coco128/semantic_eval_map.json --out OUT --local
+    deep-spectral evaluate semantic --voc-root VOCdevkit/VOC2012 --split val --out OUT
+
+Extraction with segments (the same actors and shards as `extract --segments N`), then per
+seed: dataset-wide k-means of the segment features, pseudo-labels, and mIoU after one
+Hungarian matching of labels to classes over the whole dataset (background included).
+k-means runs vary widely, so the report is mean ± std (population) over --seeds runs; the
+first seed's pseudo-labels are written as palette PNGs to OUT/labels.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+from PIL import Image
+
+from jobs import extract
+from pipeline.clustering import ClusterConfig
+from pipeline.datasets import Sample, folder_pairs
+from pipeline.pseudo_labels import REFINE_MODES, encode_label_png
+from pipeline.semantic import PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_rows
+from pipeline.semantic_data import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
+from pipeline.semantic_metrics import confusion, hungarian_miou
+from pipeline.sources import ImageRef
+
+DEFAULT_SEGMENTS = 15  # the paper's segments per image, when extraction flags do not say
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--label-map", default=None,
+                       help="JSON {classes, ignore_index, map: raw mask value -> class}")
+    group.add_argument("--ignore-index", type=int, default=255, help="class value not scored")
+    group.add_argument("--seeds", type=int, default=5, help="clustering runs (seeds 0..N-1)")
+    group.add_argument("--clusters", type=int, default=None,
+                       help="foreground clusters (default: classes - 1)")
+    group.add_argument("--pca", type=int, default=0, help="PCA dimensions before k-means (0 = none)")
+    group.add_argument("--label-refine", choices=REFINE_MODES, default="none",
+                       help="pseudo-labels at pixel level: cell classes, or guided-filter edges")
+
+
+def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, ...], LabelMap | None]:
+    label_map = read_label_map(args.label_map) if args.label_map else None
+    if args.voc_root:
+        samples, classes = voc_semantic(args.voc_root, args.split), VOC_CLASSES
+    elif args.images and args.masks:
+        samples = folder_pairs(args.images, args.masks)
+        classes = label_map.classes if label_map else None
+    else:
+        raise SystemExit("semantic needs --voc-root DIR [--split S] or --images DIR --masks DIR")
+    if label_map:
+        classes = label_map.classes
+    if classes is None:
+        raise SystemExit("--images/--masks need --label-map FILE to name the classes")
+    return samples[:args.limit] if args.limit else samples, tuple(classes), label_map
+
+
+def _extract_config(args: argparse.Namespace):
+    cfg, runtime = extract.configs_from_args(args)
+    if not cfg.segments.n_segments:
+        cfg = dataclasses.replace(cfg, segments=dataclasses.replace(cfg.segments, n_segments=DEFAULT_SEGMENTS))
+    return cfg, runtime
+
+
+def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: tuple[str, ...],
+                label_map: LabelMap | None, labels_cfg: PseudoLabelConfig, long_side: int | None,
+                ignore_index: int, png_dir: str | None) -> tuple[dict, list[str]]:
+    model = fit_segment_clusters(shards, digest, labels_cfg.cluster, image_ids=list(samples))
+    n_labels = labels_cfg.cluster.n_clusters + 1
+    counts = np.zeros((n_labels, len(classes)), np.int64)
+    scored = []
+    for row in segment_rows(shards, digest, image_ids=list(samples)):
+        _, labels = pseudo_labels(row, model, labels_cfg, long_side)
+        gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
+        if labels.shape != gt.shape:  # a mask saved at another size: compare at the GT's
+            labels = np.asarray(Image.fromarray(labels).resize(gt.shape[::-1], Image.NEAREST))
+        counts += confusion(labels, gt, n_labels, len(classes), ignore_index)
+        scored.append(row["image_id"])
+        if png_dir:
+            path = f"{png_dir}/{os.path.splitext(row['image_id'])[0]}.png"
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(encode_label_png(labels))
+    score = hungarian_miou(counts)
+    return {"seed": labels_cfg.cluster.seed, "miou": score.miou, "pixel_accuracy": score.pixel_accuracy,
+            "iou": score.iou.tolist(), "match": score.match.tolist(),
+            "n_segments": model.n_fitted, "lloyd_passes": model.n_passes}, scored
+
+
+def run(args: argparse.Namespace) -> dict:
+    samples, classes, label_map = _samples(args)
+    if not samples:
+        raise SystemExit("no images found for these dataset flags")
+    cfg, runtime = _extract_config(args)
+    out = args.out.rstrip("/")
+    shards = args.shards or f"{out}/spectral"
+    os.makedirs(out, exist_ok=True)
+
+    started = time.time()
+    summary = extract.run_extract(None, shards, cfg, runtime, local=args.local,
+                                  refs=[ImageRef(s.image_id, s.uri) for s in samples])
+    extract_seconds = time.time() - started
+
+    started = time.time()
+    by_id = {s.image_id: s for s in samples}
+    clusters = args.clusters or len(classes) - 1
+    per_seed, scored = [], []
+    for seed in range(args.seeds):
+        labels_cfg = PseudoLabelConfig(ClusterConfig(n_clusters=clusters, seed=seed, pca_dim=args.pca),
+                                       refine=args.label_refine)
+        result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
+                                     cfg.backbone.long_side, args.ignore_index,
+                                     f"{out}/labels" if seed == 0 else None)
+        print(f"  seed {seed}: mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f}")
+        per_seed.append(result)
+    evaluate_seconds = time.time() - started
+
+    mious = np.array([r["miou"] for r in per_seed])
+    ious = np.array([r["iou"] for r in per_seed], dtype=float)
+    failed = sorted(set(by_id) - set(scored))
+    report = {
+        "task": "semantic",
+        "miou": float(mious.mean()),
+        "miou_std": float(mious.std()),
+        "pixel_accuracy": float(np.mean([r["pixel_accuracy"] for r in per_seed])),
+        "per_class_iou": {c: (None if np.isnan(v) else round(float(v), 4))
+                          for c, v in zip(classes, ious.mean(axis=0))},
+        "per_seed": per_seed,
+        "n_images": len(scored),
+        "n_failed": len(failed),
+        "seconds_per_image": round((extract_seconds + evaluate_seconds) / max(len(scored), 1), 4),
+        "n_extracted": summary["processed"] + summary["failed"],
+        "extract_seconds": round(extract_seconds, 2),
+        "evaluate_seconds": round(evaluate_seconds, 2),
+        "backbone": cfg.backbone.name,
+        "config_digest": cfg.digest(),
+        "config": {"extract": cfg.to_dict(), "task": {
+                       "labels": PseudoLabelConfig(ClusterConfig(n_clusters=clusters, pca_dim=args.pca),
+                                                   refine=args.label_refine).to_dict(),
+                       "seeds": args.seeds, "classes": list(classes),
+                       "label_map": args.label_map, "ignore_index": args.ignore_index},
+                   "data": {k: getattr(args, k) for k in ("images", "masks", "voc_root", "split")
+                            if getattr(args, k, None)},
+                   "limit": args.limit, "local": args.local, "shards": shards},
+        "failed": failed,
+    }
+    for path in filter(None, [args.json, f"{out}/metrics.json"]):
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+    print(f"semantic  mIoU {report['miou']:.4f} ± {report['miou_std']:.4f} over {args.seeds} seeds  "
+          f"pixel accuracy {report['pixel_accuracy']:.4f}  n_images {len(scored)}  "
+          f"n_failed {len(failed)}  backbone {cfg.backbone.name}")
+    return report

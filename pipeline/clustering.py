@@ -1,0 +1,129 @@
+"""Dataset-wide k-means over segment features, in bounded memory.
+
+    fit_clusters(batches, cfg)   a re-iterable of (n, D) feature batches -> SegmentClusters
+    SegmentClusters.assign(x)    (n, D) -> (n,) cluster ids 0..C-1
+
+The features are L2-normalised. One pass draws a seeded reservoir sample (at most
+cfg.sample_size vectors) and counts the input; PCA (optional) and k-means with n_init
+restarts are fitted on the sample. When the sample is the whole input that is exact k-means;
+otherwise Lloyd iterations then refine the centroids over the full stream, one pass each,
+holding only C x D sums. Memory is the sample plus one batch, whatever the dataset size, and
+the same seed and input order give the same clusters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    n_clusters: int = 20  # foreground clusters; per-image background segments are label 0
+    seed: int = 0
+    pca_dim: int = 0  # 0 = no PCA
+    sample_size: int = 100_000
+    n_init: int = 10
+    max_passes: int = 10  # Lloyd passes over the full stream when it exceeds the sample
+    tol: float = 1e-5  # stop when no centroid moves more than this (squared distance)
+
+
+@dataclass
+class SegmentClusters:
+    centroids: np.ndarray  # (C, d) in the (PCA-reduced) space
+    pca_mean: np.ndarray | None  # (D,)
+    pca_components: np.ndarray | None  # (d, D)
+    n_fitted: int  # segments seen
+    n_passes: int  # full-stream Lloyd passes after the sample fit
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) raw features -> (n, d) normalised, PCA-reduced."""
+        x = l2_normalize(features)
+        if self.pca_components is not None:
+            x = (x - self.pca_mean) @ self.pca_components.T
+        return x
+
+    def assign(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) -> (n,) int index of the nearest centroid."""
+        return nearest(self.transform(features), self.centroids)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    d = (centroids ** 2).sum(axis=1)[None, :] - 2.0 * (x @ centroids.T)
+    return np.argmin(d, axis=1)
+
+
+def reservoir_sample(batches: Iterable[np.ndarray], size: int, seed: int) -> tuple[np.ndarray, int]:
+    """Uniform sample without replacement of at most `size` rows of the stream (Algorithm R,
+    vectorised per batch) -> (sample (m, D), rows seen)."""
+    rng = np.random.default_rng(seed)
+    sample: np.ndarray | None = None
+    filled = seen = 0
+    for batch in batches:
+        batch = l2_normalize(batch)
+        if not len(batch):
+            continue
+        if sample is None:
+            sample = np.empty((size, batch.shape[1]), np.float32)
+        take = min(size - filled, len(batch))
+        sample[filled:filled + take] = batch[:take]
+        filled += take
+        rest = batch[take:]
+        if len(rest):
+            # Row t (0-based in the stream) replaces slot j ~ U[0, t] when j < size.
+            slots = rng.integers(0, np.arange(seen + take, seen + len(batch)) + 1)
+            keep = slots < size
+            sample[slots[keep]] = rest[keep]  # later rows win, as in the sequential algorithm
+        seen += len(batch)
+    if sample is None:
+        raise ValueError("no segment features to cluster")
+    return sample[:filled], seen
+
+
+def fit_clusters(batches: Callable[[], Iterable[np.ndarray]], cfg: ClusterConfig) -> SegmentClusters:
+    """`batches()` yields the stream of (n, D) raw feature batches; called once per pass."""
+    sample, total = reservoir_sample(batches(), cfg.sample_size, cfg.seed)
+    if len(sample) < cfg.n_clusters:
+        raise ValueError(f"{len(sample)} segments cannot make {cfg.n_clusters} clusters")
+    mean = components = None
+    x = sample
+    if cfg.pca_dim:
+        pca = PCA(n_components=min(cfg.pca_dim, *sample.shape), random_state=cfg.seed).fit(sample)
+        mean, components = pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+        x = (sample - mean) @ components.T
+    km = KMeans(n_clusters=cfg.n_clusters, n_init=cfg.n_init, random_state=cfg.seed).fit(x)
+    model = SegmentClusters(km.cluster_centers_.astype(np.float32), mean, components, total, 0)
+    if total > len(sample):
+        _lloyd_passes(model, batches, cfg)
+    return model
+
+
+def _lloyd_passes(model: SegmentClusters, batches: Callable[[], Iterable[np.ndarray]],
+                  cfg: ClusterConfig) -> None:
+    for _ in range(cfg.max_passes):
+        sums = np.zeros(model.centroids.shape, np.float64)
+        counts = np.zeros(len(model.centroids), np.int64)
+        for batch in batches():
+            if not len(batch):
+                continue
+            x = model.transform(batch)
+            labels = nearest(x, model.centroids)
+            for c in np.unique(labels):
+                sums[c] += x[labels == c].sum(axis=0)
+            counts += np.bincount(labels, minlength=len(counts))
+        moved = counts > 0  # an emptied cluster keeps its centroid
+        new = model.centroids.copy()
+        new[moved] = (sums[moved] / counts[moved, None]).astype(np.float32)
+        shift = float(((new - model.centroids) ** 2).sum(axis=1).max())
+        model.centroids = new
+        model.n_passes += 1
+        if shift <= cfg.tol:
+            break

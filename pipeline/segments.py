@@ -1,0 +1,80 @@
+"""One image's segments for semantic segmentation (the paper's per-image step).
+
+    segment_map(eigenvectors, cfg)          (k, h, w) -> (h, w) int16 labels, 0 = background
+    segment_boxes(labels, n, geom, cfg)     -> (n, 4) float pixel boxes of segments 1..n
+    segment_crops(image, boxes, size)       -> n crops, size x size x 3 uint8, to re-embed
+    pooled_features(features, labels, n)    (h, w, C) -> (n, C) mean feature per segment
+
+Segments are k-means clusters of the patches' spectral embedding (eigenvectors 1..m; the
+constant eigenvector 0 carries nothing). The segment covering most of the grid border is the
+background, label 0; the others are numbered 1..n by decreasing area.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from sklearn.cluster import KMeans
+
+from pipeline.config import SegmentsConfig
+from pipeline.geometry import GridGeometry, cells_to_box
+from pipeline.spectral import border_mask
+
+
+def segment_map(eigenvectors: np.ndarray, cfg: SegmentsConfig) -> np.ndarray:
+    """(k, h, w) eigenvectors -> (h, w) int16 labels: 0 background, 1..n by decreasing area.
+
+    Fewer than cfg.n_segments labels come back when the grid has fewer distinct points.
+    """
+    k, h, w = eigenvectors.shape
+    m = max(1, min(cfg.n_eigenvectors, k - 1))
+    points = eigenvectors[1:1 + m].reshape(m, -1).T.astype(np.float64)
+    n_clusters = max(1, min(cfg.n_segments, len(np.unique(points.round(6), axis=0))))
+    raw = KMeans(n_clusters=n_clusters, n_init=3, random_state=cfg.seed).fit_predict(points)
+    raw = raw.reshape(h, w)
+
+    ids, areas = np.unique(raw, return_counts=True)
+    on_border = np.array([np.sum(raw[border_mask(h, w)] == i) for i in ids])
+    background = ids[np.lexsort((-areas, -on_border))[0]]  # most border cells, then largest
+    others = [i for i in ids[np.argsort(-areas, kind="stable")] if i != background]
+    labels = np.zeros((h, w), np.int16)
+    for new, old in enumerate(others, start=1):
+        labels[raw == old] = new
+    return labels
+
+
+def segment_boxes(labels: np.ndarray, n: int, geom: GridGeometry, cfg: SegmentsConfig) -> np.ndarray:
+    """(h, w) labels -> (n, 4) float [x0, y0, x1, y1] pixel boxes of segments 1..n.
+
+    Each mask is eroded then dilated at patch level before its box is taken; a segment that
+    erosion removes entirely keeps the box of its raw mask.
+    """
+    boxes = np.zeros((n, 4), np.float32)
+    for s in range(1, n + 1):
+        mask = labels == s
+        opened = ndimage.binary_erosion(mask, iterations=cfg.erode) if cfg.erode else mask
+        if opened.any():
+            mask = ndimage.binary_dilation(opened, iterations=cfg.dilate) if cfg.dilate else opened
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        boxes[s - 1] = cells_to_box(geom, rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+    return boxes
+
+
+def segment_crops(image: np.ndarray, boxes: np.ndarray, size: int) -> list[np.ndarray]:
+    """(H, W, 3) uint8 image, (n, 4) pixel boxes -> n crops resized to (size, size, 3)."""
+    crops = []
+    height, width = image.shape[:2]
+    for x0, y0, x1, y1 in boxes:
+        x0, y0 = int(np.floor(x0)), int(np.floor(y0))
+        x1, y1 = max(int(np.ceil(x1)), x0 + 1), max(int(np.ceil(y1)), y0 + 1)
+        crop = image[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)]
+        crops.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC)))
+    return crops
+
+
+def pooled_features(features: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """(h, w, C) patch features on the labels' grid -> (n, C) float32 mean of segments 1..n."""
+    flat = features.reshape(-1, features.shape[-1]).astype(np.float32)
+    onehot = labels.ravel()[None, :] == np.arange(1, n + 1)[:, None]  # (n, h*w)
+    counts = np.maximum(onehot.sum(axis=1, keepdims=True), 1)
+    return (onehot.astype(np.float32) @ flat) / counts

@@ -1,0 +1,102 @@
+"""Dataset-level semantic segmentation over extraction shards (the paper's second stage):
+every image's segment features -> dataset-wide clusters -> per-image pseudo-labels.
+
+    segment_feature_batches(shards, digest)     a re-iterable stream of (n, D) feature batches
+    fit_segment_clusters(shards, digest, cfg)   -> SegmentClusters (pipeline.clustering)
+    segment_rows(shards, digest)                streams the rows pseudo-labels need
+    pseudo_labels(row, model, cfg, long_side)   -> (segment labels (n,), label image (H, W))
+
+Shards are read in a fixed order, a batch at a time, so memory does not grow with the
+dataset and the same seed gives the same labels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow.compute as pc
+
+from pipeline.clustering import ClusterConfig, SegmentClusters, fit_clusters
+from pipeline.geometry import geometry_of
+from pipeline.images import decode_image
+from pipeline.pseudo_labels import label_grid, label_image
+from pipeline.schema import segments_of
+from pipeline.shards import EIGEN_DIR, scan_batches
+from pipeline.sources import read_bytes
+
+ROW_COLUMNS = ["image_id", "source_uri", "height", "width", "input_height", "input_width",
+               "grid_h", "grid_w", "n_segments", "segment_map", "segment_boxes", "segment_dim",
+               "segment_features"]
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    refine: str = "none"  # pipeline.pseudo_labels.REFINE_MODES
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self, extract_digest: str) -> str:
+        """Names a clustering run: these settings over the shards of one extraction config."""
+        text = json.dumps({"labels": self.to_dict(), "extract": extract_digest}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def segment_digests(shards: str) -> dict[str, int]:
+    """Extraction config digest -> number of images with segments, over the shards' rows."""
+    counts: dict[str, int] = {}
+    for batch in scan_batches(shards, EIGEN_DIR, ["config_digest", "n_segments"]):
+        digests = batch.column("config_digest").to_numpy(zero_copy_only=False)
+        has = batch.column("n_segments").to_numpy() > 0
+        for d in digests[has]:
+            counts[d] = counts.get(d, 0) + 1
+    return counts
+
+
+def segment_feature_batches(shards: str, digest: str, batch_rows: int = 1024,
+                            image_ids: list[str] | None = None):
+    """-> a callable that starts a new pass: yields (n, D) float32 feature batches of the
+    images with segments (all, or only `image_ids`)."""
+    def stream() -> Iterator[np.ndarray]:
+        for batch in scan_batches(shards, EIGEN_DIR, ["segment_dim", "segment_features"],
+                                  digest, batch_rows, image_ids):
+            dims = batch.column("segment_dim").drop_null()
+            if not len(dims):
+                continue
+            values = pc.list_flatten(batch.column("segment_features")).to_numpy(zero_copy_only=False)
+            yield values.reshape(-1, dims[0].as_py()).astype(np.float32, copy=False)
+    return stream
+
+
+def fit_segment_clusters(shards: str, digest: str, cfg: ClusterConfig, batch_rows: int = 1024,
+                         image_ids: list[str] | None = None) -> SegmentClusters:
+    return fit_clusters(segment_feature_batches(shards, digest, batch_rows, image_ids), cfg)
+
+
+def segment_rows(shards: str, digest: str, batch_rows: int = 256,
+                 image_ids: list[str] | None = None) -> Iterator[dict]:
+    """Rows (ROW_COLUMNS) of images with segments, streamed in shard order."""
+    for batch in scan_batches(shards, EIGEN_DIR, ROW_COLUMNS, digest, batch_rows, image_ids):
+        for row in batch.to_pylist():
+            if row["segment_map"] is not None:
+                yield row
+
+
+def pseudo_labels(row: dict, model: SegmentClusters, cfg: PseudoLabelConfig,
+                  long_side: int | None, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A shard row with segments -> (class of each segment 1..n (n,) int, (H, W) uint8 labels).
+
+    Classes are cluster + 1; the background segment is 0. `image` (decoded as extraction
+    decoded it) is read from the row's source when guided refinement needs it and none is given.
+    """
+    segment_map, _, features = segments_of(row)
+    labels = model.assign(features) + 1 if len(features) else np.zeros(0, np.int64)
+    grid = label_grid(segment_map, labels)
+    if cfg.refine != "none" and image is None:
+        image = decode_image(read_bytes(row["source_uri"]))
+    return labels, label_image(grid, geometry_of(row, long_side), image, cfg.refine)

@@ -1,0 +1,115 @@
+"""Semantic segmentation end to end: extraction with segments (real backbone, real shards),
+the final clustering task locally and on Ray, pseudo-label PNGs read back, and
+`deep-spectral evaluate semantic` on COCO128 images."""
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cluster import LABEL_DIR, cluster_and_label, pick_digest, run_cluster
+from jobs.extract import run_extract
+from pipeline.clustering import ClusterConfig
+from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig, SegmentsConfig
+from pipeline.pseudo_labels import decode_label_png
+from pipeline.schema import segments_of
+from pipeline.semantic import PseudoLabelConfig
+from pipeline.shards import read_table
+from pipeline.sources import list_images
+from tests.conftest import SAMPLES, shared_data
+
+
+def extract_with_segments(out, features="crop"):
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
+                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features=features,
+                                                crop_size=56))
+    run_extract(str(SAMPLES), str(out), cfg, RuntimeConfig(batch_size=4), local=True)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, offline_weights):
+    out = tmp_path_factory.mktemp("semantic") / "shards"
+    cfg = extract_with_segments(out)
+    return out, cfg
+
+
+def test_extraction_writes_segments_next_to_eigenvectors(shards):
+    out, cfg = shards
+    rows = read_table(str(out)).to_pylist()
+    assert len(rows) == len(list(SAMPLES.glob("*.jpg")))
+    for row in rows:
+        labels, boxes, features = segments_of(row)
+        n = row["n_segments"]
+        assert 1 <= n <= 3 and labels.shape == (row["grid_h"], row["grid_w"])
+        assert set(np.unique(labels)) == set(range(n + 1))  # 0 = background, then 1..n
+        assert features.shape == (n, 384) and np.all(np.isfinite(features))
+        assert np.all(boxes[:, :2] < boxes[:, 2:]) and np.all(boxes[:, 2] <= row["width"])
+        assert np.all(boxes[:, 3] <= row["height"])
+
+
+def test_cluster_task_writes_labels_deterministically(shards, tmp_path):
+    out, cfg = shards
+    labels_cfg = PseudoLabelConfig(ClusterConfig(n_clusters=2, seed=0))
+    digest = pick_digest(str(out), None)
+    assert digest == cfg.digest()
+    first = cluster_and_label(str(out), str(tmp_path / "a"), digest, labels_cfg)
+    second = cluster_and_label(str(out), str(tmp_path / "b"), digest, labels_cfg)
+    rows = read_table(str(out)).to_pylist()
+    assert first["n_images"] == len(rows) and first["n_segments"] == sum(r["n_segments"] for r in rows)
+
+    table = pq.read_table(tmp_path / "a" / LABEL_DIR).to_pylist()
+    assert len(table) == first["n_segments"] and {r["label"] for r in table} <= {1, 2}
+    for row in rows:
+        stem = row["image_id"].rsplit(".", 1)[0]
+        a = (tmp_path / "a" / "labels" / f"{stem}.png").read_bytes()
+        assert a == (tmp_path / "b" / "labels" / f"{stem}.png").read_bytes()
+        pixels = decode_label_png(a)
+        assert pixels.shape == (row["height"], row["width"])
+        seg_labels = {r["segment"]: r["label"] for r in table if r["image_id"] == row["image_id"]}
+        assert set(np.unique(pixels)) <= {0} | set(seg_labels.values())
+    record = json.loads((tmp_path / "a" / "cluster.json").read_text())
+    assert record["config"]["cluster"]["n_clusters"] == 2 and sum(record["segments_per_label"]) == first["n_segments"]
+
+
+@pytest.mark.ray
+def test_cluster_runs_as_a_ray_task_with_the_same_labels(shards, tmp_path):
+    ray = pytest.importorskip("ray")
+    out, _ = shards
+    labels_cfg = PseudoLabelConfig(ClusterConfig(n_clusters=2, seed=1))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = run_cluster(str(out), str(tmp_path / "ray"), labels_cfg)
+    finally:
+        ray.shutdown()
+    local = run_cluster(str(out), str(tmp_path / "local"), labels_cfg, local=True)
+    assert on_ray["n_segments"] == local["n_segments"]
+    for png in (tmp_path / "local" / "labels").glob("*.png"):
+        assert png.read_bytes() == (tmp_path / "ray" / "labels" / png.name).read_bytes()
+
+
+def test_pick_digest_needs_segments(tmp_path, offline_weights):
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=56), eigen=EigenConfig(k=3))
+    run_extract(None, str(tmp_path), cfg, RuntimeConfig(), refs=list_images(str(SAMPLES))[:1], local=True)
+    with pytest.raises(SystemExit, match="--segments"):
+        pick_digest(str(tmp_path), None)
+
+
+def test_evaluate_semantic_on_coco128(tmp_path, offline_weights):
+    from jobs.cli import main
+
+    root = shared_data("coco128")
+    metrics = tmp_path / "m.json"
+    code = main(["evaluate", "semantic", "--images", str(root / "images"),
+                 "--masks", str(root / "semantic_masks"), "--label-map", str(root / "semantic_eval_map.json"),
+                 "--limit", "3", "--seeds", "2", "--clusters", "3", "--segments", "4",
+                 "--segment-features", "pool", "--long-side", "112", "--k", "6",
+                 "--out", str(tmp_path / "out"), "--json", str(metrics), "--local"])
+    assert code == 0
+    report = json.loads(metrics.read_text())
+    assert report["task"] == "semantic" and report["n_images"] == 3 and report["n_failed"] == 0
+    assert len(report["per_seed"]) == 2 and 0 <= report["miou"] <= 1 and report["miou_std"] >= 0
+    assert report["config"]["extract"]["segments"]["n_segments"] == 4
+    assert report["per_class_iou"]["background"] is not None
+    pngs = sorted((tmp_path / "out" / "labels").glob("*.png"))
+    assert len(pngs) == 3 and decode_label_png(pngs[0].read_bytes()).max() <= 3

@@ -1,0 +1,216 @@
+"""Semantic segmentation building blocks: per-image segments, dataset clustering, pseudo-label
+PNGs, label maps and Hungarian mIoU, on synthetic inputs whose answers are known."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.clustering import ClusterConfig, fit_clusters, reservoir_sample
+from pipeline.config import SegmentsConfig
+from pipeline.geometry import GridGeometry
+from pipeline.pseudo_labels import decode_label_png, encode_label_png, label_grid, label_image
+from pipeline.segments import pooled_features, segment_boxes, segment_crops, segment_map
+from pipeline.semantic_data import read_class_mask, read_label_map, voc_semantic
+from pipeline.semantic_metrics import confusion, hungarian_miou
+from tests.conftest import shared_data
+
+# ------------------------------------------------------------------------- Hungarian mIoU
+
+
+def test_hungarian_scores_a_permuted_perfect_labelling_as_100():
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 5, size=(40, 50))
+    perm = np.array([3, 0, 4, 1, 2])
+    score = hungarian_miou(confusion(perm[gt], gt, 5, 5))
+    assert score.miou == 1.0 and score.pixel_accuracy == 1.0
+    np.testing.assert_array_equal(score.match, perm)
+
+
+def test_hungarian_iou_by_hand_and_ignored_pixels():
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    pred = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])  # label 1 ~ class 0, label 0 ~ class 1
+    counts = confusion(pred, gt, 2, 2, ignore_index=255)
+    np.testing.assert_array_equal(counts, [[0, 2], [4, 1]])
+    score = hungarian_miou(counts)
+    # class 0 <- label 1: tp 4, union 5 + 4 - 4 = 5; class 1 <- label 0: tp 2, union 2 + 3 - 2 = 3
+    np.testing.assert_allclose(score.iou, [4 / 5, 2 / 3])
+    assert score.miou == pytest.approx((4 / 5 + 2 / 3) / 2)
+    assert score.pixel_accuracy == pytest.approx(6 / 7)
+
+
+def test_absent_classes_leave_the_mean_and_missing_predictions_score_zero():
+    gt = np.array([[0, 0, 2, 2]])
+    score = hungarian_miou(confusion(np.zeros((1, 4), int), gt, 1, 3))
+    assert np.isnan(score.iou[1])  # class 1 has no pixels anywhere
+    assert sorted(score.iou[[0, 2]]) == [0.0, 0.5] and score.miou == 0.25
+
+
+def test_confusion_rejects_classes_outside_the_range():
+    with pytest.raises(ValueError, match="label map"):
+        confusion(np.zeros((2, 2), int), np.full((2, 2), 7), 2, 3, ignore_index=255)
+
+
+# ------------------------------------------------------------------------- clustering
+
+
+def blobs(n_per: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.eye(8)[:4] * 5
+    truth = np.repeat(np.arange(4), n_per)
+    return (centres[truth] + rng.normal(scale=0.3, size=(len(truth), 8))).astype(np.float32), truth
+
+
+def stream(x: np.ndarray, batch: int):
+    return lambda: (x[s:s + batch] for s in range(0, len(x), batch))
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.parametrize("sample_size", [10_000, 50])  # all in memory / streamed Lloyd passes
+def test_clustering_is_deterministic_for_a_seed_and_finds_the_blobs(sample_size):
+    x, truth = blobs(300)
+    order = np.random.default_rng(1).permutation(len(x))
+    x, truth = x[order], truth[order]
+    cfg = ClusterConfig(n_clusters=4, seed=3, sample_size=sample_size, n_init=2)
+    first = fit_clusters(stream(x, 64), cfg)
+    second = fit_clusters(stream(x, 64), cfg)
+    np.testing.assert_array_equal(first.centroids, second.centroids)
+    labels = first.assign(x)
+    np.testing.assert_array_equal(labels, second.assign(x))
+    assert same_partition(labels, truth)
+    assert first.n_fitted == len(x)
+    assert (first.n_passes > 0) == (sample_size < len(x))
+
+
+def test_clustering_with_pca_and_different_seeds():
+    x, truth = blobs(100)
+    a = fit_clusters(stream(x, 50), ClusterConfig(n_clusters=4, seed=0, pca_dim=3, n_init=2))
+    b = fit_clusters(stream(x, 50), ClusterConfig(n_clusters=4, seed=1, pca_dim=3, n_init=2))
+    assert a.centroids.shape == (4, 3)
+    assert same_partition(a.assign(x), truth) and same_partition(b.assign(x), truth)
+
+
+def test_reservoir_sample_is_bounded_uniform_and_without_replacement():
+    theta = np.arange(1000) * (np.pi / 2 / 1000)  # unit rows: row i is recoverable from its angle
+    x = np.stack([np.cos(theta), np.sin(theta)], axis=1).astype(np.float32)
+    sample, seen = reservoir_sample(stream(x, 37)(), 100, seed=0)
+    assert seen == 1000 and sample.shape == (100, 2)
+    index = np.rint(np.arctan2(sample[:, 1], sample[:, 0]) / (np.pi / 2 / 1000)).astype(int)
+    assert len(set(index)) == 100  # without replacement
+    assert 350 < index.mean() < 650 and index.max() > 900  # not just the first rows
+    again, _ = reservoir_sample(stream(x, 64)(), 100, seed=0)
+    assert sorted(map(tuple, again)) != sorted(map(tuple, x[:100]))
+
+
+def test_too_few_segments_for_the_clusters_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot make 5 clusters"):
+        fit_clusters(stream(np.ones((3, 4), np.float32), 2), ClusterConfig(n_clusters=5))
+
+
+# ------------------------------------------------------------------------- per-image segments
+
+
+def block_eigenvectors() -> np.ndarray:
+    """(3, 8, 10) eigenvectors of a picture with an object block at rows 2..5, cols 3..7."""
+    vec = np.full((8, 10), -1.0)
+    vec[2:6, 3:8] = 1.0
+    second = np.zeros((8, 10))
+    second[:, :5] = 0.5
+    return np.stack([np.ones((8, 10)), vec, second])
+
+
+def test_segment_map_puts_the_border_segment_at_zero():
+    labels = segment_map(block_eigenvectors(), SegmentsConfig(n_segments=2, n_eigenvectors=1))
+    expected = np.zeros((8, 10), np.int16)
+    expected[2:6, 3:8] = 1
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_segment_map_numbers_foreground_by_area():
+    vecs = block_eigenvectors()
+    vecs[1, 2:6, 3:5] = 3.0  # the block splits into 4x2 and 4x3 parts
+    labels = segment_map(vecs, SegmentsConfig(n_segments=3, n_eigenvectors=1))
+    assert (labels == 1).sum() == 12 and (labels == 2).sum() == 8 and labels[0, 0] == 0
+
+
+def test_segment_boxes_crops_and_pooled_features():
+    labels = np.zeros((8, 10), np.int16)
+    labels[2:6, 3:8] = 1
+    labels[7, 9] = 2  # one cell: erosion removes it, its raw box stays
+    geom = GridGeometry(8, 10, height=160, width=200, cell_h=14, cell_w=14, scale_y=0.7, scale_x=0.7)
+    cfg = SegmentsConfig(erode=1, dilate=1)
+    boxes = segment_boxes(labels, 2, geom, cfg)
+    # block eroded to rows 3..4, cols 4..6, dilated back to rows 2..5 x cols 3..7 (cross shape)
+    np.testing.assert_allclose(boxes[0], [3 * 20, 2 * 20, 8 * 20, 6 * 20])
+    np.testing.assert_allclose(boxes[1], [9 * 20, 7 * 20, 200, 160])
+    image = np.zeros((160, 200, 3), np.uint8)
+    crops = segment_crops(image, boxes, 28)
+    assert [c.shape for c in crops] == [(28, 28, 3)] * 2
+    features = np.arange(8 * 10 * 2, dtype=np.float32).reshape(8, 10, 2)
+    pooled = pooled_features(features, labels, 2)
+    np.testing.assert_allclose(pooled[0], features[2:6, 3:8].reshape(-1, 2).mean(axis=0))
+    np.testing.assert_allclose(pooled[1], features[7, 9])
+
+
+# ------------------------------------------------------------------------- pseudo-labels
+
+
+def test_label_png_round_trip_and_pixel_labels():
+    segment_labels = np.array([4, 2])
+    seg = np.zeros((2, 3), np.int16)
+    seg[0, 1], seg[1, 2] = 1, 2
+    grid = label_grid(seg, segment_labels)
+    np.testing.assert_array_equal(grid, [[0, 4, 0], [0, 0, 2]])
+    geom = GridGeometry(2, 3, height=20, width=30, cell_h=14, cell_w=14, scale_y=1.4, scale_x=1.4)
+    pixels = label_image(grid, geom)
+    assert pixels.shape == (20, 30) and pixels[0, 10] == 4 and pixels[19, 29] == 2 and pixels[0, 0] == 0
+    data = encode_label_png(pixels)
+    assert Image.open(__import__("io").BytesIO(data)).mode == "P"
+    np.testing.assert_array_equal(decode_label_png(data), pixels)
+    image = np.zeros((20, 30, 3), np.uint8)
+    guided = label_image(grid, geom, image, refine="guided")
+    assert guided.shape == (20, 30) and set(np.unique(guided)) <= {0, 2, 4}
+
+
+# ------------------------------------------------------------------------- ground truth
+
+
+def test_coco128_label_map_and_masks():
+    root = shared_data("coco128")
+    label_map = read_label_map(str(root / "semantic_eval_map.json"))
+    assert label_map.classes[0] == "background" and len(label_map.classes) == 13
+    mask = read_class_mask(str(root / "semantic_masks" / "000000000009.png"), label_map)
+    raw = np.asarray(Image.open(root / "semantic_masks" / "000000000009.png"))
+    assert set(np.unique(mask)) <= set(range(13)) | {255}
+    assert np.all(mask[raw == 0] == 255)  # unlabeled is ignored
+    assert np.all(mask[raw == 1] == 1) if (raw == 1).any() else True
+
+
+def test_label_map_rejects_classes_out_of_range(tmp_path):
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"classes": ["bg", "a"], "map": {"3": 5}}))
+    with pytest.raises(ValueError, match="outside"):
+        read_label_map(str(path))
+
+
+def test_voc_semantic_reads_split_and_palette_masks(tmp_path):
+    root = tmp_path / "VOC2012"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000032\n2007_000039\n")
+    for i in ("2007_000032", "2007_000039"):
+        Image.new("RGB", (30, 20)).save(root / "JPEGImages" / f"{i}.jpg")
+        mask = np.zeros((20, 30), np.uint8)
+        mask[5:10, 5:10], mask[4, 4:11] = 15, 255
+        img = Image.fromarray(mask, mode="P")
+        img.putpalette([0] * 768)
+        img.save(root / "SegmentationClass" / f"{i}.png")
+    samples = voc_semantic(str(root), "val")
+    assert [s.image_id for s in samples] == ["2007_000032.jpg", "2007_000039.jpg"]
+    mask = read_class_mask(samples[0].mask_uri)
+    assert set(np.unique(mask)) == {0, 15, 255}
