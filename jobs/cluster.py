@@ -8,6 +8,8 @@ segment feature from the shards (bounded memory, pipeline.clustering), fits C cl
 seed, and writes:
 
     OUT/labels/<image stem>.png          palette PNG per image, 0 = background, c + 1 = cluster c
+                                         (with --self-train: the labels a linear head on the
+                                         patch features predicts after training on these)
     OUT/segment_labels/part-*.parquet    one row per segment (pipeline.schema.LABEL_SCHEMA)
     OUT/clusters.npz                     centroids (+ PCA), to label new images the same way
     OUT/cluster.json                     configuration, digests, counts, seconds
@@ -30,7 +32,9 @@ import numpy as np
 from pipeline.clustering import ClusterConfig, SegmentClusters
 from pipeline.pseudo_labels import REFINE_MODES, encode_label_png
 from pipeline.schema import label_table
-from pipeline.semantic import PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_digests, segment_rows
+from pipeline.self_training import SelfTrainConfig
+from pipeline.semantic import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_digests,
+                               segment_rows, self_train, self_trained_labels)
 from pipeline.shards import shard_config, write_shard
 
 LABEL_DIR = "segment_labels"
@@ -70,11 +74,14 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
     started = time.time()
     long_side = shard_config(shards, extract_digest)["backbone"]["long_side"]
     model = fit_segment_clusters(shards, extract_digest, cfg.cluster)
+    head = self_train(shards, extract_digest, model, cfg.self_train) if cfg.self_train else None
     fit_seconds = time.time() - started
     digest = cfg.digest(extract_digest)
     pending, images, sizes = [], 0, np.zeros(cfg.cluster.n_clusters + 1, np.int64)
-    for row in segment_rows(shards, extract_digest):
+    for row in segment_rows(shards, extract_digest, with_features=head is not None):
         labels, image_labels = pseudo_labels(row, model, cfg, long_side)
+        if head is not None:
+            image_labels = self_trained_labels(row, head, long_side)
         _save(out, f"labels/{os.path.splitext(row['image_id'])[0]}.png", encode_label_png(image_labels))
         sizes += np.bincount(labels, minlength=len(sizes))
         pending += [{"image_id": row["image_id"], "segment": s + 1, "label": int(c),
@@ -119,6 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segments held in memory for the k-means fit; more are streamed")
     parser.add_argument("--refine", choices=REFINE_MODES, default="none",
                         help="pixel labels: cell classes, or snapped to edges by the guided filter")
+    parser.add_argument("--self-train", action="store_true",
+                        help="label pixels with a linear head trained on the pseudo-labels "
+                             "(shards extracted with --store-features)")
     parser.add_argument("--config-digest", default=None, help="which extraction config to cluster")
     parser.add_argument("--local", action="store_true", help="run in this process instead of a Ray task")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local)")
@@ -126,7 +136,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = PseudoLabelConfig(ClusterConfig(n_clusters=args.clusters, seed=args.seed, pca_dim=args.pca,
-                                          sample_size=args.sample_size), refine=args.refine)
+                                          sample_size=args.sample_size), refine=args.refine,
+                            self_train=SelfTrainConfig(seed=args.seed) if args.self_train else None)
     record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address)
     print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "
           f"in {record['seconds']} s; pseudo-labels in {args.out}/labels")

@@ -25,7 +25,9 @@ from jobs import extract
 from pipeline.clustering import ClusterConfig
 from pipeline.datasets import Sample, folder_pairs
 from pipeline.pseudo_labels import REFINE_MODES, encode_label_png
-from pipeline.semantic import PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_rows
+from pipeline.self_training import SelfTrainConfig
+from pipeline.semantic import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_rows,
+                               self_train, self_trained_labels)
 from pipeline.semantic_data import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
 from pipeline.semantic_metrics import confusion, hungarian_miou
 from pipeline.sources import ImageRef
@@ -43,6 +45,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--pca", type=int, default=0, help="PCA dimensions before k-means (0 = none)")
     group.add_argument("--label-refine", choices=REFINE_MODES, default="none",
                        help="pseudo-labels at pixel level: cell classes, or guided-filter edges")
+    group.add_argument("--self-train", action="store_true",
+                       help="also score a linear head trained on the pseudo-labels (needs --store-features)")
 
 
 def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, ...], LabelMap | None]:
@@ -70,17 +74,21 @@ def _extract_config(args: argparse.Namespace):
 
 def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: tuple[str, ...],
                 label_map: LabelMap | None, labels_cfg: PseudoLabelConfig, long_side: int | None,
-                ignore_index: int, png_dir: str | None) -> tuple[dict, list[str]]:
+                ignore_index: int, png_dir: str | None, self_training: bool) -> tuple[dict, list[str]]:
     model = fit_segment_clusters(shards, digest, labels_cfg.cluster, image_ids=list(samples))
+    head = self_train(shards, digest, model, labels_cfg.self_train or SelfTrainConfig(seed=labels_cfg.cluster.seed),
+                      list(samples)) if self_training else None
     n_labels = labels_cfg.cluster.n_clusters + 1
     counts = np.zeros((n_labels, len(classes)), np.int64)
+    counts_self = counts.copy()
     scored = []
-    for row in segment_rows(shards, digest, image_ids=list(samples)):
+    for row in segment_rows(shards, digest, image_ids=list(samples), with_features=self_training):
         _, labels = pseudo_labels(row, model, labels_cfg, long_side)
         gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
-        if labels.shape != gt.shape:  # a mask saved at another size: compare at the GT's
-            labels = np.asarray(Image.fromarray(labels).resize(gt.shape[::-1], Image.NEAREST))
-        counts += confusion(labels, gt, n_labels, len(classes), ignore_index)
+        counts += confusion(_at(labels, gt.shape), gt, n_labels, len(classes), ignore_index)
+        if head is not None:
+            predicted = _at(self_trained_labels(row, head, long_side), gt.shape)
+            counts_self += confusion(predicted, gt, n_labels, len(classes), ignore_index)
         scored.append(row["image_id"])
         if png_dir:
             path = f"{png_dir}/{os.path.splitext(row['image_id'])[0]}.png"
@@ -88,9 +96,19 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
             with open(path, "wb") as f:
                 f.write(encode_label_png(labels))
     score = hungarian_miou(counts)
-    return {"seed": labels_cfg.cluster.seed, "miou": score.miou, "pixel_accuracy": score.pixel_accuracy,
-            "iou": score.iou.tolist(), "match": score.match.tolist(),
-            "n_segments": model.n_fitted, "lloyd_passes": model.n_passes}, scored
+    result = {"seed": labels_cfg.cluster.seed, "miou": score.miou, "pixel_accuracy": score.pixel_accuracy,
+              "iou": score.iou.tolist(), "match": score.match.tolist(),
+              "n_segments": model.n_fitted, "lloyd_passes": model.n_passes}
+    if head is not None:
+        result["self_trained_miou"] = hungarian_miou(counts_self).miou
+    return result, scored
+
+
+def _at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Labels at the ground truth's size (a mask may be saved at another size)."""
+    if labels.shape == shape:
+        return labels
+    return np.asarray(Image.fromarray(labels).resize(shape[::-1], Image.NEAREST))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -116,8 +134,9 @@ def run(args: argparse.Namespace) -> dict:
                                        refine=args.label_refine)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
-                                     f"{out}/labels" if seed == 0 else None)
-        print(f"  seed {seed}: mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f}")
+                                     f"{out}/labels" if seed == 0 else None, args.self_train)
+        print(f"  seed {seed}: mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f}"
+              + (f", self-trained mIoU {result['self_trained_miou']:.4f}" if args.self_train else ""))
         per_seed.append(result)
     evaluate_seconds = time.time() - started
 
@@ -129,6 +148,9 @@ def run(args: argparse.Namespace) -> dict:
         "miou": float(mious.mean()),
         "miou_std": float(mious.std()),
         "pixel_accuracy": float(np.mean([r["pixel_accuracy"] for r in per_seed])),
+        **({"self_trained_miou": float(np.mean([r["self_trained_miou"] for r in per_seed])),
+            "self_trained_miou_std": float(np.std([r["self_trained_miou"] for r in per_seed]))}
+           if args.self_train else {}),
         "per_class_iou": {c: (None if np.isnan(v) else round(float(v), 4))
                           for c, v in zip(classes, ious.mean(axis=0))},
         "per_seed": per_seed,
@@ -144,6 +166,7 @@ def run(args: argparse.Namespace) -> dict:
                        "labels": PseudoLabelConfig(ClusterConfig(n_clusters=clusters, pca_dim=args.pca),
                                                    refine=args.label_refine).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
+                       "self_train": dataclasses.asdict(SelfTrainConfig()) if args.self_train else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index},
                    "data": {k: getattr(args, k) for k in ("images", "masks", "voc_root", "split")
                             if getattr(args, k, None)},

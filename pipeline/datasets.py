@@ -3,6 +3,7 @@
     folder_pairs(images, masks)            images/NAME.ext + masks/NAME.png, matched by stem
     coco_boxes(images, annotations_json)   COCO instances JSON (iscrowd boxes ignored)
     voc_boxes(voc_root, split)             PASCAL VOC: ImageSets/Main/SPLIT.txt + Annotations/*.xml
+    voc_split_ids(voc_root, split)         the image ids of a VOC split file, streamed
 
 Boxes are float [x0, y0, x1, y1] in continuous pixel coordinates (pixel columns 0..9 are
 [0, 10)), the convention of pipeline.geometry and pipeline.metrics. Paths may be local or
@@ -15,6 +16,7 @@ import json
 import posixpath
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import fsspec
 import numpy as np
@@ -74,15 +76,14 @@ def coco_boxes(images: str, annotations: str) -> list[Sample]:
 
 
 def voc_boxes(voc_root: str, split: str = "trainval", include_difficult: bool = True) -> list[Sample]:
-    """PASCAL VOC (VOCdevkit/VOC2007 or VOC2012): the images of ImageSets/Main/SPLIT.txt with
-    their object boxes. VOC's 1-based inclusive [xmin, ymin, xmax, ymax] becomes
-    [xmin - 1, ymin - 1, xmax, ymax]. CorLoc conventions count all objects, difficult included."""
+    """PASCAL VOC (VOCdevkit/VOC2007 or VOC2012): the images of ImageSets/Main/SPLIT.txt (or
+    "Segmentation/SPLIT", see voc_split_ids) with their object boxes. VOC's 1-based inclusive
+    [xmin, ymin, xmax, ymax] becomes [xmin - 1, ymin - 1, xmax, ymax]. CorLoc conventions count
+    all objects, difficult included."""
     root = voc_root.rstrip("/")
     fs, _ = fsspec.core.url_to_fs(root)
-    with fsspec.open(f"{root}/ImageSets/Main/{split}.txt", "rt") as f:
-        ids = [line.split()[0] for line in f if line.strip()]
     samples = []
-    for name in ids:
+    for name in voc_split_ids(root, split):
         with fsspec.open(f"{root}/Annotations/{name}.xml", "rb") as f:
             tree = ET.parse(f).getroot()
         filename = tree.findtext("filename") or f"{name}.jpg"
@@ -97,3 +98,47 @@ def voc_boxes(voc_root: str, split: str = "trainval", include_difficult: bool = 
         samples.append(Sample(f"JPEGImages/{filename}", uri,
                               boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4)))
     return samples
+
+
+VOC_IMAGE_SETS = ("Main", "Segmentation")
+
+
+def voc_split_ids(voc_root: str, split: str = "trainval") -> Iterator[str]:
+    """Image ids (file stems, "2008_000008") of a VOC split, read line by line.
+
+    SPLIT names ImageSets/Main/SPLIT.txt; "Segmentation/SPLIT" names
+    ImageSets/Segmentation/SPLIT.txt (the smaller set with segmentation masks). Only a line's
+    first column is read. A missing file raises here, naming the splits that do exist."""
+    root = voc_root.rstrip("/")
+    image_set, _, name = split.rpartition("/")
+    image_set = image_set or "Main"
+    if image_set not in VOC_IMAGE_SETS:
+        raise ValueError(f"VOC split {split!r}: expected NAME or <Main|Segmentation>/NAME")
+    fs, path = fsspec.core.url_to_fs(f"{root}/ImageSets")
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"{voc_root!r} is not a VOC year folder (no ImageSets/): "
+                                "give VOCdevkit/VOC2007 or VOCdevkit/VOC2012")
+    split_file = f"{path}/{image_set}/{name}.txt"
+    if not fs.isfile(split_file):
+        raise FileNotFoundError(f"no VOC split file {image_set}/{name}.txt under {root}/ImageSets; "
+                                f"splits there: {', '.join(_voc_splits(fs, path)) or 'none'}")
+    return _first_column(fs, split_file)
+
+
+def _voc_splits(fs, image_sets: str) -> list[str]:
+    """Split names under ImageSets/{Main,Segmentation}, without the per-class files (cat_val)."""
+    found = []
+    for image_set in VOC_IMAGE_SETS:
+        if fs.isdir(f"{image_sets}/{image_set}"):
+            for p in sorted(fs.ls(f"{image_sets}/{image_set}", detail=False)):
+                stem = posixpath.splitext(posixpath.basename(p))[0]
+                if p.endswith(".txt") and "_" not in stem:
+                    found.append(stem if image_set == "Main" else f"{image_set}/{stem}")
+    return found
+
+
+def _first_column(fs, path: str) -> Iterator[str]:
+    with fs.open(path, "rt") as f:
+        for line in f:
+            if line.strip():
+                yield line.split()[0]

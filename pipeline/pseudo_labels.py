@@ -60,6 +60,12 @@ def label_image(grid: np.ndarray, geom: GridGeometry, image: np.ndarray | None =
     return classes[np.argmax(np.stack(scores), axis=0)].astype(np.uint8)
 
 
+def label_image_from_scores(scores: np.ndarray, geom: GridGeometry) -> np.ndarray:
+    """(L, grid_h, grid_w) per-class scores -> (height, width) uint8 argmax of their bilinear
+    upsampling (a self-trained head's probabilities)."""
+    return np.argmax(np.stack([grid_to_pixels(s, geom) for s in scores]), axis=0).astype(np.uint8)
+
+
 def encode_label_png(labels: np.ndarray) -> bytes:
     """(H, W) uint8 class ids -> palette ("P") PNG bytes, VOC colours."""
     img = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P")

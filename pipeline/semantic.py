@@ -15,16 +15,17 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow.compute as pc
 
 from pipeline.clustering import ClusterConfig, SegmentClusters, fit_clusters
+from pipeline.self_training import SelfTrainConfig, predict_probabilities, train_head
 from pipeline.geometry import geometry_of
 from pipeline.images import decode_image
-from pipeline.pseudo_labels import label_grid, label_image
-from pipeline.schema import segments_of
+from pipeline.pseudo_labels import label_grid, label_image, label_image_from_scores
+from pipeline.schema import features_of, segments_of
 from pipeline.shards import EIGEN_DIR, scan_batches
 from pipeline.sources import read_bytes
 
@@ -37,6 +38,8 @@ ROW_COLUMNS = ["image_id", "source_uri", "height", "width", "input_height", "inp
 class PseudoLabelConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     refine: str = "none"  # pipeline.pseudo_labels.REFINE_MODES
+    # Replace the pixel labels by a linear head's, trained on them (needs stored features).
+    self_train: Optional[SelfTrainConfig] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -79,9 +82,11 @@ def fit_segment_clusters(shards: str, digest: str, cfg: ClusterConfig, batch_row
 
 
 def segment_rows(shards: str, digest: str, batch_rows: int = 256,
-                 image_ids: list[str] | None = None) -> Iterator[dict]:
-    """Rows (ROW_COLUMNS) of images with segments, streamed in shard order."""
-    for batch in scan_batches(shards, EIGEN_DIR, ROW_COLUMNS, digest, batch_rows, image_ids):
+                 image_ids: list[str] | None = None, with_features: bool = False) -> Iterator[dict]:
+    """Rows (ROW_COLUMNS, plus the patch features if asked) of images with segments, streamed
+    in shard order."""
+    columns = ROW_COLUMNS + (["feature_dim", "features"] if with_features else [])
+    for batch in scan_batches(shards, EIGEN_DIR, columns, digest, batch_rows, image_ids):
         for row in batch.to_pylist():
             if row["segment_map"] is not None:
                 yield row
@@ -100,3 +105,36 @@ def pseudo_labels(row: dict, model: SegmentClusters, cfg: PseudoLabelConfig,
     if cfg.refine != "none" and image is None:
         image = decode_image(read_bytes(row["source_uri"]))
     return labels, label_image(grid, geometry_of(row, long_side), image, cfg.refine)
+
+
+def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainConfig,
+               image_ids: list[str] | None = None):
+    """Train a linear head on every patch's stored feature and its pseudo-label (needs shards
+    extracted with --store-features) -> the head (pipeline.self_training)."""
+    def epoch():
+        for batch in _batched(segment_rows(shards, digest, image_ids=image_ids, with_features=True), 32):
+            features, labels = [], []
+            for row in batch:
+                segment_map, _, segment_features = segments_of(row)
+                classes = model.assign(segment_features) + 1 if len(segment_features) else np.zeros(0, int)
+                features.append(features_of(row).reshape(-1, row["feature_dim"]))
+                labels.append(label_grid(segment_map, classes).ravel())
+            yield np.concatenate(features), np.concatenate(labels)
+    return train_head(epoch, len(model.centroids) + 1, cfg)
+
+
+def self_trained_labels(row: dict, head, long_side: int | None) -> np.ndarray:
+    """A row with stored features -> (H, W) uint8 labels predicted by the self-trained head."""
+    scores = predict_probabilities(head, features_of(row))
+    return label_image_from_scores(scores, geometry_of(row, long_side))
+
+
+def _batched(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

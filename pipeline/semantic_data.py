@@ -19,7 +19,7 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from pipeline.datasets import Sample
+from pipeline.datasets import Sample, voc_split_ids
 from pipeline.sources import read_bytes
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -64,12 +64,11 @@ def read_class_mask(uri: str, label_map: LabelMap | None = None) -> np.ndarray:
 
 
 def voc_semantic(voc_root: str, split: str = "val") -> list[Sample]:
-    """PASCAL VOC year folder -> the split's images with SegmentationClass masks, in split order."""
+    """PASCAL VOC year folder -> the images of ImageSets/Segmentation/SPLIT.txt with their
+    SegmentationClass masks, in split order (image ids as pipeline.datasets.voc_boxes names them)."""
     root = voc_root.rstrip("/")
-    split_file = f"{root}/ImageSets/Segmentation/{split}.txt"
-    with fsspec.open(split_file, "rt") as f:
-        ids = [line.split()[0] for line in f if line.strip()]
+    ids = list(voc_split_ids(root, f"Segmentation/{split.rpartition('/')[2]}"))
     if not ids:
-        raise ValueError(f"{split_file} lists no images")
-    return [Sample(f"{i}.jpg", posixpath.join(root, "JPEGImages", f"{i}.jpg"),
+        raise ValueError(f"{root}: split {split} lists no images")
+    return [Sample(f"JPEGImages/{i}.jpg", posixpath.join(root, "JPEGImages", f"{i}.jpg"),
                    mask_uri=posixpath.join(root, "SegmentationClass", f"{i}.png")) for i in ids]

@@ -104,12 +104,27 @@ def test_evaluate_semantic_on_coco128(tmp_path, offline_weights):
                  "--masks", str(root / "semantic_masks"), "--label-map", str(root / "semantic_eval_map.json"),
                  "--limit", "3", "--seeds", "2", "--clusters", "3", "--segments", "4",
                  "--segment-features", "pool", "--long-side", "112", "--k", "6",
+                 "--store-features", "--self-train",
                  "--out", str(tmp_path / "out"), "--json", str(metrics), "--local"])
     assert code == 0
     report = json.loads(metrics.read_text())
     assert report["task"] == "semantic" and report["n_images"] == 3 and report["n_failed"] == 0
     assert len(report["per_seed"]) == 2 and 0 <= report["miou"] <= 1 and report["miou_std"] >= 0
+    assert 0 <= report["self_trained_miou"] <= 1
     assert report["config"]["extract"]["segments"]["n_segments"] == 4
     assert report["per_class_iou"]["background"] is not None
     pngs = sorted((tmp_path / "out" / "labels").glob("*.png"))
     assert len(pngs) == 3 and decode_label_png(pngs[0].read_bytes()).max() <= 3
+
+
+def test_cluster_command_line(shards, tmp_path):
+    from jobs.cli import main
+
+    out, _ = shards
+    assert main(["cluster", str(out), "--out", str(tmp_path / "labels"), "--clusters", "2",
+                 "--pca", "4", "--refine", "guided", "--local"]) == 0
+    record = json.loads((tmp_path / "labels" / "cluster.json").read_text())
+    assert record["config"]["cluster"]["pca_dim"] == 4 and record["config"]["refine"] == "guided"
+    assert len(list((tmp_path / "labels" / "labels").glob("*.png"))) == record["n_images"]
+    with pytest.raises(ValueError, match="store_features"):  # self-training needs patch features
+        main(["cluster", str(out), "--out", str(tmp_path / "st"), "--clusters", "2", "--self-train", "--local"])

@@ -12,6 +12,7 @@ from pipeline.geometry import GridGeometry
 from pipeline.pseudo_labels import decode_label_png, encode_label_png, label_grid, label_image
 from pipeline.segments import pooled_features, segment_boxes, segment_crops, segment_map
 from pipeline.semantic_data import read_class_mask, read_label_map, voc_semantic
+from pipeline.self_training import SelfTrainConfig, predict_probabilities, train_head
 from pipeline.semantic_metrics import confusion, hungarian_miou
 from tests.conftest import shared_data
 
@@ -176,6 +177,19 @@ def test_label_png_round_trip_and_pixel_labels():
     assert guided.shape == (20, 30) and set(np.unique(guided)) <= {0, 2, 4}
 
 
+def test_self_trained_head_learns_noisy_pseudo_labels_and_corrects_them():
+    x, truth = blobs(200, seed=2)
+    noisy = truth.copy()
+    flip = np.random.default_rng(0).random(len(noisy)) < 0.15  # 15% wrong pseudo-labels
+    noisy[flip] = (noisy[flip] + 1) % 4
+    head = train_head(lambda: iter([(x, noisy)]), 4, SelfTrainConfig(epochs=30, lr=0.05, batch_patches=256))
+    probs = predict_probabilities(head, x.reshape(20, 40, 8))
+    assert probs.shape == (4, 20, 40)
+    np.testing.assert_allclose(probs.sum(axis=0), 1, atol=1e-5)
+    predicted = probs.reshape(4, -1).argmax(axis=0)
+    assert (predicted == truth).mean() > 0.98 > (noisy == truth).mean()
+
+
 # ------------------------------------------------------------------------- ground truth
 
 
@@ -211,6 +225,6 @@ def test_voc_semantic_reads_split_and_palette_masks(tmp_path):
         img.putpalette([0] * 768)
         img.save(root / "SegmentationClass" / f"{i}.png")
     samples = voc_semantic(str(root), "val")
-    assert [s.image_id for s in samples] == ["2007_000032.jpg", "2007_000039.jpg"]
+    assert [s.image_id for s in samples] == ["JPEGImages/2007_000032.jpg", "JPEGImages/2007_000039.jpg"]
     mask = read_class_mask(samples[0].mask_uri)
     assert set(np.unique(mask)) == {0, 15, 255}
