@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
+from jobs.tasks import data_flags
 from pipeline.clustering import ClusterConfig
 from pipeline.datasets import Sample, folder_pairs
 from pipeline.pseudo_labels import REFINE_MODES, encode_label_png
@@ -168,8 +169,7 @@ def run(args: argparse.Namespace) -> dict:
                        "seeds": args.seeds, "classes": list(classes),
                        "self_train": dataclasses.asdict(SelfTrainConfig()) if args.self_train else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index},
-                   "data": {k: getattr(args, k) for k in ("images", "masks", "voc_root", "split")
-                            if getattr(args, k, None)},
+                   "data": data_flags(args),
                    "limit": args.limit, "local": args.local, "shards": shards},
         "failed": failed,
     }

@@ -183,6 +183,9 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
                         help="eigenvectors 1..m that the per-image k-means clusters")
     parser.add_argument("--segment-features", choices=["crop", "pool"], default=sg.features,
                         help="crop: re-embed each segment's box crop (CLS); pool: mean patch feature")
+    parser.add_argument("--segment-background", choices=["fiedler", "border"], default=sg.background,
+                        help="background segments: the Fiedler vector's background side, or only "
+                             "the segment covering most of the border (the reference)")
     parser.add_argument("--segment-seed", type=int, default=sg.seed)
     parser.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size)
     parser.add_argument("--num-actors", type=int, default=None)
@@ -202,7 +205,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeC
         eigen=EigenConfig(k=args.k, method=args.eigensolver,
                           storage_dtype="float16" if args.float16 else "float32"),
         segments=SegmentsConfig(n_segments=args.segments, n_eigenvectors=args.segment_eigenvectors,
-                                features=args.segment_features, seed=args.segment_seed),
+                                features=args.segment_features, background=args.segment_background,
+                                seed=args.segment_seed),
         store_features=args.store_features,
     )
     runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors,

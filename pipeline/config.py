@@ -59,6 +59,11 @@ class SegmentsConfig:
     # k-means clusters per image over eigenvectors 1..n_eigenvectors; 0 = no segments.
     n_segments: int = 0
     n_eigenvectors: int = 14
+    # Which segments are background (label 0): "border", the one segment covering most of the
+    # grid border (the reference); "fiedler", every segment on the Fiedler vector's background
+    # side (mean <= 0; pipeline.spectral orients it), which suits datasets where background
+    # is most of the image, such as COCO with stuff as background (README: measured).
+    background: str = "fiedler"
     # Segment features: "crop" re-embeds each segment's box crop with the backbone (CLS
     # token, the paper's choice); "pool" averages the patch features under the mask (cheap).
     features: str = "crop"

@@ -6,8 +6,9 @@
     pooled_features(features, labels, n)    (h, w, C) -> (n, C) mean feature per segment
 
 Segments are k-means clusters of the patches' spectral embedding (eigenvectors 1..m; the
-constant eigenvector 0 carries nothing). The segment covering most of the grid border is the
-background, label 0; the others are numbered 1..n by decreasing area.
+constant eigenvector 0 carries nothing). Background, label 0, is the segment covering most of
+the grid border, and with cfg.background == "fiedler" also every segment whose mean Fiedler
+value is <= 0; the others are numbered 1..n by decreasing area.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from sklearn.cluster import KMeans
 from pipeline.config import SegmentsConfig
 from pipeline.geometry import GridGeometry, cells_to_box
 from pipeline.spectral import border_mask
+
+BACKGROUND_RULES = ("border", "fiedler")
 
 
 def segment_map(eigenvectors: np.ndarray, cfg: SegmentsConfig) -> np.ndarray:
@@ -33,10 +36,14 @@ def segment_map(eigenvectors: np.ndarray, cfg: SegmentsConfig) -> np.ndarray:
     raw = KMeans(n_clusters=n_clusters, n_init=3, random_state=cfg.seed).fit_predict(points)
     raw = raw.reshape(h, w)
 
+    if cfg.background not in BACKGROUND_RULES:
+        raise ValueError(f"background must be one of {BACKGROUND_RULES}, got {cfg.background!r}")
     ids, areas = np.unique(raw, return_counts=True)
     on_border = np.array([np.sum(raw[border_mask(h, w)] == i) for i in ids])
-    background = ids[np.lexsort((-areas, -on_border))[0]]  # most border cells, then largest
-    others = [i for i in ids[np.argsort(-areas, kind="stable")] if i != background]
+    background = {ids[np.lexsort((-areas, -on_border))[0]]}  # most border cells, then largest
+    if cfg.background == "fiedler" and k > 1:
+        background |= {i for i in ids if eigenvectors[1][raw == i].mean() <= 0}
+    others = [i for i in ids[np.argsort(-areas, kind="stable")] if i not in background]
     labels = np.zeros((h, w), np.int16)
     for new, old in enumerate(others, start=1):
         labels[raw == old] = new

@@ -138,6 +138,18 @@ def test_segment_map_numbers_foreground_by_area():
     assert (labels == 1).sum() == 12 and (labels == 2).sum() == 8 and labels[0, 0] == 0
 
 
+def test_fiedler_background_rule_takes_every_segment_on_the_background_side():
+    vecs = block_eigenvectors()
+    vecs[1, 6:8, 0:2] = -3.0  # a corner patch far out on the background side
+    vecs[2] = 0
+    border = segment_map(vecs, SegmentsConfig(n_segments=3, n_eigenvectors=1, background="border"))
+    fiedler = segment_map(vecs, SegmentsConfig(n_segments=3, n_eigenvectors=1, background="fiedler"))
+    assert border.max() == 2 and (border[6:8, 0:2] > 0).all()
+    assert fiedler.max() == 1 and (fiedler[6:8, 0:2] == 0).all() and (fiedler[2:6, 3:8] == 1).all()
+    with pytest.raises(ValueError, match="background"):
+        segment_map(vecs, SegmentsConfig(n_segments=2, background="sky"))
+
+
 def test_segment_boxes_crops_and_pooled_features():
     labels = np.zeros((8, 10), np.int16)
     labels[2:6, 3:8] = 1
