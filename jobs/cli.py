@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import cluster, evaluate, extract, matte
+from jobs import cluster, evaluate, extract, matte, nightly
 
 COMMANDS = {
     "extract": (extract, "images -> eigenvector shards"),
     "cluster": (cluster, "segment features in shards -> dataset-wide clusters -> pseudo-label PNGs"),
     "evaluate": (evaluate, "benchmark images -> masks / boxes -> metrics (JSON, table, panels)"),
     "matte": (matte, "images -> soft alpha mattes and RGBA cut-outs"),
+    "nightly": (nightly, "incremental re-extraction into OUT_ROOT/<backbone>-<digest>/ with a manifest"),
 }
 
 

@@ -2,27 +2,45 @@
 
     python -m jobs.extract SOURCE --out OUT                    # starts a local Ray
     ray job submit --working-dir . -- python -m jobs.extract SOURCE --out OUT
+    python -m jobs.extract --dataset voc --root VOCdevkit/VOC2012 --split Segmentation/val --out OUT
+    python -m jobs.extract --dataset coco --root URI --split train2017 --annotations FILE --out OUT
+    python -m jobs.extract --dataset coco --root URI/train2014 --image-ids coco_20k_filenames.txt --out OUT
 
-The driver lists SOURCE, drops what OUT already holds for this configuration, and maps the
-rest through `ExtractActor`s (one per GPU, or CPU actors) that write their own shards.
+SOURCE is a folder, glob or list file; --dataset reads a dataset's own layout instead
+(pipeline/dataset_sources.py). The driver lists the images, drops what OUT already holds for
+this configuration, and maps the rest through `ExtractActor`s (one per GPU, or CPU actors)
+that write their own shards.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
+from typing import Iterator
 
 from pipeline.config import (BackboneConfig, EigenConfig, ExtractConfig, GraphConfig, RuntimeConfig,
                              SegmentsConfig)
 from pipeline.schema import eigen_table, error_table
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, finished_ids, write_shard
+from pipeline.progress import Progress
+from pipeline.runlog import write_run_summary
+from pipeline.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids
 from pipeline.sources import ImageRef, list_images
+from pipeline.dataset_sources import DATASETS, dataset_images
+
+PROGRESS_EVERY_S = 10.0  # a progress line in the job log at most this often
+# Ray Data blocks: one driver-made batch per block up to this many, beyond which consecutive
+# batches share a block. Each block is a driver-side object and one actor task: 15,000 blocks
+# (COCO train at batch 8) took 36 s in from_items alone on this machine; 1,000 still give
+# every actor many tasks.
+MAX_BLOCKS = 1000
 
 
 class ExtractActor:
-    """Ray Data callable: loads the backbone once, extracts and commits a shard per batch."""
+    """Ray Data callable: loads the backbone once, extracts each batch and commits its shards."""
 
     def __init__(self, config_json: str, out: str, device: str, batch_size: int, threads: int):
         import threadpoolctl
@@ -40,11 +58,10 @@ class ExtractActor:
     def __call__(self, batch: dict) -> dict:
         refs = [ImageRef(str(i), str(u)) for i, u in zip(batch["image_id"], batch["uri"])]
         rows, errors = self.extractor(refs)
-        config_json = self.extractor.config_json
-        if rows:
-            write_shard(eigen_table(rows, self.cfg.eigen.storage_dtype), self.out, EIGEN_DIR, config_json)
-        if errors:
-            write_shard(error_table(errors), self.out, ERROR_DIR, config_json)
+        commit_batch(self.out, self.extractor.config_digest, self.extractor.config_json,
+                     [r.image_id for r in refs],
+                     eigen_table(rows, self.cfg.eigen.storage_dtype) if rows else None,
+                     error_table(errors) if errors else None)
         failed = {e["image_id"]: f"{e['stage']}: {e['reason']}" for e in errors}
         return {
             "image_id": [r.image_id for r in refs],
@@ -80,56 +97,81 @@ def _placement(runtime: RuntimeConfig, resources: dict) -> tuple[str, int, dict,
     return device, n, {"num_cpus": min(1.0, (cpus - 0.5) / n)}, share
 
 
-def _run_in_process(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: RuntimeConfig) -> list[dict]:
-    """The actors' work without Ray: one ExtractActor in this process, batch by batch.
+def _batches(todo: list[ImageRef], size: int) -> list[dict]:
+    """The work, cut into batches on the driver: {"image_id": [...], "uri": [...]} each.
+
+    Batches are fixed here, not by Ray Data, so a batch retried after a worker death holds
+    the same images as the first attempt and overwrites the same shards (commit_batch)."""
+    return [{"image_id": [r.image_id for r in todo[s:s + size]], "uri": [r.uri for r in todo[s:s + size]]}
+            for s in range(0, len(todo), size)]
+
+
+def _run_in_process(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: RuntimeConfig) -> Iterator[dict]:
+    """The actors' work without Ray: one ExtractActor in this process, yielding each batch's
+    {"image_id", "ok", "reason"} lists as it finishes.
 
     One core is left free, as on Ray: OpenBLAS threads spin-wait, and on a busy 2-core
     machine two of them made the graph and eigensolve ~9x slower than one (1.38 vs 0.15 s per
     ECSSD image at 448 px)."""
     device = runtime.device if runtime.device != "auto" else "cpu"
     threads = max(1, (os.cpu_count() or 1) - 1)
+    print("extracting in this process (no Ray)")
     actor = ExtractActor(cfg.to_json(), out, device, runtime.batch_size, threads)
-    results = []
-    for s in range(0, len(todo), runtime.batch_size):
-        batch = todo[s:s + runtime.batch_size]
-        done = actor({"image_id": [r.image_id for r in batch], "uri": [r.uri for r in batch]})
-        results += [dict(zip(done, values)) for values in zip(*done.values())]
-    return results
+    for batch in _batches(todo, runtime.batch_size):
+        yield actor(batch)
 
 
 def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: RuntimeConfig,
                 refs: list[ImageRef] | None = None, local: bool = False) -> dict:
-    """Process every pending image; returns a summary (also printed).
+    """Process every pending image; prints progress, returns a summary and writes it to
+    OUT/runs/ (pipeline.runlog) unless there was nothing to do.
 
     refs: the images to do instead of listing SOURCE. local: run the same ExtractActor in
     this process instead of on Ray (no cluster; one model on all cores).
     """
-    started = time.time()
+    started, clock = datetime.now(timezone.utc), time.monotonic()
     todo, skipped = pending_images(source, out, cfg, runtime.retry_errors, refs)
     summary = {"source": source, "out": out, "config_digest": cfg.digest(), "config": cfg.to_dict(),
                "skipped": skipped, "processed": 0, "failed": 0, "errors": []}
     if not todo:
         print(f"nothing to do: all {skipped} images already in {out} for config {cfg.digest()}")
         return summary
-    if local:
-        print(f"extracting {len(todo)} images ({skipped} already done) in this process")
-        results = _run_in_process(todo, out, cfg, runtime)
-    else:
-        results = _run_on_ray(todo, skipped, out, cfg, runtime)
-    failed = [r for r in results if not r["ok"]]
-    summary.update(processed=len(results) - len(failed), failed=len(failed),
-                   errors=[{"image_id": r["image_id"], "reason": r["reason"]} for r in failed],
-                   seconds=round(time.time() - started, 2))
+    print(f"{len(todo)} images to do, {skipped} already done for config {cfg.digest()}")
+    progress = Progress(len(todo), every=PROGRESS_EVERY_S)
+    batches = _run_in_process(todo, out, cfg, runtime) if local else _run_on_ray(todo, out, cfg, runtime)
+    outcome = {}  # image_id -> None when written, else why it failed (counts are of distinct ids)
+    for batch in batches:
+        new = {i: None if ok else reason for i, ok, reason in zip(batch["image_id"], batch["ok"], batch["reason"])
+               if i not in outcome}
+        outcome.update(new)
+        n_failed = sum(reason is not None for reason in new.values())
+        line = progress.update(len(new) - n_failed, n_failed)
+        if line:
+            print(line, flush=True)
+    seconds = time.monotonic() - clock
+    errors = [{"image_id": i, "reason": r} for i, r in outcome.items() if r is not None]
+    summary.update(processed=len(outcome) - len(errors), failed=len(errors), errors=errors,
+                   seconds=round(seconds, 2), images_per_second=round(len(outcome) / seconds, 3),
+                   started=started.isoformat(timespec="seconds"), mode="in-process" if local else "ray",
+                   runtime=dataclasses.asdict(runtime))
+    summary["run_file"] = write_run_summary(out, summary, started)
     print(f"done: {summary['processed']} images written, {summary['failed']} failed, "
-          f"{summary['seconds']} s; shards in {out}/{EIGEN_DIR}, errors in {out}/{ERROR_DIR}")
-    for err in summary["errors"]:
+          f"{summary['seconds']} s ({summary['images_per_second']} images/s); shards in {out}/{EIGEN_DIR}, "
+          f"errors in {out}/{ERROR_DIR}, run summary {summary['run_file']}")
+    for err in errors:
         print(f"  failed {err['image_id']}: {err['reason']}")
     return summary
 
 
-def _run_on_ray(todo: list[ImageRef], skipped: int, out: str, cfg: ExtractConfig,
-                runtime: RuntimeConfig) -> list[dict]:
-    """ExtractActors on Ray Data -> one {"image_id", "ok", "reason"} record per image."""
+def _run_on_ray(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: RuntimeConfig) -> Iterator[dict]:
+    """ExtractActors on Ray Data, one driver-made batch per row; yields each batch's
+    {"image_id", "ok", "reason"} lists as it finishes (streaming, in completion order).
+
+    Fault tolerance is Ray Data's default for actor pools (Ray 2.60, actor_pool_map_operator
+    `_apply_default_remote_args`): max_restarts=-1 and max_task_retries=-1, so a killed actor
+    is restarted (on another node if its node is gone) and its batch re-run. They are not
+    passed here because passing remote args to `map` is deprecated in 2.60 (removed in 2.64);
+    tests/test_faults.py proves the behaviour on a multi-node cluster."""
     import ray
 
     if not ray.is_initialized():
@@ -137,26 +179,67 @@ def _run_on_ray(todo: list[ImageRef], skipped: int, out: str, cfg: ExtractConfig
         # `ray job submit`) or --address choose a cluster, else a fresh local Ray starts.
         ray.init(address=runtime.address or os.environ.get("RAY_ADDRESS") or "local")
     device, n_actors, resources, threads = _placement(runtime, ray.cluster_resources())
-    print(f"extracting {len(todo)} images ({skipped} already done) with {n_actors} {device} actor(s)")
+    print(f"Ray: {n_actors} {device} actor(s), {resources}")
     import ray.data
 
-    items = ray.data.from_items([{"image_id": r.image_id, "uri": r.uri} for r in todo])
-    results = items.map_batches(
+    # An actor that dies in its constructor (its process or node lost while it loads the
+    # model) counts against this budget, and Ray Data's default of 0 fails the whole job.
+    ray.data.DataContext.get_current().max_consecutive_actor_init_deaths = 3
+    batches = _batches(todo, runtime.batch_size)
+    items = ray.data.from_items(batches, override_num_blocks=min(len(batches), MAX_BLOCKS))
+    items.set_name("deep-spectral-extract")  # how the run shows in the dashboard's Ray Data view
+    results = items.map(
         ExtractActor,
         fn_constructor_kwargs={"config_json": cfg.to_json(), "out": out, "device": device,
                                "batch_size": runtime.batch_size, "threads": threads},
-        batch_size=runtime.batch_size,
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         **resources,
-    ).take_all()
-    return results
+    )
+    yield from results.iter_rows()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="folder, glob, list file (.txt) or fsspec URL of images")
+    add_source_options(parser)
     parser.add_argument("--out", required=True, help="output folder or fsspec URL")
     add_extract_options(parser)
     parser.add_argument("--summary", default=None, help="write the run summary JSON here")
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """SOURCE, or --dataset NAME --root URI and its options (shared with `nightly`)."""
+    parser.add_argument("source", nargs="?", default=None,
+                        help="folder, glob, list file (.txt) or fsspec URL of images (or use --dataset)")
+    group = parser.add_argument_group("datasets", "a dataset's own layout instead of SOURCE")
+    group.add_argument("--dataset", choices=list(DATASETS), default=None,
+                       help="folder: like SOURCE; voc: a VOCdevkit year folder; coco: images + JSON or id list")
+    group.add_argument("--root", default=None, help="the dataset's folder or fsspec URL")
+    group.add_argument("--split", default=None,
+                       help="voc: ImageSets/Main/SPLIT.txt (default trainval) or Segmentation/SPLIT; "
+                            "coco: the images subfolder (train2017)")
+    group.add_argument("--annotations", default=None, help="coco: instances JSON (all its images)")
+    group.add_argument("--image-ids", default=None,
+                       help="coco: list file, one file name or numeric id per line (COCO20k)")
+
+
+def images_from_args(args: argparse.Namespace) -> tuple[str, list[ImageRef]]:
+    """(what was listed, in words; the images). ValueError / FileNotFoundError for flags that do
+    not fit together, an unreadable layout, or an empty listing."""
+    options = {"split": args.split, "annotations": args.annotations, "image_ids": args.image_ids}
+    if args.source is not None:
+        if args.root is not None or args.dataset not in (None, "folder"):
+            raise ValueError("give SOURCE (a folder, glob or list file) or --dataset NAME --root URI, not both")
+        name, root = "folder", args.source
+    elif args.root is None:
+        raise ValueError(f"--dataset {args.dataset} needs --root URI" if args.dataset else
+                         "give SOURCE (a folder, glob or list file) or --dataset NAME --root URI")
+    else:
+        name, root = args.dataset or "folder", args.root
+    # run_extract takes a list today; the listing itself streams (see dataset_sources).
+    refs = list(dataset_images(name, root, **options))
+    if not refs:
+        raise FileNotFoundError(f"no images found in {root}")
+    described = args.source or " ".join([name, root] + [f"{k}={v}" for k, v in options.items() if v])
+    return described, refs
 
 
 def add_extract_options(parser: argparse.ArgumentParser) -> None:
@@ -216,7 +299,12 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeC
 
 def main(args: argparse.Namespace) -> int:
     cfg, runtime = configs_from_args(args)
-    summary = run_extract(args.source, args.out, cfg, runtime)
+    try:
+        source, refs = images_from_args(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = run_extract(source, args.out, cfg, runtime, refs=refs)
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(summary, f, indent=2)
