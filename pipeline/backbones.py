@@ -58,14 +58,18 @@ _SPECS = [
                  weights="offline", features="tokens"),
 ]
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
+# timm's own names of the hub entries ("vit_small_patch16_224.dino") work as aliases.
+_TIMM_ALIASES: dict[str, BackboneSpec] = {s.timm_name: s for s in _SPECS if s.weights == "hub"}
 DEFAULT_BACKBONE = "dinov2_vits14_offline"
 
 
 def get_spec(name: str) -> BackboneSpec:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
+    """A registry name, or the timm name of a hub entry."""
+    spec = BACKBONES.get(name) or _TIMM_ALIASES.get(name)
+    if spec is None:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)} "
+                         f"(or timm's {', '.join(_TIMM_ALIASES)})")
+    return spec
 
 
 # ---------------------------------------------------------------------------------- weights

@@ -209,6 +209,13 @@ def test_unknown_backbone_lists_names():
         create_backbone("dinov2_vits14_offline", features="values")
 
 
+def test_timm_names_of_hub_backbones_are_aliases():
+    assert get_spec("vit_small_patch16_224.dino") is BACKBONES["dino_vits16"]
+    assert get_spec("vit_small_patch14_dinov2.lvd142m") is BACKBONES["dinov2_vits14"]
+    with pytest.raises(ValueError, match="vit_base_patch8_224.dino"):
+        get_spec("vit_small_patch14_dinov2")  # the offline entry's timm name is not a hub model
+
+
 def test_conversion_is_deterministic_and_cli(cache_dir, weights_path, tmp_path):
     # Pre-place the ONNX graph so this exercises conversion + atomic write without the network.
     os.symlink(ensure_offline_onnx(cache_dir), tmp_path / ONNX_NAME)
