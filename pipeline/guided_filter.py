@@ -23,25 +23,32 @@ def box_mean(x: np.ndarray, r: int) -> np.ndarray:
 
 
 def guided_filter(guide: np.ndarray, p: np.ndarray, r: int = 16, eps: float = 1e-2) -> np.ndarray:
-    """guide (H, W) or (H, W, 3) in [0, 1], p (H, W) -> filtered (H, W) float64.
+    """guide (H, W) or (H, W, 3) in [0, 1], p (H, W) or a stack (H, W, L) -> filtered, float64,
+    shaped like p.
 
     A colour guide fits q = aᵀI + b with a 3×3 covariance per window (sharper on edges that
-    differ in colour but not in brightness); a grey guide is the scalar case.
+    differ in colour but not in brightness); a grey guide is the scalar case. A stack of maps
+    (e.g. one indicator per class) shares the guide's statistics and the per-pixel solve.
     """
     guide = np.asarray(guide, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
+    stacked = p.ndim == 3
+    p = p if stacked else p[..., None]  # (H, W, L)
     mean_p = box_mean(p, r)
     if guide.ndim == 2:
-        mean_i = box_mean(guide, r)
-        cov_ip = box_mean(guide * p, r) - mean_i * mean_p
-        var_i = box_mean(guide * guide, r) - mean_i ** 2
+        g = guide[..., None]
+        mean_i = box_mean(guide, r)[..., None]
+        cov_ip = box_mean(g * p, r) - mean_i * mean_p
+        var_i = box_mean(guide * guide, r)[..., None] - mean_i ** 2
         a = cov_ip / (var_i + eps)
         b = mean_p - a * mean_i
-        return box_mean(a, r) * guide + box_mean(b, r)
+        q = box_mean(a, r) * g + box_mean(b, r)
+        return q if stacked else q[..., 0]
     mean_i = box_mean(guide, r)  # (H, W, 3)
-    cov_ip = box_mean(guide * p[..., None], r) - mean_i * mean_p[..., None]
+    cov_ip = box_mean(guide[..., :, None] * p[..., None, :], r) - mean_i[..., :, None] * mean_p[..., None, :]
     outer = guide[..., :, None] * guide[..., None, :]  # (H, W, 3, 3)
     sigma = box_mean(outer, r) - mean_i[..., :, None] * mean_i[..., None, :]
-    a = np.linalg.solve(sigma + eps * np.eye(3), cov_ip[..., None])[..., 0]  # (H, W, 3)
-    b = mean_p - np.einsum("hwc,hwc->hw", a, mean_i)
-    return np.einsum("hwc,hwc->hw", box_mean(a, r), guide) + box_mean(b, r)
+    a = np.linalg.solve(sigma + eps * np.eye(3), cov_ip)  # (H, W, 3, L)
+    b = mean_p - np.einsum("hwcl,hwc->hwl", a, mean_i)
+    q = np.einsum("hwcl,hwc->hwl", box_mean(a, r), guide) + box_mean(b, r)
+    return q if stacked else q[..., 0]

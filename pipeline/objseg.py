@@ -64,16 +64,19 @@ def _resized(array: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
 
 
 def refine_guided(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
-    """(H, W, 3) uint8, (H, W) {0, 1} -> (H, W) soft map in [0, 1]."""
-    h, w = coarse.shape
+    """(H, W, 3) uint8, coarse (H, W) {0, 1} map or (L, H, W) stack of them -> soft map(s) in
+    [0, 1], shaped like coarse (a stack shares one filtering pass)."""
+    stack = coarse if coarse.ndim == 3 else coarse[None]
+    h, w = stack.shape[1:]
     s = min(1.0, cfg.max_side / max(h, w))
     work = (max(1, round(h * s)), max(1, round(w * s)))
     guide = _resized(image, work, Image.BILINEAR).astype(np.float64) / 255.0
     if cfg.guide == "gray":
         guide = guide @ np.array([0.299, 0.587, 0.114])
-    p = _resized(coarse, work, Image.BILINEAR)
+    p = np.stack([_resized(c, work, Image.BILINEAR) for c in stack], axis=-1)
     soft = guided_filter(guide, p, max(1, round(cfg.radius * s)), cfg.eps)
-    return np.clip(_resized(soft, (h, w), Image.BILINEAR), 0, 1)
+    out = np.stack([np.clip(_resized(soft[..., i], (h, w), Image.BILINEAR), 0, 1) for i in range(len(stack))])
+    return out if coarse.ndim == 3 else out[0]
 
 
 def refine_matting(image: np.ndarray, coarse: np.ndarray, band: int) -> np.ndarray:

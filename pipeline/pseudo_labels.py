@@ -55,9 +55,9 @@ def label_image(grid: np.ndarray, geom: GridGeometry, image: np.ndarray | None =
         return np.rint(grid_to_pixels(grid, geom, bilinear=False)).astype(np.uint8)
     if image is None:
         raise ValueError("guided refinement needs the image")
-    cfg = SegmentConfig()
-    scores = [refine_guided(image, grid_to_pixels(grid == c, geom), cfg) for c in classes]
-    return classes[np.argmax(np.stack(scores), axis=0)].astype(np.uint8)
+    indicators = np.stack([grid_to_pixels(grid == c, geom) for c in classes])
+    scores = refine_guided(image, indicators, SegmentConfig())
+    return classes[np.argmax(scores, axis=0)].astype(np.uint8)
 
 
 def label_image_from_scores(scores: np.ndarray, geom: GridGeometry) -> np.ndarray:

@@ -66,3 +66,13 @@ def test_mean_threshold_and_largest_component():
     assert cells.sum() == 6  # ... but not in the largest component
     cells, fell_back = patch_mask(np.zeros((2, 6, 8)))
     assert fell_back and cells.all()
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_guided_filter_on_a_stack_equals_one_map_at_a_time(gray):
+    rng = np.random.default_rng(0)
+    guide = rng.random((30, 40) if gray else (30, 40, 3))
+    maps = (rng.random((30, 40, 3)) > 0.5).astype(float)
+    stacked = guided_filter(guide, maps, 4, 1e-3)
+    for i in range(3):
+        np.testing.assert_allclose(stacked[..., i], guided_filter(guide, maps[..., i], 4, 1e-3), atol=1e-12)
