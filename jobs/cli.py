@@ -17,12 +17,6 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:2] == ["evaluate", "matting"]:
-        # Same command and JSON keys as the other tasks, but flags of its own (--alpha, --trimaps).
-        parser = argparse.ArgumentParser(prog="deep-spectral evaluate matting",
-                                         description=matte.evaluate_matting.__doc__)
-        matte.add_evaluate_arguments(parser)
-        return matte.main_evaluate(parser.parse_args(argv[2:]))
     parser = argparse.ArgumentParser(prog="deep-spectral", description="Deep Spectral Methods on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_) in COMMANDS.items():

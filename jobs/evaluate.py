@@ -3,15 +3,19 @@
     deep-spectral evaluate segmentation --images ecssd/images --masks ecssd/masks --out OUT --json m.json
     deep-spectral evaluate localization --images coco/images --annotations instances.json --out OUT
     deep-spectral evaluate localization --voc-root VOCdevkit/VOC2007 --split trainval --out OUT
+    deep-spectral evaluate semantic --images coco/images --masks coco/semantic --label-map map.json --out OUT
+    deep-spectral evaluate matting --images am/images --alpha am/alpha --trimaps am/trimap1
 
 Eigenvectors come from jobs.extract.run_extract (the same ExtractActor as `extract`) written as
 shards to OUT/spectral (or --shards DIR, to share them between runs): on Ray by default, in
 this process with --local (no cluster: the simplest on a small machine). A rerun with the same
 extraction options reuses the shards, so refinement variants cost no extraction.
 
-Tasks are a registry (TASKS): each names its dataset readers, per-image evaluation and summary;
-every task writes the same JSON shape (flat metrics, n_images, n_failed, seconds_per_image,
-backbone, config) and table.
+`deep-spectral evaluate TASK` dispatches through EVALUATORS (name -> help, flags, run), each
+task with its own flags: the per-image tasks of jobs.tasks.TASKS (dataset readers, per-image
+evaluation, summary; run here), `semantic` (jobs.evaluate_semantic, scored over the whole
+dataset) and `matting` (jobs.matte). Every task writes the same JSON shape (flat metrics,
+n_images, n_failed, seconds_per_image, backbone, config).
 """
 from __future__ import annotations
 
@@ -21,12 +25,13 @@ import json
 import os
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 import pyarrow.compute as pc
 from PIL import Image
 
-from jobs import evaluate_semantic, extract
+from jobs import evaluate_semantic, extract, matte
 from jobs.tasks import TASKS, Item, Result, Task, data_flags
 from pipeline.datasets import Sample
 from pipeline.geometry import geometry_of
@@ -190,49 +195,68 @@ def print_table(report: dict, task: Task) -> None:
     print("  ".join(v.ljust(w) for v, w in zip(cells, widths)))
 
 
-# Tasks scored over the whole dataset at once (not image by image): name -> (help, module
-# with add_arguments(group) and run(args) -> report).
-DATASET_TASKS = {
-    "semantic": ("semantic segmentation: mIoU after Hungarian matching, mean ± std over seeds",
-                 evaluate_semantic),
-}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    helps = [f"{t.name}: {t.help}" for t in TASKS.values()] + [f"{n}: {h}" for n, (h, _) in DATASET_TASKS.items()]
-    parser.add_argument("task", choices=sorted([*TASKS, *DATASET_TASKS]), help="; ".join(helps))
+def _add_common_arguments(parser: argparse.ArgumentParser, panels: bool = True) -> None:
+    """Data, outputs and extraction flags of every benchmark that extracts eigenvectors."""
     data = parser.add_argument_group("data (one of: --images + --masks, --images + --annotations, --voc-root)")
     data.add_argument("--images", help="folder of images")
-    data.add_argument("--masks", help="folder of ground-truth masks matched by file stem (non-zero = foreground)")
+    data.add_argument("--masks", help="folder of ground-truth masks matched by file stem")
     data.add_argument("--annotations", help="COCO instances JSON (boxes; iscrowd ignored)")
     data.add_argument("--voc-root", help="PASCAL VOC year folder, e.g. VOCdevkit/VOC2007")
-    data.add_argument("--split", default="trainval", help="VOC ImageSets/Main split")
+    data.add_argument("--split", default="trainval", help="VOC split (ImageSets/Main, or Segmentation for semantic)")
     data.add_argument("--limit", type=int, default=0, help="only the first N images (sorted by id)")
     run = parser.add_argument_group("outputs and running")
-    run.add_argument("--out", required=True, help="folder for masks, boxes, panels, metrics.json")
+    run.add_argument("--out", required=True, help="folder for outputs and metrics.json")
     run.add_argument("--json", default=None, help="also write the metrics JSON here")
     run.add_argument("--shards", default=None, help="eigenvector shards folder (default OUT/spectral); "
                                                      "share it between runs to reuse extraction")
     run.add_argument("--local", action="store_true", help="extract in this process instead of on Ray")
-    run.add_argument("--panels", type=int, nargs="?", const=10 ** 9, default=0,
-                     help="write per-image panels and OUT/index.html (all images, or the first N)")
-    method = parser.add_argument_group("method")
-    method.add_argument("--threshold", default=None,
-                        help="Fiedler threshold: a number or 'mean' (default: 0 for boxes, mean for masks)")
-    for task in TASKS.values():
-        if task.add_arguments:
-            task.add_arguments(parser.add_argument_group(f"{task.name} only"))
-    for name, (_, module) in DATASET_TASKS.items():
-        module.add_arguments(parser.add_argument_group(f"{name} only"))
+    if panels:
+        run.add_argument("--panels", type=int, nargs="?", const=10 ** 9, default=0,
+                         help="write per-image panels and OUT/index.html (all images, or the first N)")
     extract.add_extract_options(parser.add_argument_group("extraction (as `deep-spectral extract`)"))
 
 
-def main(args: argparse.Namespace) -> int:
-    if args.task in DATASET_TASKS:
-        report = DATASET_TASKS[args.task][1].run(args)
-    else:
-        report = run_evaluate(args)
+def _per_image_arguments(task: Task) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        _add_common_arguments(parser)
+        method = parser.add_argument_group("method")
+        method.add_argument("--threshold", default=None,
+                            help="Fiedler threshold: a number or 'mean' (default: 0 for boxes, mean for masks)")
+        if task.add_arguments:
+            task.add_arguments(method)
+    return add
+
+
+def _semantic_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common_arguments(parser, panels=False)
+    evaluate_semantic.add_arguments(parser.add_argument_group("method"))
+
+
+def _exit_code(report: dict) -> int:
     return 0 if report["n_images"] else 1
+
+
+# Every benchmark `deep-spectral evaluate TASK` knows: name -> (help, its flags, run -> exit code).
+# Per-image tasks (jobs.tasks.TASKS) share run_evaluate; semantic is scored over the whole
+# dataset at once; matting solves its own Laplacians.
+EVALUATORS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    **{t.name: (t.help, _per_image_arguments(t), lambda args: _exit_code(run_evaluate(args)))
+       for t in TASKS.values()},
+    "semantic": ("semantic segmentation: mIoU after Hungarian matching, mean ± std over seeds",
+                 _semantic_arguments, lambda args: _exit_code(evaluate_semantic.run(args))),
+    "matting": ("matting: SAD, MSE and gradient error against ground-truth alpha",
+                matte.add_evaluate_arguments, matte.main_evaluate),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    for name, (help_, add, _) in EVALUATORS.items():
+        add(tasks.add_parser(name, help=help_, description=help_))
+
+
+def main(args: argparse.Namespace) -> int:
+    return EVALUATORS[args.task][2](args)
 
 
 if __name__ == "__main__":
