@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from pipeline.config import BackboneConfig, ExtractConfig, SegmentsConfig
-from pipeline.schema import eigen_table
+from pipeline.schema import eigen_row, eigen_table
 from pipeline.shards import EIGEN_DIR, write_shard
 
 SEGMENTS_PER_IMAGE = 10
@@ -56,16 +56,13 @@ def write_synthetic_shards(out: str, n_segments: int, dim: int, seed: int = 0) -
         for i in range(start, min(start + ROWS_PER_SHARD, n_images)):
             features = centres[rng.integers(0, 20, SEGMENTS_PER_IMAGE)]
             features = features + 0.5 * rng.normal(size=features.shape).astype(np.float32)
-            rows.append({
-                "image_id": f"img{i:08d}.jpg", "source_uri": f"synthetic://{i}", "image_sha256": "0",
-                "height": 56, "width": 56, "input_height": 56, "input_width": 56, "patch_size": 14,
-                "grid_h": 4, "grid_w": 4, "backbone": cfg.backbone.name, "weights_digest": "synthetic",
-                "config_digest": cfg.digest(), "k": 1, "eigenvalues": [0.0],
-                "eigenvectors": np.full(16, 0.25, np.float32), "eigensolver": "none", "max_residual": 0.0,
-                "feature_dim": None, "features": None, "n_segments": SEGMENTS_PER_IMAGE,
-                "segment_map": segment_map.ravel(), "segment_boxes": boxes, "segment_dim": dim,
-                "segment_features": features.ravel(),
-            })
+            rows.append(eigen_row(
+                image_id=f"img{i:08d}.jpg", source_uri=f"synthetic://{i}", image_sha256="0",
+                height=56, width=56, input_height=56, input_width=56, patch_size=14, grid_h=4, grid_w=4,
+                backbone=cfg.backbone.name, weights_digest="synthetic", config_digest=cfg.digest(), k=1,
+                eigenvalues=[0.0], eigenvectors=np.full(16, 0.25, np.float32), eigensolver="none",
+                max_residual=0.0, n_segments=SEGMENTS_PER_IMAGE, segment_map=segment_map.ravel(),
+                segment_boxes=boxes, segment_dim=dim, segment_features=features.ravel()))
         write_shard(eigen_table(rows), out, EIGEN_DIR, cfg.to_json())
     return cfg.digest()
 

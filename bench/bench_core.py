@@ -25,7 +25,7 @@ from pipeline.affinity import image_affinity
 from pipeline.backbones import create_backbone
 from pipeline.config import ExtractConfig, GraphConfig
 from pipeline.images import decode_image
-from pipeline.schema import eigen_table
+from pipeline.schema import eigen_row, eigen_table
 from pipeline.spectral import orient_by_border
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,12 +46,10 @@ def reference_eigsh(W: np.ndarray, k: int) -> np.ndarray:
 
 def write_row(spectrum_vals, vecs, cfg) -> None:
     k, h, w = vecs.shape
-    row = {"image_id": "x", "source_uri": "x", "image_sha256": "0" * 64, "height": 1, "width": 1,
-           "input_height": 1, "input_width": 1, "patch_size": 14, "grid_h": h, "grid_w": w,
-           "backbone": "b", "weights_digest": "w", "config_digest": "c", "k": k,
-           "eigenvalues": list(spectrum_vals), "eigenvectors": vecs.astype(np.float32).ravel(),
-           "eigensolver": "x", "max_residual": 0.0, "feature_dim": None, "features": None,
-           "n_segments": 0}
+    row = eigen_row(image_id="x", source_uri="x", image_sha256="0" * 64, height=1, width=1,
+                    input_height=1, input_width=1, patch_size=14, grid_h=h, grid_w=w, backbone="b",
+                    weights_digest="w", config_digest="c", k=k, eigenvalues=list(spectrum_vals),
+                    eigenvectors=vecs.astype(np.float32).ravel(), eigensolver="x", max_residual=0.0)
     pq.write_table(eigen_table([row]), io.BytesIO(), compression="zstd")
 
 

@@ -17,6 +17,7 @@ from pipeline.backbones import create_backbone
 from pipeline.config import ExtractConfig
 from pipeline.geometry import geometry_of
 from pipeline.images import ImageError, check_min_size, decode_image
+from pipeline.schema import eigen_row
 from pipeline.segments import pooled_features, segment_boxes, segment_crops, segment_map
 from pipeline.sources import ImageRef, read_bytes
 from pipeline.spectral import image_spectrum
@@ -94,29 +95,26 @@ class SpectralExtractor:
     def _row(self, ref: ImageRef, image: np.ndarray, sha: str, output) -> dict:
         spectrum = image_spectrum(self.xp.asarray(output.features), image, self.cfg)
         k, grid_h, grid_w = spectrum.eigenvectors.shape
-        row = {
-            "image_id": ref.image_id,
-            "source_uri": ref.uri,
-            "image_sha256": sha,
-            "height": image.shape[0],
-            "width": image.shape[1],
-            "input_height": output.input_hw[0],
-            "input_width": output.input_hw[1],
-            "patch_size": self.backbone.patch_size,
-            "grid_h": grid_h,
-            "grid_w": grid_w,
-            "backbone": self.cfg.backbone.name,
-            "weights_digest": self.backbone.digest,
-            "config_digest": self.config_digest,
-            "k": k,
-            "eigenvalues": spectrum.eigenvalues.tolist(),
-            "eigenvectors": spectrum.eigenvectors.astype(self.cfg.eigen.storage_dtype).ravel(),
-            "eigensolver": spectrum.method,
-            "max_residual": spectrum.max_residual,
-            "feature_dim": None,
-            "features": None,
-            "n_segments": 0,
-        }
+        row = eigen_row(
+            image_id=ref.image_id,
+            source_uri=ref.uri,
+            image_sha256=sha,
+            height=image.shape[0],
+            width=image.shape[1],
+            input_height=output.input_hw[0],
+            input_width=output.input_hw[1],
+            patch_size=self.backbone.patch_size,
+            grid_h=grid_h,
+            grid_w=grid_w,
+            backbone=self.cfg.backbone.name,
+            weights_digest=self.backbone.digest,
+            config_digest=self.config_digest,
+            k=k,
+            eigenvalues=spectrum.eigenvalues.tolist(),
+            eigenvectors=spectrum.eigenvectors.astype(self.cfg.eigen.storage_dtype).ravel(),
+            eigensolver=spectrum.method,
+            max_residual=spectrum.max_residual,
+        )
         if self.cfg.segments.n_segments:
             row.update(self._segments(image, output, spectrum.eigenvectors, row))
         if self.cfg.store_features:

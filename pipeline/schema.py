@@ -102,6 +102,20 @@ def features_of(row: dict) -> np.ndarray:
     return flat.reshape(row["grid_h"], row["grid_w"], row["feature_dim"])
 
 
+# Columns a row may leave out: features without store_features, segments without --segments.
+OPTIONAL_DEFAULTS = {"feature_dim": None, "features": None, "n_segments": 0, "segment_map": None,
+                     "segment_boxes": None, "segment_dim": None, "segment_features": None}
+
+
+def eigen_row(**columns) -> dict:
+    """One shard row: every required column of EIGEN_SCHEMA given, the optional ones defaulted."""
+    unknown = set(columns) - set(EIGEN_SCHEMA.names)
+    missing = set(EIGEN_SCHEMA.names) - set(columns) - set(OPTIONAL_DEFAULTS)
+    if unknown or missing:
+        raise ValueError(f"shard row: unknown columns {sorted(unknown)}, missing {sorted(missing)}")
+    return {**OPTIONAL_DEFAULTS, **columns}
+
+
 def segments_of(row: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A row with segments -> (segment_map (grid_h, grid_w) int16, boxes (n, 4), features (n, D))."""
     if row.get("segment_map") is None:

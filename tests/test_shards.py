@@ -6,20 +6,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import EigenConfig, ExtractConfig
-from pipeline.schema import CONFIG_METADATA_KEY, EIGEN_SCHEMA, eigen_table, eigenvectors_of, error_table
+from pipeline.schema import (CONFIG_METADATA_KEY, EIGEN_SCHEMA, eigen_row, eigen_table, eigenvectors_of,
+                             error_table)
 from pipeline.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table, write_shard
 
 
 def make_row(image_id: str, digest: str, k=3, gh=4, gw=5, rng=np.random.default_rng(0)):
     vecs = rng.normal(size=(k, gh, gw)).astype(np.float32)
-    return {
-        "image_id": image_id, "source_uri": f"file:///data/{image_id}", "image_sha256": "0" * 64,
-        "height": 70, "width": 56, "input_height": 56, "input_width": 70, "patch_size": 14,
-        "grid_h": gh, "grid_w": gw, "backbone": "dinov2_vits14_offline", "weights_digest": "abc",
-        "config_digest": digest, "k": k, "eigenvalues": [0.0, 0.1, 0.2][:k],
-        "eigenvectors": vecs.ravel(), "eigensolver": "dense", "max_residual": 1e-12,
-        "feature_dim": None, "features": None, "n_segments": 0,
-    }, vecs
+    return eigen_row(
+        image_id=image_id, source_uri=f"file:///data/{image_id}", image_sha256="0" * 64,
+        height=70, width=56, input_height=56, input_width=70, patch_size=14,
+        grid_h=gh, grid_w=gw, backbone="dinov2_vits14_offline", weights_digest="abc",
+        config_digest=digest, k=k, eigenvalues=[0.0, 0.1, 0.2][:k],
+        eigenvectors=vecs.ravel(), eigensolver="dense", max_residual=1e-12,
+    ), vecs
 
 
 def test_roundtrip_with_plain_pyarrow(tmp_path):
@@ -75,3 +75,12 @@ def test_schema_rejects_wrong_types():
     row["height"] = "tall"
     with pytest.raises(Exception):
         eigen_table([row])
+
+
+def test_eigen_row_defaults_optional_columns_and_names_mistakes():
+    row, _ = make_row("a", "d")
+    assert row["n_segments"] == 0 and row["features"] is None and row["segment_map"] is None
+    with pytest.raises(ValueError, match="missing.*image_sha256"):
+        eigen_row(**{k: v for k, v in row.items() if k != "image_sha256"})
+    with pytest.raises(ValueError, match="unknown.*eigenvector_count"):
+        eigen_row(**row, eigenvector_count=3)
