@@ -84,12 +84,17 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
     counts_self = counts.copy()
     scored = []
     for row in segment_rows(shards, digest, image_ids=list(samples), with_features=self_training):
-        _, labels = pseudo_labels(row, model, labels_cfg, long_side)
-        gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
-        counts += confusion(_at(labels, gt.shape), gt, n_labels, len(classes), ignore_index)
-        if head is not None:
-            predicted = _at(self_trained_labels(row, head, long_side), gt.shape)
-            counts_self += confusion(predicted, gt, n_labels, len(classes), ignore_index)
+        try:  # one unreadable or mismatched mask must not cost the benchmark
+            _, labels = pseudo_labels(row, model, labels_cfg, long_side)
+            gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
+            image_counts = confusion(_at(labels, gt.shape), gt, n_labels, len(classes), ignore_index)
+            if head is not None:
+                predicted = _at(self_trained_labels(row, head, long_side), gt.shape)
+                counts_self += confusion(predicted, gt, n_labels, len(classes), ignore_index)
+        except Exception as exc:
+            print(f"  failed {row['image_id']}: {type(exc).__name__}: {exc}")
+            continue
+        counts += image_counts
         scored.append(row["image_id"])
         if png_dir:
             path = f"{png_dir}/{os.path.splitext(row['image_id'])[0]}.png"

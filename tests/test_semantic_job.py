@@ -2,6 +2,7 @@
 the final clustering task locally and on Ray, pseudo-label PNGs read back, and
 `deep-spectral evaluate semantic` on COCO128 images."""
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -101,16 +102,22 @@ def test_evaluate_semantic_on_coco128(tmp_path, offline_weights):
     from jobs.cli import main
 
     root = shared_data("coco128")
+    masks = tmp_path / "masks"  # three real masks and a corrupt one: that image fails alone
+    masks.mkdir()
+    for mask in sorted((root / "semantic_masks").glob("*.png"))[:3]:
+        shutil.copy(mask, masks / mask.name)
+    (masks / "000000000042.png").write_bytes(b"not a png")
     metrics = tmp_path / "m.json"
     code = main(["evaluate", "semantic", "--images", str(root / "images"),
-                 "--masks", str(root / "semantic_masks"), "--label-map", str(root / "semantic_eval_map.json"),
-                 "--limit", "3", "--seeds", "2", "--clusters", "3", "--segments", "4",
+                 "--masks", str(masks), "--label-map", str(root / "semantic_eval_map.json"),
+                 "--seeds", "2", "--clusters", "3", "--segments", "4",
                  "--segment-features", "pool", "--long-side", "112", "--k", "6",
                  "--store-features", "--self-train",
                  "--out", str(tmp_path / "out"), "--json", str(metrics), "--local"])
     assert code == 0
     report = json.loads(metrics.read_text())
-    assert report["task"] == "semantic" and report["n_images"] == 3 and report["n_failed"] == 0
+    assert report["task"] == "semantic" and report["n_images"] == 3 and report["n_failed"] == 1
+    assert report["failed"] == ["000000000042.jpg"]
     assert len(report["per_seed"]) == 2 and 0 <= report["miou"] <= 1 and report["miou_std"] >= 0
     assert 0 <= report["self_trained_miou"] <= 1
     assert report["config"]["extract"]["segments"]["n_segments"] == 4
