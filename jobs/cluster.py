@@ -12,7 +12,7 @@ seed, and writes:
                                          patch features predicts after training on these)
     OUT/segment_labels/part-*.parquet    one row per segment (pipeline.schema.LABEL_SCHEMA)
     OUT/clusters.npz                     centroids (+ PCA), to label new images the same way
-    OUT/cluster.json                     configuration, digests, counts, seconds
+    OUT/cluster.json                     configuration, digests, counts, seconds, failed images
 
 Same seed + same shards = the same labels. A rerun with the same settings overwrites the
 same files.
@@ -78,10 +78,15 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
     fit_seconds = time.time() - started
     digest = cfg.digest(extract_digest)
     pending, images, sizes = [], 0, np.zeros(cfg.cluster.n_clusters + 1, np.int64)
+    failed = []
     for row in segment_rows(shards, extract_digest, with_features=head is not None):
-        labels, image_labels = pseudo_labels(row, model, cfg, long_side)
-        if head is not None:
-            image_labels = self_trained_labels(row, head, long_side)
+        try:  # e.g. a source image gone since extraction (guided refinement reads it)
+            labels, image_labels = pseudo_labels(row, model, cfg, long_side)
+            if head is not None:
+                image_labels = self_trained_labels(row, head, long_side)
+        except Exception as exc:
+            failed.append({"image_id": row["image_id"], "reason": f"{type(exc).__name__}: {exc}"[:500]})
+            continue
         _save(out, f"labels/{os.path.splitext(row['image_id'])[0]}.png", encode_label_png(image_labels))
         sizes += np.bincount(labels, minlength=len(sizes))
         pending += [{"image_id": row["image_id"], "segment": s + 1, "label": int(c),
@@ -95,6 +100,7 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
     _save_model(out, model)
     record = {"config_digest": digest, "extract_digest": extract_digest, "shards": shards,
               "config": cfg.to_dict(), "n_images": images, "n_segments": model.n_fitted,
+              "n_failed": len(failed), "failed": failed[:100],
               "segments_per_label": sizes[1:].tolist(), "lloyd_passes": model.n_passes,
               "fit_seconds": round(fit_seconds, 2), "seconds": round(time.time() - started, 2)}
     _save(out, "cluster.json", json.dumps(record, indent=2).encode())
@@ -141,6 +147,8 @@ def main(args: argparse.Namespace) -> int:
     record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address)
     print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "
           f"in {record['seconds']} s; pseudo-labels in {args.out}/labels")
+    for error in record["failed"]:
+        print(f"  failed {error['image_id']}: {error['reason']}")
     return 0
 
 

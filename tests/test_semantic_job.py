@@ -135,5 +135,24 @@ def test_cluster_command_line(shards, tmp_path):
     record = json.loads((tmp_path / "labels" / "cluster.json").read_text())
     assert record["config"]["cluster"]["pca_dim"] == 4 and record["config"]["refine"] == "guided"
     assert len(list((tmp_path / "labels" / "labels").glob("*.png"))) == record["n_images"]
+    assert record["n_failed"] == 0
     with pytest.raises(ValueError, match="store_features"):  # self-training needs patch features
         main(["cluster", str(out), "--out", str(tmp_path / "st"), "--clusters", "2", "--self-train", "--local"])
+
+
+def test_cluster_task_records_an_image_it_cannot_label(tmp_path, offline_weights):
+    images = tmp_path / "images"
+    images.mkdir()
+    for img in sorted(SAMPLES.glob("*.jpg"))[:3]:
+        shutil.copy(img, images / img.name)
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
+                        segments=SegmentsConfig(n_segments=4, features="pool"))
+    run_extract(str(images), str(tmp_path / "shards"), cfg, RuntimeConfig(), local=True)
+    gone = sorted(images.iterdir())[0]
+    gone.unlink()  # guided refinement reads the image again
+    record = cluster_and_label(str(tmp_path / "shards"), str(tmp_path / "out"), cfg.digest(),
+                               PseudoLabelConfig(ClusterConfig(n_clusters=2), refine="guided"))
+    assert record["n_images"] == 2 and record["n_failed"] == 1
+    assert record["failed"][0]["image_id"] == gone.name
+    assert sorted(p.stem for p in (tmp_path / "out" / "labels").glob("*.png")) == \
+        sorted(p.stem for p in images.iterdir())
