@@ -20,7 +20,7 @@ import numpy as np
 
 from jobs.cluster import pick_digest
 from pipeline.clustering import ClusterConfig, fit_clusters
-from pipeline.config import ExtractConfig, SegmentsConfig
+from pipeline.config import ExtractConfig
 from pipeline.geometry import geometry_of
 from pipeline.pseudo_labels import label_grid, label_image
 from pipeline.schema import eigenvectors_of, features_of, segments_of

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from jobs import evaluate_semantic, extract, matte
-from jobs.tasks import TASKS, Item, Result, Task, data_flags
+from jobs.tasks import TASKS, Item, Result, Task, data_flags, extract_samples
 from pipeline.datasets import Sample
 from pipeline.geometry import geometry_of
 from pipeline.images import decode_image
@@ -40,7 +40,7 @@ from pipeline.localize import coco_detections, write_coco_results
 from pipeline.panels import gallery_html, render_panel
 from pipeline.schema import EIGEN_SCHEMA
 from pipeline.shards import EIGEN_DIR, read_table
-from pipeline.sources import ImageRef, read_bytes
+from pipeline.sources import read_bytes
 
 
 # ------------------------------------------------------------------------------- shards
@@ -115,14 +115,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         samples = samples[:args.limit]
     if not samples:
         raise SystemExit("no images found for these dataset flags")
-    out = args.out.rstrip("/")
-    shards = args.shards or f"{out}/spectral"
-    os.makedirs(out, exist_ok=True)
-
-    started = time.time()
-    summary = extract.run_extract(None, shards, cfg, runtime, local=args.local,
-                                  refs=[ImageRef(s.image_id, s.uri) for s in samples])
-    extract_seconds = time.time() - started
+    out, shards, summary, extract_seconds = extract_samples(args, cfg, runtime, samples)
     rows = _read_rows(shards, cfg.digest(), {s.image_id for s in samples})
 
     started = time.time()

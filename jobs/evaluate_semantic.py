@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
-from jobs.tasks import data_flags
+from jobs.tasks import data_flags, extract_samples
 from pipeline.clustering import ClusterConfig
 from pipeline.datasets import Sample, folder_pairs
 from pipeline.pseudo_labels import REFINE_MODES, encode_label_png
@@ -31,7 +31,6 @@ from pipeline.semantic import (PseudoLabelConfig, fit_segment_clusters, pseudo_l
                                self_train, self_trained_labels)
 from pipeline.semantic_data import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
 from pipeline.semantic_metrics import confusion, hungarian_miou
-from pipeline.sources import ImageRef
 
 DEFAULT_SEGMENTS = 15  # the paper's segments per image, when extraction flags do not say
 
@@ -122,14 +121,7 @@ def run(args: argparse.Namespace) -> dict:
     if not samples:
         raise SystemExit("no images found for these dataset flags")
     cfg, runtime = _extract_config(args)
-    out = args.out.rstrip("/")
-    shards = args.shards or f"{out}/spectral"
-    os.makedirs(out, exist_ok=True)
-
-    started = time.time()
-    summary = extract.run_extract(None, shards, cfg, runtime, local=args.local,
-                                  refs=[ImageRef(s.image_id, s.uri) for s in samples])
-    extract_seconds = time.time() - started
+    out, shards, summary, extract_seconds = extract_samples(args, cfg, runtime, samples)
 
     started = time.time()
     by_id = {s.image_id: s for s in samples}

@@ -9,17 +9,22 @@ to flat metrics.
 from __future__ import annotations
 
 import argparse
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 from PIL import Image
 
+from jobs import extract
+from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.datasets import Sample, coco_boxes, folder_pairs, read_mask, voc_boxes
 from pipeline.geometry import GridGeometry, grid_to_pixels
 from pipeline.localize import LocalizeConfig, localize
 from pipeline.metrics import best_box_iou, mask_iou, max_f_beta, pixel_accuracy, precision_recall_curve
 from pipeline.objseg import REFINERS, SegmentConfig, segment
+from pipeline.sources import ImageRef
 
 
 @dataclass
@@ -66,6 +71,19 @@ class Task:
 def data_flags(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in ("images", "masks", "annotations", "voc_root", "split")
             if getattr(args, k, None) is not None}
+
+
+def extract_samples(args: argparse.Namespace, cfg: ExtractConfig, runtime: RuntimeConfig,
+                    samples: list[Sample]) -> tuple[str, str, dict, float]:
+    """Extract (or reuse) the benchmark images' shards, as every evaluation does first ->
+    (OUT, shards folder, run_extract's summary, seconds)."""
+    out = args.out.rstrip("/")
+    shards = args.shards or f"{out}/spectral"
+    os.makedirs(out, exist_ok=True)
+    started = time.time()
+    summary = extract.run_extract(None, shards, cfg, runtime, local=args.local,
+                                  refs=[ImageRef(s.image_id, s.uri) for s in samples])
+    return out, shards, summary, time.time() - started
 
 
 def _mask_samples(args: argparse.Namespace) -> list[Sample]:

@@ -39,7 +39,8 @@ def segment_map(eigenvectors: np.ndarray, cfg: SegmentsConfig) -> np.ndarray:
     if cfg.background not in BACKGROUND_RULES:
         raise ValueError(f"background must be one of {BACKGROUND_RULES}, got {cfg.background!r}")
     ids, areas = np.unique(raw, return_counts=True)
-    on_border = np.array([np.sum(raw[border_mask(h, w)] == i) for i in ids])
+    edge = raw[border_mask(h, w)]
+    on_border = np.array([np.sum(edge == i) for i in ids])
     background = {ids[np.lexsort((-areas, -on_border))[0]]}  # most border cells, then largest
     if cfg.background == "fiedler" and k > 1:
         background |= {i for i in ids if eigenvectors[1][raw == i].mean() <= 0}

@@ -60,6 +60,7 @@ def test_cluster_task_writes_labels_deterministically(shards, tmp_path):
     second = cluster_and_label(str(out), str(tmp_path / "b"), digest, labels_cfg)
     rows = read_table(str(out)).to_pylist()
     assert first["n_images"] == len(rows) and first["n_segments"] == sum(r["n_segments"] for r in rows)
+    assert second["segments_per_label"] == first["segments_per_label"]
 
     table = pq.read_table(tmp_path / "a" / LABEL_DIR).to_pylist()
     assert len(table) == first["n_segments"] and {r["label"] for r in table} <= {1, 2}
