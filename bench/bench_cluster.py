@@ -21,16 +21,16 @@ import time
 import numpy as np
 
 from pipeline.config import BackboneConfig, ExtractConfig, SegmentsConfig
-from pipeline.schema import eigen_row, eigen_table
-from pipeline.shards import EIGEN_DIR, write_shard
+from pipeline.io.schema import eigen_row, eigen_table
+from pipeline.io.shards import EIGEN_DIR, write_shard
 
 SEGMENTS_PER_IMAGE = 10
 ROWS_PER_SHARD = 1000
 CHILD = """
 import json, resource, sys, time
 from jobs.cluster import cluster_and_label
-from pipeline.clustering import ClusterConfig
-from pipeline.semantic import PseudoLabelConfig
+from pipeline.semantic.clustering import ClusterConfig
+from pipeline.semantic.labelling import PseudoLabelConfig
 shards, out, digest = sys.argv[1:4]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.time()

@@ -21,12 +21,12 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from kernels import smallest_eigenpairs
-from pipeline.affinity import image_affinity
-from pipeline.backbones import create_backbone
+from pipeline.spectral.affinity import image_affinity
+from pipeline.features.backbones import create_backbone
 from pipeline.config import ExtractConfig, GraphConfig
-from pipeline.images import decode_image
-from pipeline.schema import eigen_row, eigen_table
-from pipeline.spectral import orient_by_border
+from pipeline.io.images import decode_image
+from pipeline.io.schema import eigen_row, eigen_table
+from pipeline.spectral.spectrum import orient_by_border
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ import scipy.sparse.linalg
 
 from bench.pixel_graphs import image_graph
 from kernels import normalized_laplacian, smallest_eigenpairs
-from pipeline.affinity import topk_graph
+from pipeline.spectral.affinity import topk_graph
 
 SIZES = (700, 2800)
 

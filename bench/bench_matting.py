@@ -3,7 +3,7 @@
     python -m bench.bench_matting [--data-root ../shared/data] [--limit N] [--json FILE]
                                   [--skip-quality] [--skip-size]
 
-Quality: SAD, MSE and gradient error (pipeline.matting_metrics; means over the images) of
+Quality: SAD, MSE and gradient error (pipeline.evaluation.matting_metrics; means over the images) of
 pymatting's own closed-form matting (`estimate_alpha_cf`, the baseline) and of ours (colour
 only = the same closed-form system by our CG; fusion with the pixel feature Laplacian;
 spectral layers) on the benchmark's Trimap1 and Trimap2, scored over each trimap's unknown
@@ -47,7 +47,7 @@ TRIMAP_SETS = ("trimap1", "trimap2", "auto")
 
 def quality(data: Path, limit: int | None) -> list[dict]:
     from jobs.matte import evaluate_matting, load_backbone
-    from pipeline.matting import MattingConfig
+    from pipeline.matting.matte import MattingConfig
 
     backbone = load_backbone(MattingConfig())
     rows = []
@@ -91,8 +91,8 @@ def print_quality(rows: list[dict]) -> None:
 
 def _one(spec: str, data: Path) -> None:
     """Child process: '<h>x<w>:<mode>[:max_side]' -> one JSON line of cost figures."""
-    from pipeline.matting import MattingConfig, matte
-    from pipeline.trimap import read_trimap
+    from pipeline.matting.matte import MattingConfig, matte
+    from pipeline.matting.trimap import read_trimap
 
     size, mode, *rest = spec.split(":")
     h, w = map(int, size.split("x"))
@@ -128,7 +128,7 @@ def size_costs(data: Path) -> list[dict]:
     for spec in SIZE_RUNS:
         proc = subprocess.run([sys.executable, "-m", "bench.bench_matting", "--one", spec,
                                "--data-root", str(data.parent)], capture_output=True, text=True, cwd=ROOT)
-        line = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode or not line:
             print(f"{spec}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue

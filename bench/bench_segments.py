@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import ExtractConfig, SegmentsConfig
-from pipeline.extractor import SpectralExtractor
-from pipeline.sources import list_images
+from pipeline.batch.extractor import SpectralExtractor
+from pipeline.io.sources import list_images
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,15 +19,15 @@ import os
 import numpy as np
 
 from jobs.cluster import pick_digest
-from pipeline.clustering import ClusterConfig, fit_clusters
+from pipeline.semantic.clustering import ClusterConfig, fit_clusters
 from pipeline.config import ExtractConfig
-from pipeline.geometry import geometry_of
-from pipeline.pseudo_labels import label_grid, label_image
-from pipeline.schema import eigenvectors_of, features_of, segments_of
-from pipeline.segments import pooled_features, segment_map
-from pipeline.semantic_data import read_class_mask, read_label_map
-from pipeline.semantic_metrics import confusion, hungarian_miou
-from pipeline.shards import read_table, shard_config
+from pipeline.features.geometry import geometry_of
+from pipeline.semantic.pseudo_labels import label_grid, label_image
+from pipeline.io.schema import eigenvectors_of, features_of, segments_of
+from pipeline.semantic.segments import pooled_features, segment_map
+from pipeline.io.semantic_masks import read_class_mask, read_label_map
+from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
+from pipeline.io.shards import read_table, shard_config
 
 
 def score(rows, segments, gts, n_classes, n_clusters, seeds, long_side) -> tuple[float, float, float]:

@@ -4,13 +4,13 @@
     ray job submit --working-dir . -- python -m jobs.cluster s3://b/run --out s3://b/labels --clusters 20
 
 SHARDS is an extraction output written with `--segments N`. One Ray task streams every
-segment feature from the shards (bounded memory, pipeline.clustering), fits C clusters with a
+segment feature from the shards (bounded memory, pipeline.semantic.clustering), fits C clusters with a
 seed, and writes:
 
     OUT/labels/<image stem>.png          palette PNG per image, 0 = background, c + 1 = cluster c
                                          (with --self-train: the labels a linear head on the
                                          patch features predicts after training on these)
-    OUT/segment_labels/part-*.parquet    one row per segment (pipeline.schema.LABEL_SCHEMA)
+    OUT/segment_labels/part-*.parquet    one row per segment (pipeline.io.schema.LABEL_SCHEMA)
     OUT/clusters.npz                     centroids (+ PCA), to label new images the same way
     OUT/cluster.json                     configuration, digests, counts, seconds, failed images
 
@@ -29,13 +29,13 @@ import time
 import fsspec
 import numpy as np
 
-from pipeline.clustering import ClusterConfig, SegmentClusters
-from pipeline.pseudo_labels import REFINE_MODES, encode_label_png
-from pipeline.schema import label_table
-from pipeline.self_training import SelfTrainConfig
-from pipeline.semantic import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_digests,
+from pipeline.semantic.clustering import ClusterConfig, SegmentClusters
+from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
+from pipeline.io.schema import label_table
+from pipeline.semantic.self_training import SelfTrainConfig
+from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_digests,
                                segment_rows, self_train, self_trained_labels)
-from pipeline.shards import shard_config, write_shard
+from pipeline.io.shards import shard_config, write_shard
 
 LABEL_DIR = "segment_labels"
 FLUSH_ROWS = 4096  # segment rows per labels shard

@@ -33,14 +33,14 @@ from PIL import Image
 
 from jobs import evaluate_semantic, extract, matte
 from jobs.tasks import TASKS, Item, Result, Task, data_flags, extract_samples
-from pipeline.datasets import Sample
-from pipeline.geometry import geometry_of
-from pipeline.images import decode_image
-from pipeline.localize import coco_detections, write_coco_results
-from pipeline.panels import gallery_html, render_panel
-from pipeline.schema import EIGEN_SCHEMA
-from pipeline.shards import EIGEN_DIR, read_table
-from pipeline.sources import read_bytes
+from pipeline.io.ground_truth import Sample
+from pipeline.features.geometry import geometry_of
+from pipeline.io.images import decode_image
+from pipeline.objects.localize import coco_detections, write_coco_results
+from pipeline.evaluation.panels import gallery_html, render_panel
+from pipeline.io.schema import EIGEN_SCHEMA
+from pipeline.io.shards import EIGEN_DIR, read_table
+from pipeline.io.sources import read_bytes
 
 
 # ------------------------------------------------------------------------------- shards

@@ -23,14 +23,14 @@ from PIL import Image
 
 from jobs import extract
 from jobs.tasks import data_flags, extract_samples
-from pipeline.clustering import ClusterConfig
-from pipeline.datasets import Sample, folder_pairs
-from pipeline.pseudo_labels import REFINE_MODES, encode_label_png
-from pipeline.self_training import SelfTrainConfig
-from pipeline.semantic import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_rows,
+from pipeline.semantic.clustering import ClusterConfig
+from pipeline.io.ground_truth import Sample, folder_pairs
+from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
+from pipeline.semantic.self_training import SelfTrainConfig
+from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_rows,
                                self_train, self_trained_labels)
-from pipeline.semantic_data import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
-from pipeline.semantic_metrics import confusion, hungarian_miou
+from pipeline.io.semantic_masks import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
+from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
 
 DEFAULT_SEGMENTS = 15  # the paper's segments per image, when extraction flags do not say
 

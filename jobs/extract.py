@@ -7,7 +7,7 @@
     python -m jobs.extract --dataset coco --root URI/train2014 --image-ids coco_20k_filenames.txt --out OUT
 
 SOURCE is a folder, glob or list file; --dataset reads a dataset's own layout instead
-(pipeline/dataset_sources.py). The driver lists the images, drops what OUT already holds for
+(pipeline/io/dataset_listing.py). The driver lists the images, drops what OUT already holds for
 this configuration, and maps the rest through `ExtractActor`s (one per GPU, or CPU actors)
 that write their own shards.
 """
@@ -24,12 +24,12 @@ from typing import Iterator
 
 from pipeline.config import (BackboneConfig, EigenConfig, ExtractConfig, GraphConfig, RuntimeConfig,
                              SegmentsConfig)
-from pipeline.schema import eigen_table, error_table
-from pipeline.progress import Progress
-from pipeline.runlog import write_run_summary
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids
-from pipeline.sources import ImageRef, list_images
-from pipeline.dataset_sources import DATASETS, dataset_images
+from pipeline.io.schema import eigen_table, error_table
+from pipeline.io.progress import Progress
+from pipeline.io.runlog import write_run_summary
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids
+from pipeline.io.sources import ImageRef, list_images
+from pipeline.io.dataset_listing import DATASETS, dataset_images
 
 PROGRESS_EVERY_S = 10.0  # a progress line in the job log at most this often
 # Ray Data blocks: one driver-made batch per block up to this many, beyond which consecutive
@@ -46,7 +46,7 @@ class ExtractActor:
         import threadpoolctl
         import torch
 
-        from pipeline.extractor import SpectralExtractor
+        from pipeline.batch.extractor import SpectralExtractor
 
         # Ray pins OMP_NUM_THREADS=1 in workers; give each actor its share of the cores instead.
         torch.set_num_threads(threads)
@@ -124,7 +124,7 @@ def _run_in_process(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime:
 def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: RuntimeConfig,
                 refs: list[ImageRef] | None = None, local: bool = False) -> dict:
     """Process every pending image; prints progress, returns a summary and writes it to
-    OUT/runs/ (pipeline.runlog) unless there was nothing to do.
+    OUT/runs/ (pipeline.io.runlog) unless there was nothing to do.
 
     refs: the images to do instead of listing SOURCE. local: run the same ExtractActor in
     this process instead of on Ray (no cluster; one model on all cores).

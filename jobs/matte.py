@@ -6,7 +6,7 @@
                          [--mode auto|trimap|pymatting_cf] [method options as above]
 
 Without a trimap (automatic mode) the trimap is made from the Fiedler vector of the patch
-graph (pipeline.trimap); with one (trimap mode) it is used as given. Per image, OUT gets
+graph (pipeline.matting.trimap); with one (trimap mode) it is used as given. Per image, OUT gets
 STEM.alpha.png (8-bit alpha), STEM.rgba.png (foreground by pymatting's
 estimate_foreground_ml, straight alpha), in automatic mode STEM.trimap.png, with
 --save-layers STEM.layers.npy (spectral solver), and matte.json (configuration, per-image
@@ -28,11 +28,11 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import BackboneConfig
-from pipeline.images import decode_image
-from pipeline.matting import DEVICES, SOLVERS, MattingConfig, cutout, matte
-from pipeline.matting_metrics import matting_errors
-from pipeline.sources import list_images, read_bytes
-from pipeline.trimap import REFINE, UNITS, TrimapConfig, read_trimap, split
+from pipeline.io.images import decode_image
+from pipeline.matting.matte import DEVICES, SOLVERS, MattingConfig, cutout, matte
+from pipeline.evaluation.matting_metrics import matting_errors
+from pipeline.io.sources import list_images, read_bytes
+from pipeline.matting.trimap import REFINE, UNITS, TrimapConfig, read_trimap, split
 
 MODES = ("auto", "trimap", "pymatting_cf")
 
@@ -59,7 +59,7 @@ def needs_backbone(cfg: MattingConfig, automatic: bool) -> bool:
 
 
 def load_backbone(cfg: MattingConfig):
-    from pipeline.backbones import create_backbone
+    from pipeline.features.backbones import create_backbone
 
     b = cfg.backbone
     return create_backbone(b.name, weights=b.weights, features=b.features,

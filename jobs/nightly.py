@@ -36,8 +36,8 @@ import fsspec
 
 from jobs import extract
 from pipeline.config import ExtractConfig, RuntimeConfig
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table
-from pipeline.sources import ImageRef
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table
+from pipeline.io.sources import ImageRef
 
 MANIFEST = "manifest.json"
 FIRST_ERRORS = 10

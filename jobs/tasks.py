@@ -19,12 +19,12 @@ from PIL import Image
 
 from jobs import extract
 from pipeline.config import ExtractConfig, RuntimeConfig
-from pipeline.datasets import Sample, coco_boxes, folder_pairs, read_mask, voc_boxes
-from pipeline.geometry import GridGeometry, grid_to_pixels
-from pipeline.localize import LocalizeConfig, localize
-from pipeline.metrics import best_box_iou, mask_iou, max_f_beta, pixel_accuracy, precision_recall_curve
-from pipeline.objseg import REFINERS, SegmentConfig, segment
-from pipeline.sources import ImageRef
+from pipeline.io.ground_truth import Sample, coco_boxes, folder_pairs, read_mask, voc_boxes
+from pipeline.features.geometry import GridGeometry, grid_to_pixels
+from pipeline.objects.localize import LocalizeConfig, localize
+from pipeline.evaluation.object_metrics import best_box_iou, mask_iou, max_f_beta, pixel_accuracy, precision_recall_curve
+from pipeline.objects.masks import REFINERS, SegmentConfig, segment
+from pipeline.io.sources import ImageRef
 
 
 @dataclass

@@ -39,7 +39,7 @@ class Axis:
 def interpolation_axis(n_pixels: int, n_cells: int, cell: float, scale: float, xp=np) -> Axis:
     """Pixel centres (p + 0.5) * scale input pixels -> positions between cell centres.
 
-    The same mapping as pipeline.geometry.grid_to_pixels (bilinear, clamped at the edges), so
+    The same mapping as pipeline.features.geometry.grid_to_pixels (bilinear, clamped at the edges), so
     the strip a patch-multiple crop removed takes the last cell's feature.
     """
     pos = (xp.arange(n_pixels, dtype=xp.float64) + 0.5) * scale / cell - 0.5

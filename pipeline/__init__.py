@@ -1,4 +1,7 @@
-"""Deep Spectral Methods as a library: images -> ViT features -> Laplacian eigenvectors.
+"""Deep Spectral Methods as a library: images -> ViT features -> Laplacian eigenvectors -> labels.
 
-No Ray here; `jobs/` composes these pieces into Ray jobs.
+One subpackage a stage, imported only downward (checked by the import-linter contracts in
+pyproject.toml), low to high: `io`, `features`, `spectral`, `objects`, then `semantic` and
+`matting` side by side, then `evaluation` and `batch`. `config` is the one typed configuration
+that every stage reads and every output records. No Ray here; `jobs/` composes these pieces.
 """

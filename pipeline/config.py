@@ -61,7 +61,7 @@ class SegmentsConfig:
     n_eigenvectors: int = 14
     # Which segments are background (label 0): "border", the one segment covering most of the
     # grid border (the reference); "fiedler", every segment on the Fiedler vector's background
-    # side (mean <= 0; pipeline.spectral orients it), which suits datasets where background
+    # side (mean <= 0; pipeline.spectral.spectrum orients it), which suits datasets where background
     # is most of the image, such as COCO with stuff as background (README: measured).
     background: str = "fiedler"
     # Segment features: "crop" re-embeds each segment's box crop with the backbone (CLS

@@ -26,7 +26,7 @@ def sample_image() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def offline_weights() -> Path:
-    from pipeline.offline_weights import ensure_offline_weights
+    from pipeline.features.offline_weights import ensure_offline_weights
 
     home = os.environ.get("DEEP_SPECTRAL_HOME", str(Path.home() / ".cache" / "deep-spectral"))
     return ensure_offline_weights(home)

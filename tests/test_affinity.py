@@ -5,7 +5,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from kernels.knn_affinity import knn_colour_affinity
-from pipeline.affinity import feature_affinity, image_affinity, image_on_grid, upsample_features
+from pipeline.spectral.affinity import feature_affinity, image_affinity, image_on_grid, upsample_features
 from pipeline.config import GraphConfig
 
 

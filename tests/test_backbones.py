@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.backbones import (BACKBONES, Backbone, create_backbone, get_spec, grid_shape,
+from pipeline.features.backbones import (BACKBONES, Backbone, create_backbone, get_spec, grid_shape,
                                 read_state_dict)
-from pipeline.offline_weights import (ONNX_NAME, WEIGHTS_NAME, default_cache_dir,
+from pipeline.features.offline_weights import (ONNX_NAME, WEIGHTS_NAME, default_cache_dir,
                                       ensure_offline_onnx, ensure_offline_weights)
 
 skdata = pytest.importorskip("skimage.data")
@@ -219,7 +219,7 @@ def test_timm_names_of_hub_backbones_are_aliases():
 def test_conversion_is_deterministic_and_cli(cache_dir, weights_path, tmp_path):
     # Pre-place the ONNX graph so this exercises conversion + atomic write without the network.
     os.symlink(ensure_offline_onnx(cache_dir), tmp_path / ONNX_NAME)
-    out = subprocess.run([sys.executable, "-m", "pipeline.offline_weights", "--cache-dir",
+    out = subprocess.run([sys.executable, "-m", "pipeline.features.offline_weights", "--cache-dir",
                           str(tmp_path)], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert Path(out.stdout.strip()) == tmp_path / WEIGHTS_NAME

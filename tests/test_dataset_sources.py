@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from jobs import extract
-from pipeline.datasets import coco_boxes
-from pipeline.dataset_sources import dataset_images
-from pipeline.sources import iter_images, read_bytes
+from pipeline.io.ground_truth import coco_boxes
+from pipeline.io.dataset_listing import dataset_images
+from pipeline.io.sources import iter_images, read_bytes
 from tests.conftest import shared_data
 
 

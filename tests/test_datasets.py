@@ -4,7 +4,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from pipeline.datasets import coco_boxes, folder_pairs, read_mask, voc_boxes
+from pipeline.io.ground_truth import coco_boxes, folder_pairs, read_mask, voc_boxes
 from tests.conftest import shared_data
 
 

@@ -1,7 +1,7 @@
 """kernels.eigensolver against dense eigh, on affinity graphs of real photographs.
 
 Two kinds of graph: the pipeline's own (offline ViT features of the sample photos through
-pipeline.affinity, at the default grid and upsampled 2x), and, for the many method/edge-case
+pipeline.spectral.affinity, at the default grid and upsampled 2x), and, for the many method/edge-case
 tests that need no model, W = max(f f^T, 0) over L2-normalised pixel descriptors of the same
 photos (each 8x8 RGB patch, mean-centred over the image, plus its grid position).
 """
@@ -21,7 +21,7 @@ from bench import pixel_graphs
 from kernels import (Eigenpairs, array_module, normalized_laplacian, scipy_module,
                      smallest_eigenpairs, to_numpy)
 from kernels.eigensolver import DENSE_MAX_N
-from pipeline.affinity import topk_graph
+from pipeline.spectral.affinity import topk_graph
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -361,8 +361,8 @@ class TestCuPy:
 @pytest.fixture(scope="module")
 def vit_graphs(offline_weights):
     """{(name, upsample): float32 W} from the offline backbone's features at long side 448."""
-    from pipeline.affinity import feature_affinity
-    from pipeline.backbones import create_backbone
+    from pipeline.spectral.affinity import feature_affinity
+    from pipeline.features.backbones import create_backbone
 
     backbone = create_backbone("dinov2_vits14_offline", weights=str(offline_weights), resize=448)
     graphs = {}

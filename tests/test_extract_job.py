@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig
-from pipeline.schema import EIGEN_SCHEMA, ERROR_SCHEMA, eigenvectors_of
+from pipeline.io.schema import EIGEN_SCHEMA, ERROR_SCHEMA, eigenvectors_of
 from tests.conftest import SAMPLES
 
 ray = pytest.importorskip("ray")

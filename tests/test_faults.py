@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.synthetic_images import write_synthetic_jpegs
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, read_table
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, read_table
 from tests.conftest import ROOT
 from tests.test_job_submit import RAY, free_port
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import ImageError, check_min_size, decode_image
+from pipeline.io.images import ImageError, check_min_size, decode_image
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

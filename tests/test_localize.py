@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.backbones import grid_shape, preprocess
-from pipeline.geometry import GridGeometry, cells_to_box, geometry_of, grid_to_pixels
-from pipeline.localize import (LocalizeConfig, coco_detections, components, foreground_mask,
+from pipeline.features.backbones import grid_shape, preprocess
+from pipeline.features.geometry import GridGeometry, cells_to_box, geometry_of, grid_to_pixels
+from pipeline.objects.localize import (LocalizeConfig, coco_detections, components, foreground_mask,
                                largest_component, localize, mask_box, write_coco_results)
 
 

@@ -15,11 +15,11 @@ from PIL import Image
 
 from kernels.feature_laplacian import interpolation_axis, pixel_feature_affinity, window_offsets
 from kernels.pcg import solve_spd
-from pipeline.geometry import GridGeometry
-from pipeline.matting import (FeatureGrid, MattingConfig, cutout, estimate_alpha, feature_laplacian_rows,
+from pipeline.features.geometry import GridGeometry
+from pipeline.matting.matte import (FeatureGrid, MattingConfig, cutout, estimate_alpha, feature_laplacian_rows,
                               fused_rows, matte, resize_trimap)
-from pipeline.matting_metrics import gradient_error, matting_errors, mse, sad
-from pipeline.trimap import TrimapConfig, auto_trimap, read_trimap, split, trimap_from_mask
+from pipeline.evaluation.matting_metrics import gradient_error, matting_errors, mse, sad
+from pipeline.matting.trimap import TrimapConfig, auto_trimap, read_trimap, split, trimap_from_mask
 
 SIZE = 112  # 8 x 8 cells of 14 px
 
@@ -338,7 +338,7 @@ def test_cli_writes_alpha_and_cutout_with_max_side(tmp_path):
 
 
 def test_automatic_mode_on_a_photo(sample_image, offline_weights):
-    from pipeline.backbones import create_backbone
+    from pipeline.features.backbones import create_backbone
 
     backbone = create_backbone("dinov2_vits14_offline", weights=str(offline_weights), resize=448)
     result = matte(sample_image, MattingConfig(max_side=200), backbone)

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from pipeline.metrics import (THRESHOLDS, best_box_iou, box_iou, corloc, f_beta, mask_iou,
-                              max_f_beta, pixel_accuracy, precision_recall_curve)
+from pipeline.evaluation.object_metrics import (THRESHOLDS, best_box_iou, corloc, f_beta, mask_iou, max_f_beta,
+                                                pixel_accuracy, precision_recall_curve)
+from pipeline.objects.localize import box_iou
 
 
 def test_mask_iou_and_accuracy():

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from pipeline.geometry import GridGeometry
-from pipeline.guided_filter import box_mean, guided_filter
-from pipeline.metrics import mask_iou
-from pipeline.objseg import SegmentConfig, patch_mask, segment
+from pipeline.features.geometry import GridGeometry
+from pipeline.objects.guided_filter import box_mean, guided_filter
+from pipeline.evaluation.object_metrics import mask_iou
+from pipeline.objects.masks import SegmentConfig, patch_mask, segment
 
 
 def test_box_mean_matches_brute_force_at_the_borders():

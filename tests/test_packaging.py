@@ -11,7 +11,7 @@ import pytest
 
 def test_imports_and_console_script_outside_the_repo(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = "import kernels, pipeline.extractor, jobs.cli; print(kernels.smallest_eigenpairs.__name__)"
+    code = "import kernels, pipeline.batch.extractor, jobs.cli; print(kernels.smallest_eigenpairs.__name__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

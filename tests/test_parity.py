@@ -8,17 +8,18 @@ import numpy as np
 import scipy.linalg
 import threadpoolctl
 
-from pipeline.affinity import image_affinity
+from pipeline.spectral.affinity import image_affinity
 from pipeline.config import ExtractConfig, GraphConfig
-from pipeline.extractor import SpectralExtractor
-from pipeline.geometry import geometry_of
-from pipeline.images import decode_image
-from pipeline.localize import localize
-from pipeline.metrics import box_iou, mask_iou
-from pipeline.objseg import SegmentConfig, segment
-from pipeline.schema import eigenvectors_of, features_of
-from pipeline.sources import ImageRef, read_bytes
-from pipeline.spectral import image_spectrum, orient_by_border
+from pipeline.batch.extractor import SpectralExtractor
+from pipeline.features.geometry import geometry_of
+from pipeline.io.images import decode_image
+from pipeline.objects.localize import localize
+from pipeline.evaluation.object_metrics import mask_iou
+from pipeline.objects.localize import box_iou
+from pipeline.objects.masks import SegmentConfig, segment
+from pipeline.io.schema import eigenvectors_of, features_of
+from pipeline.io.sources import ImageRef, read_bytes
+from pipeline.spectral.spectrum import image_spectrum, orient_by_border
 from tests.conftest import SAMPLES, shared_data
 
 
@@ -60,7 +61,7 @@ def _check_parity(refs):
         image = decode_image(read_bytes(ref.uri))
         geom = geometry_of(row, cfg.backbone.long_side)
         feats = features_of(row)
-        # The paper's graph, written out here rather than taken from pipeline.affinity.
+        # The paper's graph, written out here rather than taken from pipeline.spectral.affinity.
         f = feats.reshape(-1, feats.shape[-1]).astype(np.float64)
         f /= np.linalg.norm(f, axis=1, keepdims=True)
         theirs = reference_eigenvectors(np.maximum(f @ f.T, 0), row["k"], (row["grid_h"], row["grid_w"]))

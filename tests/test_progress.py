@@ -5,10 +5,10 @@ from datetime import datetime, timezone
 
 from bench.synthetic_images import write_synthetic_jpegs
 from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig
-from pipeline.progress import Progress
-from pipeline.runlog import RUNS_DIR, write_run_summary
-from pipeline.schema import eigen_table, error_table
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, commit_batch, read_table
+from pipeline.io.progress import Progress
+from pipeline.io.runlog import RUNS_DIR, write_run_summary
+from pipeline.io.schema import eigen_table, error_table
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, read_table
 from tests.test_shards import make_row
 
 

@@ -10,13 +10,13 @@ import pytest
 
 from jobs.cluster import LABEL_DIR, cluster_and_label, pick_digest, run_cluster
 from jobs.extract import run_extract
-from pipeline.clustering import ClusterConfig
+from pipeline.semantic.clustering import ClusterConfig
 from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig, SegmentsConfig
-from pipeline.pseudo_labels import decode_label_png
-from pipeline.schema import segments_of
-from pipeline.semantic import PseudoLabelConfig
-from pipeline.shards import read_table
-from pipeline.sources import list_images
+from pipeline.semantic.pseudo_labels import decode_label_png
+from pipeline.io.schema import segments_of
+from pipeline.semantic.labelling import PseudoLabelConfig
+from pipeline.io.shards import read_table
+from pipeline.io.sources import list_images
 from tests.conftest import SAMPLES, shared_data
 
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.clustering import ClusterConfig, fit_clusters, reservoir_sample
+from pipeline.semantic.clustering import ClusterConfig, fit_clusters, reservoir_sample
 from pipeline.config import SegmentsConfig
-from pipeline.geometry import GridGeometry
-from pipeline.pseudo_labels import decode_label_png, encode_label_png, label_grid, label_image
-from pipeline.segments import pooled_features, segment_boxes, segment_crops, segment_map
-from pipeline.semantic_data import read_class_mask, read_label_map, voc_semantic
-from pipeline.self_training import SelfTrainConfig, predict_probabilities, train_head
-from pipeline.semantic_metrics import confusion, hungarian_miou
+from pipeline.features.geometry import GridGeometry
+from pipeline.semantic.pseudo_labels import decode_label_png, encode_label_png, label_grid, label_image
+from pipeline.semantic.segments import pooled_features, segment_boxes, segment_crops, segment_map
+from pipeline.io.semantic_masks import read_class_mask, read_label_map, voc_semantic
+from pipeline.semantic.self_training import SelfTrainConfig, predict_probabilities, train_head
+from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
 from tests.conftest import shared_data
 
 # ------------------------------------------------------------------------- Hungarian mIoU

@@ -6,12 +6,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import EigenConfig, ExtractConfig
-from pipeline.schema import (CONFIG_METADATA_KEY, EIGEN_SCHEMA, eigen_row, eigen_table, eigenvectors_of,
+from pipeline.io.schema import (CONFIG_METADATA_KEY, EIGEN_SCHEMA, eigen_row, eigen_table, eigenvectors_of,
                              error_table)
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table, write_shard
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table, write_shard
 
 
-def make_row(image_id: str, digest: str, k=3, gh=4, gw=5, rng=np.random.default_rng(0)):
+# One generator for the module, so consecutive rows get different vectors.
+ROWS_RNG = np.random.default_rng(0)
+
+
+def make_row(image_id: str, digest: str, k=3, gh=4, gw=5, rng=ROWS_RNG):
     vecs = rng.normal(size=(k, gh, gw)).astype(np.float32)
     return eigen_row(
         image_id=image_id, source_uri=f"file:///data/{image_id}", image_sha256="0" * 64,

@@ -2,7 +2,7 @@
 import fsspec
 import pytest
 
-from pipeline.sources import list_images, read_bytes
+from pipeline.io.sources import list_images, read_bytes
 
 
 @pytest.fixture

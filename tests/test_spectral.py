@@ -1,7 +1,7 @@
 """Per-image spectrum: sign convention and the Fiedler vector on a real image."""
 import numpy as np
 
-from pipeline.spectral import border_mask, orient_by_border
+from pipeline.spectral.spectrum import border_mask, orient_by_border
 
 
 def blob_vectors() -> np.ndarray:

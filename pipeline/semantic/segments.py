@@ -18,8 +18,8 @@ from scipy import ndimage
 from sklearn.cluster import KMeans
 
 from pipeline.config import SegmentsConfig
-from pipeline.geometry import GridGeometry, cells_to_box
-from pipeline.spectral import border_mask
+from pipeline.features.geometry import GridGeometry, cells_to_box
+from pipeline.spectral.spectrum import border_mask
 
 BACKGROUND_RULES = ("border", "fiedler")
 

@@ -12,15 +12,15 @@ import warnings
 
 import numpy as np
 
-from pipeline.affinity import upsample_features
-from pipeline.backbones import create_backbone
+from pipeline.spectral.affinity import upsample_features
+from pipeline.features.backbones import create_backbone
 from pipeline.config import ExtractConfig
-from pipeline.geometry import geometry_of
-from pipeline.images import ImageError, check_min_size, decode_image
-from pipeline.schema import eigen_row
-from pipeline.segments import pooled_features, segment_boxes, segment_crops, segment_map
-from pipeline.sources import ImageRef, read_bytes
-from pipeline.spectral import image_spectrum
+from pipeline.features.geometry import geometry_of
+from pipeline.io.images import ImageError, check_min_size, decode_image
+from pipeline.io.schema import eigen_row
+from pipeline.semantic.segments import pooled_features, segment_boxes, segment_crops, segment_map
+from pipeline.io.sources import ImageRef, read_bytes
+from pipeline.spectral.spectrum import image_spectrum
 
 
 def _array_module(device: str):
@@ -53,7 +53,7 @@ class SpectralExtractor:
         self.xp = _array_module(device)
 
     def __call__(self, refs: list[ImageRef]) -> tuple[list[dict], list[dict]]:
-        """-> (rows for pipeline.schema.eigen_table, rows for error_table)."""
+        """-> (rows for pipeline.io.schema.eigen_table, rows for error_table)."""
         rows, errors, decoded = [], [], []
         for ref in refs:
             try:
@@ -125,7 +125,7 @@ class SpectralExtractor:
         return row
 
     def _segments(self, image: np.ndarray, output, eigenvectors: np.ndarray, row: dict) -> dict:
-        """The row's segment columns (pipeline.schema): map, boxes and one feature per segment."""
+        """The row's segment columns (pipeline.io.schema): map, boxes and one feature per segment."""
         cfg = self.cfg.segments
         labels = segment_map(eigenvectors, cfg)
         n = int(labels.max())

@@ -2,7 +2,7 @@
 every image's segment features -> dataset-wide clusters -> per-image pseudo-labels.
 
     segment_feature_batches(shards, digest)     a re-iterable stream of (n, D) feature batches
-    fit_segment_clusters(shards, digest, cfg)   -> SegmentClusters (pipeline.clustering)
+    fit_segment_clusters(shards, digest, cfg)   -> SegmentClusters (pipeline.semantic.clustering)
     segment_rows(shards, digest)                streams the rows pseudo-labels need
     pseudo_labels(row, model, cfg, long_side)   -> (segment labels (n,), label image (H, W))
 
@@ -20,14 +20,14 @@ from typing import Iterator, Optional
 import numpy as np
 import pyarrow.compute as pc
 
-from pipeline.clustering import ClusterConfig, SegmentClusters, fit_clusters
-from pipeline.self_training import SelfTrainConfig, predict_probabilities, train_head
-from pipeline.geometry import geometry_of
-from pipeline.images import decode_image
-from pipeline.pseudo_labels import label_grid, label_image, label_image_from_scores
-from pipeline.schema import features_of, segments_of
-from pipeline.shards import EIGEN_DIR, scan_batches
-from pipeline.sources import read_bytes
+from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, fit_clusters
+from pipeline.semantic.self_training import SelfTrainConfig, predict_probabilities, train_head
+from pipeline.features.geometry import geometry_of
+from pipeline.io.images import decode_image
+from pipeline.semantic.pseudo_labels import label_grid, label_image, label_image_from_scores
+from pipeline.io.schema import features_of, segments_of
+from pipeline.io.shards import EIGEN_DIR, scan_batches
+from pipeline.io.sources import read_bytes
 
 ROW_COLUMNS = ["image_id", "source_uri", "height", "width", "input_height", "input_width",
                "grid_h", "grid_w", "n_segments", "segment_map", "segment_boxes", "segment_dim",
@@ -37,7 +37,7 @@ ROW_COLUMNS = ["image_id", "source_uri", "height", "width", "input_height", "inp
 @dataclass(frozen=True)
 class PseudoLabelConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    refine: str = "none"  # pipeline.pseudo_labels.REFINE_MODES
+    refine: str = "none"  # pipeline.semantic.pseudo_labels.REFINE_MODES
     # Replace the pixel labels by a linear head's, trained on them (needs stored features).
     self_train: Optional[SelfTrainConfig] = None
 
@@ -110,7 +110,7 @@ def pseudo_labels(row: dict, model: SegmentClusters, cfg: PseudoLabelConfig,
 def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainConfig,
                image_ids: list[str] | None = None):
     """Train a linear head on every patch's stored feature and its pseudo-label (needs shards
-    extracted with --store-features) -> the head (pipeline.self_training)."""
+    extracted with --store-features) -> the head (pipeline.semantic.self_training)."""
     def epoch():
         for batch in _batched(segment_rows(shards, digest, image_ids=image_ids, with_features=True), 32):
             features, labels = [], []

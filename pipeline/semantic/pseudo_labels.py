@@ -13,8 +13,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.geometry import GridGeometry, grid_to_pixels
-from pipeline.objseg import SegmentConfig, refine_guided
+from pipeline.features.geometry import GridGeometry, grid_to_pixels
+from pipeline.objects.masks import SegmentConfig, refine_guided
 
 REFINE_MODES = ("none", "guided")
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from kernels import smallest_eigenpairs
 from kernels.backend import to_numpy
-from pipeline.affinity import image_affinity
+from pipeline.spectral.affinity import image_affinity
 from pipeline.config import ExtractConfig
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.objects.localize import box_iou
+
 BETA2 = 0.3
 THRESHOLDS = np.arange(1, 255) / 255.0  # (254,)
 
@@ -48,15 +50,6 @@ def f_beta(precision: np.ndarray, recall: np.ndarray, beta2: float = BETA2) -> n
 def max_f_beta(precisions: np.ndarray, recalls: np.ndarray, beta2: float = BETA2) -> float:
     """(n_images, T) precision and recall curves -> max over thresholds of the mean F-beta."""
     return float(f_beta(np.asarray(precisions), np.asarray(recalls), beta2).mean(axis=0).max())
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two [x0, y0, x1, y1] boxes in continuous pixel coordinates (0 if both are empty)."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def best_box_iou(pred: np.ndarray, gt_boxes: np.ndarray) -> float:

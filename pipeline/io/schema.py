@@ -7,7 +7,7 @@ shape in sibling columns:
     eigenvectors: K × (grid_h · grid_w), eigenvector i of patch (r, c) at i·N + r·grid_w + c
     features:     (grid_h · grid_w) × feature_dim, present only with store_features
     segment_map:  grid_h × grid_w segment labels (0 = background, 1..n_segments), present
-                  only with segments (pipeline.segments); then also
+                  only with segments (pipeline.semantic.segments); then also
     segment_boxes: n_segments × 4 pixel boxes [x0, y0, x1, y1] of segments 1..n
     segment_features: n_segments × segment_dim, the features the dataset-wide clustering reads
 
@@ -128,7 +128,7 @@ def segments_of(row: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def eigen_table(records: list[dict], storage_dtype: str = "float32") -> pa.Table:
-    """Rows built by pipeline.extractor -> a table in the shard schema."""
+    """Rows built by pipeline.batch.extractor -> a table in the shard schema."""
     return pa.Table.from_pylist(records, schema=eigen_schema(storage_dtype))
 
 

@@ -4,7 +4,7 @@ A trimap here is (H, W) float64 with 0 = background, 1 = foreground, 0.5 = unkno
 convention of pymatting (which reads 0 / 128 / 255 files as 0 / ~0.5 / 1).
 
 The automatic trimap: threshold the oriented Fiedler vector (positive = foreground guess,
-pipeline.spectral) at its mean, keep the largest component (FINDINGS: the best measured
+pipeline.spectral.spectrum) at its mean, keep the largest component (FINDINGS: the best measured
 patch mask), bring it to pixels, optionally snap it to image edges with the guided filter,
 then erode it by `fg_width` for sure foreground and take what lies further than `bg_width`
 outside it as sure background. Widths are Euclidean distances (exact discs, not
@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.geometry import GridGeometry, grid_to_pixels
-from pipeline.guided_filter import guided_filter
-from pipeline.localize import foreground_mask, largest_component
+from pipeline.features.geometry import GridGeometry, grid_to_pixels
+from pipeline.objects.guided_filter import guided_filter
+from pipeline.objects.localize import foreground_mask, largest_component
 
 UNITS = ("cells", "pixels")
 REFINE = ("none", "guided")

@@ -6,7 +6,7 @@
     voc_split_ids(voc_root, split)         the image ids of a VOC split file, streamed
 
 Boxes are float [x0, y0, x1, y1] in continuous pixel coordinates (pixel columns 0..9 are
-[0, 10)), the convention of pipeline.geometry and pipeline.metrics. Paths may be local or
+[0, 10)), the convention of pipeline.features.geometry and pipeline.evaluation.object_metrics. Paths may be local or
 fsspec URLs.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from pipeline.sources import list_images, read_bytes
+from pipeline.io.sources import list_images, read_bytes
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,8 +19,8 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from pipeline.datasets import Sample, voc_split_ids
-from pipeline.sources import read_bytes
+from pipeline.io.ground_truth import Sample, voc_split_ids
+from pipeline.io.sources import read_bytes
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -65,7 +65,7 @@ def read_class_mask(uri: str, label_map: LabelMap | None = None) -> np.ndarray:
 
 def voc_semantic(voc_root: str, split: str = "val") -> list[Sample]:
     """PASCAL VOC year folder -> the images of ImageSets/Segmentation/SPLIT.txt with their
-    SegmentationClass masks, in split order (image ids as pipeline.datasets.voc_boxes names them)."""
+    SegmentationClass masks, in split order (image ids as pipeline.io.ground_truth.voc_boxes names them)."""
     root = voc_root.rstrip("/")
     ids = list(voc_split_ids(root, f"Segmentation/{split.rpartition('/')[2]}"))
     if not ids:

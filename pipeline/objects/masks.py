@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.geometry import GridGeometry, grid_to_pixels
-from pipeline.guided_filter import guided_filter
-from pipeline.localize import foreground_mask, largest_component
+from pipeline.features.geometry import GridGeometry, grid_to_pixels
+from pipeline.objects.guided_filter import guided_filter
+from pipeline.objects.localize import foreground_mask, largest_component
 
 REFINERS = ("none", "guided", "matting")
 

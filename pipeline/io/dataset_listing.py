@@ -1,6 +1,6 @@
 """Dataset layouts -> a stream of `ImageRef`s for extraction, by name.
 
-    folder  ROOT: a folder (recursive), glob or .txt list               pipeline.sources
+    folder  ROOT: a folder (recursive), glob or .txt list               pipeline.io.sources
     voc     ROOT: VOCdevkit/VOC2007 or VOC2012; split (default          JPEGImages/<id>.jpg
             trainval) = ImageSets/Main/SPLIT.txt or "Segmentation/SPLIT"
     coco    ROOT: the images folder (ROOT/SPLIT with a split, e.g.      <file_name>
@@ -9,7 +9,7 @@
 
     dataset_images("coco", "s3://bucket/coco", split="train2017", annotations=URI) -> Iterator[ImageRef]
 
-Paths are local or any fsspec URL. Image ids are the ones pipeline.datasets (the evaluation
+Paths are local or any fsspec URL. Image ids are the ones pipeline.io.ground_truth (the evaluation
 readers) gives the same images, so `deep-spectral evaluate --shards` reuses shards written from
 here: a folder's relative path, COCO's file_name, VOC's "JPEGImages/<id>.jpg" (relative to
 the year folder). Listing streams (folders a directory at a time, list files a line at a time)
@@ -25,8 +25,8 @@ from typing import Callable, Iterator
 
 import fsspec
 
-from pipeline.datasets import voc_split_ids
-from pipeline.sources import ImageRef, iter_images
+from pipeline.io.ground_truth import voc_split_ids
+from pipeline.io.sources import ImageRef, iter_images
 
 
 def folder_images(root: str) -> Iterator[ImageRef]:

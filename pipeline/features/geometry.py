@@ -33,10 +33,10 @@ def resized_size(height: int, width: int, long_side: int | None) -> tuple[int, i
 
 
 def geometry_of(row: dict, long_side: int | None) -> GridGeometry:
-    """A shard row (pipeline.schema) and the run's BackboneConfig.long_side -> its geometry.
+    """A shard row (pipeline.io.schema) and the run's BackboneConfig.long_side -> its geometry.
 
     The row stores the cropped input size, not the resize factor; the factor is recomputed
-    exactly as pipeline.backbones.preprocess rounds it.
+    exactly as pipeline.features.backbones.preprocess rounds it.
     """
     h, w = resized_size(row["height"], row["width"], long_side)
     return GridGeometry(

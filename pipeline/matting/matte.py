@@ -18,7 +18,7 @@ Alpha comes from one of two solvers:
               image scaled to `spectral_max_side`, alpha = the combination of layers that
               best fits the known pixels, upsampled. CPU (SciPy shift-invert eigsh).
 The trimap is given (trimap mode) or made from the Fiedler vector (automatic mode,
-pipeline.trimap). Everything is sparse: memory is O(pixels x stencil), never pixels^2.
+pipeline.matting.trimap). Everything is sparse: memory is O(pixels x stencil), never pixels^2.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from PIL import Image
 from kernels.feature_laplacian import interpolation_axis, laplacian_rows, pixel_feature_affinity, window_offsets
 from kernels.pcg import PRECONDITIONERS, solve_spd
 from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig
-from pipeline.geometry import GridGeometry, resized_size
-from pipeline.trimap import TrimapConfig, auto_trimap, cell_pixels, split
+from pipeline.features.geometry import GridGeometry, resized_size
+from pipeline.matting.trimap import TrimapConfig, auto_trimap, cell_pixels, split
 
 SOLVERS = ("cg", "spectral")
 DEVICES = ("auto", "cpu", "cuda")
@@ -100,7 +100,7 @@ class MattingResult:
 
 
 def feature_grid(backbone, image: np.ndarray) -> FeatureGrid:
-    """(H, W, 3) uint8 and a pipeline.backbones.Backbone -> its FeatureGrid."""
+    """(H, W, 3) uint8 and a pipeline.features.backbones.Backbone -> its FeatureGrid."""
     out = backbone([image])[0]
     gh, gw = out.features.shape[:2]
     height, width = image.shape[:2]
@@ -113,7 +113,7 @@ def feature_grid(backbone, image: np.ndarray) -> FeatureGrid:
 
 def fiedler_vectors(grid: FeatureGrid, k: int = 3) -> np.ndarray:
     """(k, gh, gw) oriented eigenvectors of the patch graph (the extraction recipe)."""
-    from pipeline.spectral import image_spectrum
+    from pipeline.spectral.spectrum import image_spectrum
 
     cfg = ExtractConfig(eigen=EigenConfig(k=k))
     # The image argument only feeds the KNN colour term, which is off (knn_lambda = 0).
@@ -333,7 +333,7 @@ def estimate_alpha(image: np.ndarray, trimap: np.ndarray, cfg: MattingConfig,
 def matte(image: np.ndarray, cfg: MattingConfig = MattingConfig(), backbone=None,
           trimap: np.ndarray | None = None) -> MattingResult:
     """(H, W, 3) uint8 -> MattingResult. Without `trimap` (automatic mode) the trimap comes
-    from the Fiedler vector, which needs `backbone` (pipeline.backbones.Backbone), as does
+    from the Fiedler vector, which needs `backbone` (pipeline.features.backbones.Backbone), as does
     fusion (feature_weight > 0)."""
     info: dict = {}
     t0 = time.perf_counter()

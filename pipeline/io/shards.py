@@ -2,7 +2,7 @@
 
 Layout under an output URI (local path or any fsspec URL):
 
-    OUT/eigs/part-<hash>.parquet     one row per image (pipeline.schema.EIGEN_SCHEMA)
+    OUT/eigs/part-<hash>.parquet     one row per image (pipeline.io.schema.EIGEN_SCHEMA)
     OUT/errors/part-<hash>.parquet   one row per failed image (ERROR_SCHEMA)
 
 A shard is written to `_tmp-...` and renamed into place, so a reader sees it whole or not at
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.schema import CONFIG_METADATA_KEY
+from pipeline.io.schema import CONFIG_METADATA_KEY
 
 EIGEN_DIR = "eigs"
 ERROR_DIR = "errors"
