@@ -10,7 +10,7 @@ seed, and writes:
     OUT/labels/<image stem>.png          palette PNG per image, 0 = background, c + 1 = cluster c
                                          (with --self-train: the labels a linear head on the
                                          patch features predicts after training on these)
-    OUT/segment_labels/part-*.parquet    one row per segment (pipeline.io.schema.LABEL_SCHEMA)
+    OUT/segment_labels/part-*.parquet    one row per segment (pipeline.io.schema.SEGMENT_LABEL_SCHEMA)
     OUT/clusters.npz                     centroids (+ PCA), to label new images the same way
     OUT/cluster.json                     configuration, digests, counts, seconds, failed images
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
-from pipeline.io.schema import label_table
+from pipeline.io.schema import segment_label_table
 from pipeline.semantic.self_training import SelfTrainConfig
 from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_digests,
                                segment_rows, self_train, self_trained_labels)
@@ -93,10 +93,10 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
                      "config_digest": digest, "extract_digest": extract_digest} for s, c in enumerate(labels)]
         images += 1
         if len(pending) >= FLUSH_ROWS:
-            write_shard(label_table(pending), out, LABEL_DIR, json.dumps(cfg.to_dict()))
+            write_shard(segment_label_table(pending), out, LABEL_DIR, json.dumps(cfg.to_dict()))
             pending = []
     if pending:
-        write_shard(label_table(pending), out, LABEL_DIR, json.dumps(cfg.to_dict()))
+        write_shard(segment_label_table(pending), out, LABEL_DIR, json.dumps(cfg.to_dict()))
     _save_model(out, model)
     record = {"config_digest": digest, "extract_digest": extract_digest, "shards": shards,
               "config": cfg.to_dict(), "n_images": images, "n_segments": model.n_fitted,

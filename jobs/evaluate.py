@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow.compute as pc
 from PIL import Image
 
-from jobs import evaluate_semantic, extract, matte
+from jobs import evaluate_instances, evaluate_semantic, extract, matte
 from jobs.tasks import TASKS, Item, Result, Task, data_flags, extract_samples
 from pipeline.io.ground_truth import Sample
 from pipeline.features.geometry import geometry_of
@@ -235,6 +235,8 @@ def _exit_code(report: dict) -> int:
 EVALUATORS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     **{t.name: (t.help, _per_image_arguments(t), lambda args: _exit_code(run_evaluate(args)))
        for t in TASKS.values()},
+    "instances": ("multi-object discovery: class-agnostic COCO AP/AR of boxes and masks (pycocotools)",
+                  evaluate_instances.add_arguments, lambda args: _exit_code(evaluate_instances.run(args))),
     "semantic": ("semantic segmentation: mIoU after Hungarian matching, mean ± std over seeds",
                  _semantic_arguments, lambda args: _exit_code(evaluate_semantic.run(args))),
     "matting": ("matting: SAD, MSE and gradient error against ground-truth alpha",

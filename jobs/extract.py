@@ -106,8 +106,8 @@ def _batches(todo: list[ImageRef], size: int) -> list[dict]:
             for s in range(0, len(todo), size)]
 
 
-def _run_in_process(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: RuntimeConfig) -> Iterator[dict]:
-    """The actors' work without Ray: one ExtractActor in this process, yielding each batch's
+def _run_in_process(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: RuntimeConfig) -> Iterator[dict]:
+    """The actors' work without Ray: one actor in this process, yielding each batch's
     {"image_id", "ok", "reason"} lists as it finishes.
 
     One core is left free, as on Ray: OpenBLAS threads spin-wait, and on a busy 2-core
@@ -115,10 +115,42 @@ def _run_in_process(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime:
     ECSSD image at 448 px)."""
     device = runtime.device if runtime.device != "auto" else "cpu"
     threads = max(1, (os.cpu_count() or 1) - 1)
-    print("extracting in this process (no Ray)")
-    actor = ExtractActor(cfg.to_json(), out, device, runtime.batch_size, threads)
-    for batch in _batches(todo, runtime.batch_size):
+    print("running in this process (no Ray)")
+    actor = actor_cls(**actor_kwargs, device=device, batch_size=runtime.batch_size, threads=threads)
+    for batch in batches:
         yield actor(batch)
+
+
+def drive(batches: list[dict], n_images: int, actor_cls, actor_kwargs: dict, runtime: RuntimeConfig,
+          local: bool, name: str) -> dict[str, str | None]:
+    """Map `batches` through `actor_cls` (on Ray, or in this process) printing progress ->
+    {image_id: None when written, else why it failed} (counts are of distinct ids)."""
+    progress = Progress(n_images, every=PROGRESS_EVERY_S)
+    results = (_run_in_process(batches, actor_cls, actor_kwargs, runtime) if local
+               else _run_on_ray(batches, actor_cls, actor_kwargs, runtime, name))
+    outcome: dict[str, str | None] = {}
+    for batch in results:
+        new = {i: None if ok else reason for i, ok, reason in zip(batch["image_id"], batch["ok"], batch["reason"])
+               if i not in outcome}
+        outcome.update(new)
+        n_failed = sum(reason is not None for reason in new.values())
+        line = progress.update(len(new) - n_failed, n_failed)
+        if line:
+            print(line, flush=True)
+    return outcome
+
+
+def finish_summary(summary: dict, outcome: dict[str, str | None], started: datetime, clock: float,
+                   local: bool, runtime: RuntimeConfig, out: str) -> dict:
+    """Fill a run summary from the outcome and write it to OUT/runs/ (pipeline.io.runlog)."""
+    seconds = time.monotonic() - clock
+    errors = [{"image_id": i, "reason": r} for i, r in outcome.items() if r is not None]
+    summary.update(processed=len(outcome) - len(errors), failed=len(errors), errors=errors,
+                   seconds=round(seconds, 2), images_per_second=round(len(outcome) / seconds, 3),
+                   started=started.isoformat(timespec="seconds"), mode="in-process" if local else "ray",
+                   runtime=dataclasses.asdict(runtime))
+    summary["run_file"] = write_run_summary(out, summary, started)
+    return summary
 
 
 def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: RuntimeConfig,
@@ -137,34 +169,20 @@ def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: Runti
         print(f"nothing to do: all {skipped} images already in {out} for config {cfg.digest()}")
         return summary
     print(f"{len(todo)} images to do, {skipped} already done for config {cfg.digest()}")
-    progress = Progress(len(todo), every=PROGRESS_EVERY_S)
-    batches = _run_in_process(todo, out, cfg, runtime) if local else _run_on_ray(todo, out, cfg, runtime)
-    outcome = {}  # image_id -> None when written, else why it failed (counts are of distinct ids)
-    for batch in batches:
-        new = {i: None if ok else reason for i, ok, reason in zip(batch["image_id"], batch["ok"], batch["reason"])
-               if i not in outcome}
-        outcome.update(new)
-        n_failed = sum(reason is not None for reason in new.values())
-        line = progress.update(len(new) - n_failed, n_failed)
-        if line:
-            print(line, flush=True)
-    seconds = time.monotonic() - clock
-    errors = [{"image_id": i, "reason": r} for i, r in outcome.items() if r is not None]
-    summary.update(processed=len(outcome) - len(errors), failed=len(errors), errors=errors,
-                   seconds=round(seconds, 2), images_per_second=round(len(outcome) / seconds, 3),
-                   started=started.isoformat(timespec="seconds"), mode="in-process" if local else "ray",
-                   runtime=dataclasses.asdict(runtime))
-    summary["run_file"] = write_run_summary(out, summary, started)
+    outcome = drive(_batches(todo, runtime.batch_size), len(todo), ExtractActor,
+                    {"config_json": cfg.to_json(), "out": out}, runtime, local, "deep-spectral-extract")
+    summary = finish_summary(summary, outcome, started, clock, local, runtime, out)
     print(f"done: {summary['processed']} images written, {summary['failed']} failed, "
           f"{summary['seconds']} s ({summary['images_per_second']} images/s); shards in {out}/{EIGEN_DIR}, "
           f"errors in {out}/{ERROR_DIR}, run summary {summary['run_file']}")
-    for err in errors:
+    for err in summary["errors"]:
         print(f"  failed {err['image_id']}: {err['reason']}")
     return summary
 
 
-def _run_on_ray(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: RuntimeConfig) -> Iterator[dict]:
-    """ExtractActors on Ray Data, one driver-made batch per row; yields each batch's
+def _run_on_ray(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: RuntimeConfig,
+                name: str) -> Iterator[dict]:
+    """Actors of `actor_cls` on Ray Data, one driver-made batch per row; yields each batch's
     {"image_id", "ok", "reason"} lists as it finishes (streaming, in completion order).
 
     Fault tolerance is Ray Data's default for actor pools (Ray 2.60, actor_pool_map_operator
@@ -185,13 +203,12 @@ def _run_on_ray(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: Run
     # An actor that dies in its constructor (its process or node lost while it loads the
     # model) counts against this budget, and Ray Data's default of 0 fails the whole job.
     ray.data.DataContext.get_current().max_consecutive_actor_init_deaths = 3
-    batches = _batches(todo, runtime.batch_size)
     items = ray.data.from_items(batches, override_num_blocks=min(len(batches), MAX_BLOCKS))
-    items.set_name("deep-spectral-extract")  # how the run shows in the dashboard's Ray Data view
+    items.set_name(name)  # how the run shows in the dashboard's Ray Data view
     results = items.map(
-        ExtractActor,
-        fn_constructor_kwargs={"config_json": cfg.to_json(), "out": out, "device": device,
-                               "batch_size": runtime.batch_size, "threads": threads},
+        actor_cls,
+        fn_constructor_kwargs={**actor_kwargs, "device": device, "batch_size": runtime.batch_size,
+                               "threads": threads},
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         **resources,
     )

@@ -13,6 +13,16 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+def canonical_json(config) -> str:
+    """A config dataclass -> its JSON with sorted keys and no spaces (what digests hash)."""
+    return json.dumps(dataclasses.asdict(config), sort_keys=True, separators=(",", ":"))
+
+
+def digest_of(config) -> str:
+    """First 16 hex digits of the SHA-256 of the canonical JSON."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     name: str = "dinov2_vits14_offline"
@@ -89,11 +99,10 @@ class ExtractConfig:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self)
 
     def digest(self) -> str:
-        """First 16 hex digits of the SHA-256 of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        return digest_of(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExtractConfig":

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import traceback
 import warnings
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
-from pipeline.spectral.affinity import upsample_features
+from pipeline.spectral.affinity import image_affinity, upsample_features
 from pipeline.features.backbones import create_backbone
 from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
@@ -20,7 +22,7 @@ from pipeline.io.images import ImageError, check_min_size, decode_image
 from pipeline.io.schema import eigen_row
 from pipeline.semantic.segments import pooled_features, segment_boxes, segment_crops, segment_map
 from pipeline.io.sources import ImageRef, read_bytes
-from pipeline.spectral.spectrum import image_spectrum
+from pipeline.spectral.spectrum import Spectrum, graph_spectrum, grid_size
 
 
 def _array_module(device: str):
@@ -34,6 +36,17 @@ def _array_module(device: str):
             warnings.warn("CuPy is not installed (pip install -e '.[gpu]'): the graph and "
                           "eigensolve run on the CPU; only the backbone uses the GPU")
     return np
+
+
+@dataclass
+class Extracted:
+    """One image through the spectral core: its shard row and what the row does not keep."""
+
+    ref: ImageRef
+    image: np.ndarray  # (H, W, 3) uint8
+    row: dict  # the eigen_row written to the shard
+    affinity: object  # the (N, N) graph W, NumPy or CuPy
+    spectrum: Spectrum
 
 
 class SpectralExtractor:
@@ -54,29 +67,50 @@ class SpectralExtractor:
 
     def __call__(self, refs: list[ImageRef]) -> tuple[list[dict], list[dict]]:
         """-> (rows for pipeline.io.schema.eigen_table, rows for error_table)."""
-        rows, errors, decoded = [], [], []
+        rows, errors = [], []
+        for item in self.extract(refs):
+            if isinstance(item, dict):
+                errors.append(item)
+            else:
+                rows.append(item.row)
+        return rows, errors
+
+    def extract(self, refs: list[ImageRef]) -> Iterator[Extracted | dict]:
+        """Each image's Extracted (its graph included, for callers that cut it again), or its
+        error row; the graph of one image is released before the next is built."""
+        decoded = []
+        for item in self.decode(refs):
+            if isinstance(item, dict):
+                yield item
+            else:
+                decoded.append(item)
+        for (ref, image, sha), output in zip(decoded, self._features([d[1] for d in decoded])):
+            if isinstance(output, Exception):
+                yield self.error_row(ref, "backbone", output)
+                continue
+            try:
+                features = self.xp.asarray(output.features)
+                W = image_affinity(features, image, self.cfg.graph)
+                spectrum = graph_spectrum(W, grid_size(features, self.cfg), self.cfg.eigen)
+                yield Extracted(ref, image, self._row(ref, image, sha, output, spectrum), W, spectrum)
+            except Exception as exc:
+                yield self.error_row(ref, "spectral", exc)
+
+    def decode(self, refs: list[ImageRef]) -> Iterator[tuple[ImageRef, np.ndarray, str] | dict]:
+        """(ref, (H, W, 3) uint8 image, SHA-256 of its bytes) per readable image, else its error row."""
         for ref in refs:
             try:
                 data = read_bytes(ref.uri)
             except Exception as exc:  # missing object, permissions, network: one record each
-                errors.append(self._error(ref, "read", exc))
+                yield self.error_row(ref, "read", exc)
                 continue
             try:
                 image = decode_image(data, self.cfg.max_pixels)
                 check_min_size(image, self.backbone.patch_size)
             except ImageError as exc:
-                errors.append(self._error(ref, exc.stage, exc))
+                yield self.error_row(ref, exc.stage, exc)
                 continue
-            decoded.append((ref, image, hashlib.sha256(data).hexdigest()))
-        for (ref, image, sha), output in zip(decoded, self._features([d[1] for d in decoded])):
-            if isinstance(output, Exception):
-                errors.append(self._error(ref, "backbone", output))
-                continue
-            try:
-                rows.append(self._row(ref, image, sha, output))
-            except Exception as exc:
-                errors.append(self._error(ref, "spectral", exc))
-        return rows, errors
+            yield ref, image, hashlib.sha256(data).hexdigest()
 
     def _features(self, images: list[np.ndarray]) -> list:
         """Backbone outputs in input order; on a batch failure, retry one by one so the
@@ -92,8 +126,7 @@ class SpectralExtractor:
                     outputs.append(exc)
             return outputs
 
-    def _row(self, ref: ImageRef, image: np.ndarray, sha: str, output) -> dict:
-        spectrum = image_spectrum(self.xp.asarray(output.features), image, self.cfg)
+    def _row(self, ref: ImageRef, image: np.ndarray, sha: str, output, spectrum: Spectrum) -> dict:
         k, grid_h, grid_w = spectrum.eigenvectors.shape
         row = eigen_row(
             image_id=ref.image_id,
@@ -140,7 +173,7 @@ class SpectralExtractor:
         return {"n_segments": n, "segment_map": labels.ravel(), "segment_boxes": boxes.ravel(),
                 "segment_dim": features.shape[1], "segment_features": features.astype(np.float32).ravel()}
 
-    def _error(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
+    def error_row(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
         reason = str(exc) if isinstance(exc, ImageError) else "".join(
             traceback.format_exception_only(type(exc), exc)
         ).strip()

@@ -66,13 +66,38 @@ ERROR_SCHEMA = pa.schema(
 
 
 # One row per foreground segment: its dataset-wide class (cluster + 1; 0 is background).
-LABEL_SCHEMA = pa.schema(
+SEGMENT_LABEL_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("segment", pa.int32(), nullable=False),
         pa.field("label", pa.int32(), nullable=False),
         pa.field("config_digest", pa.string(), nullable=False),  # the clustering run's digest
         pa.field("extract_digest", pa.string(), nullable=False),  # the shards it read
+    ]
+)
+
+# The labels table of `deep-spectral label`: one row per object found in an image (every
+# labelled image has at least one: its Fiedler object, score 0 when that fell back to the
+# whole image). `segmentation` is COCO compressed RLE counts at (height, width).
+OBJECT_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("object", pa.int32(), nullable=False),  # 0 = best score in its image
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("box", pa.list_(pa.float32(), 4), nullable=False),  # [x0, y0, x1, y1] pixels
+        pa.field("patch_box", pa.list_(pa.float32(), 4), nullable=False),  # of the patch mask
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("area", pa.int64(), nullable=False),  # mask pixels
+        pa.field("segmentation", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),  # how it was found (discovery method)
+        pa.field("rank", pa.int32(), nullable=False),  # order of discovery, 0 = the Fiedler object
+        pa.field("eigenvalue", pa.float64(), nullable=False),  # of the cut that found it
+        pa.field("border", pa.float64(), nullable=False),  # share of the grid border it covers
+        pa.field("grid_area", pa.float64(), nullable=False),  # share of the grid it covers
+        pa.field("fallback", pa.bool_(), nullable=False),
+        pa.field("config_digest", pa.string(), nullable=False),  # the label run's digest
+        pa.field("extract_digest", pa.string(), nullable=False),  # the eigenvectors it used
     ]
 )
 
@@ -136,5 +161,9 @@ def error_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=ERROR_SCHEMA)
 
 
-def label_table(records: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(records, schema=LABEL_SCHEMA)
+def object_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=OBJECT_SCHEMA)
+
+
+def segment_label_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=SEGMENT_LABEL_SCHEMA)

@@ -27,6 +27,7 @@ from pipeline.io.schema import CONFIG_METADATA_KEY
 
 EIGEN_DIR = "eigs"
 ERROR_DIR = "errors"
+LABELS_DIR = "labels"  # objects of `deep-spectral label` (pipeline.io.schema.OBJECT_SCHEMA)
 
 
 def shard_name(config_digest: str, image_ids: list[str]) -> str:
@@ -59,9 +60,15 @@ def commit_batch(out: str, config_digest: str, config_json: str, batch_ids: list
     """Commit one batch's rows and error rows as OUT/eigs/NAME and OUT/errors/NAME, NAME
     hashing the whole batch. A kind with nothing to write loses its shard of an earlier
     attempt, so after any attempt completes each image of the batch is in exactly one table."""
-    name = shard_name(config_digest, batch_ids)
+    commit_tables(out, shard_name(config_digest, batch_ids),
+                  {EIGEN_DIR: (eigen, config_json), ERROR_DIR: (errors, config_json)})
+
+
+def commit_tables(out: str, name: str, tables: dict[str, tuple[pa.Table | None, str]]) -> None:
+    """Commit OUT/kind/NAME for each kind -> (table, config JSON); a kind whose table is
+    None or empty loses its shard of an earlier attempt of the same batch."""
     fs, root = fsspec.core.url_to_fs(out)
-    for kind, table in ((EIGEN_DIR, eigen), (ERROR_DIR, errors)):
+    for kind, (table, config_json) in tables.items():
         if table is not None and table.num_rows:
             write_shard(table, out, kind, config_json, name=name)
         elif fs.exists(f"{root.rstrip('/')}/{kind}/{name}"):
@@ -123,3 +130,14 @@ def finished_ids(out: str, config_digest: str, kind: str = EIGEN_DIR) -> set[str
         columns=["image_id"], filter=ds.field("config_digest") == config_digest
     )
     return set(table.column("image_id").to_pylist())
+
+
+def shard_files(out: str, config_digest: str, kind: str = EIGEN_DIR) -> dict[str, str]:
+    """{image_id: URI of the shard that holds its row} for one config's rows under OUT/kind,
+    so a worker can read one image's row from one file instead of scanning them all."""
+    dataset, fs = _dataset(out, kind), fsspec.core.url_to_fs(out)[0]
+    found: dict[str, str] = {}
+    for fragment in dataset.get_fragments() if dataset is not None else []:
+        table = fragment.to_table(columns=["image_id"], filter=ds.field("config_digest") == config_digest)
+        found.update(dict.fromkeys(table.column("image_id").to_pylist(), fs.unstrip_protocol(fragment.path)))
+    return found

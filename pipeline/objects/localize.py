@@ -91,19 +91,17 @@ class Localization:
     scores: np.ndarray  # (n,) descending, in (0, 1]
 
 
-def localize(eigenvectors: np.ndarray, geom: GridGeometry, cfg: LocalizeConfig = LocalizeConfig()) -> Localization:
-    """(k, grid_h, grid_w) oriented eigenvectors -> the Fiedler box and further scored boxes.
+def component_candidates(eigenvectors: np.ndarray, cfg: LocalizeConfig,
+                         exclude: np.ndarray | None = None) -> list[tuple[float, np.ndarray]]:
+    """(k, grid_h, grid_w) oriented eigenvectors -> (score, (grid_h, grid_w) bool) for the
+    components of eigenvectors 1..n_vectors above the threshold covering at least `min_area` of
+    the grid, best first; a component equal to `exclude` (the Fiedler object) is left out.
 
-    The main box is the largest component of eigenvector 1 above the threshold (score 1).
-    Further candidates are the components of eigenvectors 1..n_vectors above the same threshold
-    with at least `min_area` of the grid, scored by their share of the vector's positive mass
-    divided by the vector's index (coarser cuts first); then greedy NMS.
+    Score: the component's share of its vector's positive mass divided by the vector's index
+    (coarser cuts first), capped below 1 so the Fiedler object keeps the top score.
     """
-    fiedler = eigenvectors[1] if len(eigenvectors) > 1 else np.zeros(eigenvectors.shape[1:])
-    fmask, fallback = foreground_mask(fiedler, cfg.threshold)
-    main = largest_component(fmask, fiedler)
-    candidates = [(1.0, mask_box(main, geom))]
-    min_cells = cfg.min_area * main.size
+    found = []
+    min_cells = cfg.min_area * eigenvectors[0].size
     for index in range(1, min(cfg.n_vectors, len(eigenvectors) - 1) + 1):
         vec = eigenvectors[index]
         mask, degenerate = foreground_mask(vec, cfg.threshold)
@@ -113,11 +111,24 @@ def localize(eigenvectors: np.ndarray, geom: GridGeometry, cfg: LocalizeConfig =
         for part in components(mask, vec):
             if part.sum() < min_cells:
                 break
-            if index == 1 and np.array_equal(part, main):
+            if index == 1 and exclude is not None and np.array_equal(part, exclude):
                 continue
-            score = float(vec[part].sum()) / total / index
-            candidates.append((min(score, 0.999), mask_box(part, geom)))
-    candidates.sort(key=lambda c: -c[0])
+            found.append((min(float(vec[part].sum()) / total / index, 0.999), part))
+    found.sort(key=lambda c: -c[0])
+    return found
+
+
+def localize(eigenvectors: np.ndarray, geom: GridGeometry, cfg: LocalizeConfig = LocalizeConfig()) -> Localization:
+    """(k, grid_h, grid_w) oriented eigenvectors -> the Fiedler box and further scored boxes.
+
+    The main box is the largest component of eigenvector 1 above the threshold (score 1);
+    further boxes are `component_candidates`, then greedy NMS.
+    """
+    fiedler = eigenvectors[1] if len(eigenvectors) > 1 else np.zeros(eigenvectors.shape[1:])
+    fmask, fallback = foreground_mask(fiedler, cfg.threshold)
+    main = largest_component(fmask, fiedler)
+    candidates = [(1.0, mask_box(main, geom))]
+    candidates += [(score, mask_box(part, geom)) for score, part in component_candidates(eigenvectors, cfg, main)]
     keep: list[tuple[float, np.ndarray]] = []
     for score, box in candidates:
         if all(box_iou(box, kept) < cfg.nms_iou for _, kept in keep):

@@ -8,7 +8,7 @@ import numpy as np
 from kernels import smallest_eigenpairs
 from kernels.backend import to_numpy
 from pipeline.spectral.affinity import image_affinity
-from pipeline.config import ExtractConfig
+from pipeline.config import EigenConfig, ExtractConfig
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,19 @@ def orient_by_border(eigenvectors: np.ndarray) -> np.ndarray:
 
 def image_spectrum(features, image: np.ndarray, cfg: ExtractConfig) -> Spectrum:
     """(h, w, C) backbone features (NumPy or CuPy) and the (H, W, 3) image -> its Spectrum
-    on the (h·u, w·u) grid, u = cfg.graph.upsample.
+    on the (h·u, w·u) grid, u = cfg.graph.upsample."""
+    return graph_spectrum(image_affinity(features, image, cfg.graph), grid_size(features, cfg), cfg.eigen)
 
-    k is capped at the number of nodes.
-    """
-    h, w = features.shape[0] * cfg.graph.upsample, features.shape[1] * cfg.graph.upsample
-    W = image_affinity(features, image, cfg.graph)
-    pairs = smallest_eigenpairs(W, min(cfg.eigen.k, h * w), method=cfg.eigen.method)
+
+def grid_size(features, cfg: ExtractConfig) -> tuple[int, int]:
+    """The eigenvectors' (h, w) for (h0, w0, C) backbone features: the feature grid upsampled."""
+    return features.shape[0] * cfg.graph.upsample, features.shape[1] * cfg.graph.upsample
+
+
+def graph_spectrum(W, grid_hw: tuple[int, int], cfg: EigenConfig) -> Spectrum:
+    """(N, N) affinity of an (h, w) grid, N = h·w -> its Spectrum; k is capped at N."""
+    h, w = grid_hw
+    pairs = smallest_eigenpairs(W, min(cfg.k, h * w), method=cfg.method)
     vectors = to_numpy(pairs.eigenvectors).T.reshape(-1, h, w)
     return Spectrum(
         eigenvalues=to_numpy(pairs.eigenvalues).astype(np.float64),

@@ -1,0 +1,227 @@
+"""Label job: images -> objects (boxes, instance masks, scores) for a whole dataset, on Ray.
+
+    python -m jobs.label SOURCE --out OUT                      # starts a local Ray
+    ray job submit --working-dir . -- python -m jobs.label --dataset coco --root URI \\
+        --split train2017 --annotations FILE --out OUT
+
+The same listing, rerun and error-table rules as `extract`, whose shards it writes too (an
+image already in OUT/eigs is not written again, and with --store-features its stored features
+spare the forward pass). In the same actors each image's eigenvectors and graph become objects
+(pipeline.objects.discovery, default: the iterative cut). OUT gets
+
+    OUT/labels/part-*.parquet     one row per object (pipeline.io.schema.OBJECT_SCHEMA)
+    OUT/instances.json            class-agnostic COCO instances (boxes, RLE masks, scores)
+    OUT/gallery/index.html        a panel per image, or a fixed-seed sample of --gallery N
+    OUT/eigs, OUT/errors, OUT/runs    as `extract` writes them
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Iterator
+
+import fsspec
+import numpy as np
+
+from jobs import extract
+from pipeline.batch.labeller import GALLERY_DIR, LabelRef, ObjectLabeller, panel_name
+from pipeline.config import ExtractConfig, RuntimeConfig
+from pipeline.evaluation.panels import gallery_html
+from pipeline.io.coco_instances import coco_ids_by_file_name, stable_image_id, write_instances
+from pipeline.io.schema import eigen_table, error_table, object_table
+from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, commit_tables, finished_ids, scan_batches,
+                                shard_files, shard_name)
+from pipeline.io.sources import ImageRef
+from pipeline.objects.discovery import DISCOVERY, DiscoveryConfig
+from pipeline.objects.instances import SCORES, LabelConfig, label_digest
+
+INSTANCES_FILE = "instances.json"
+OBJECT_CATEGORY = [{"id": 1, "name": "object", "supercategory": "object"}]
+
+
+class LabelActor:
+    """Ray Data callable: loads the backbone once, labels each batch and commits its shards."""
+
+    def __init__(self, config_json: str, label_json: str, out: str, device: str, batch_size: int, threads: int):
+        import threadpoolctl
+        import torch
+
+        torch.set_num_threads(threads)
+        threadpoolctl.threadpool_limits(threads)
+        self.extract_json, self.label_json, self.out = config_json, label_json, out
+        self.labeller = ObjectLabeller(ExtractConfig.from_dict(json.loads(config_json)),
+                                       LabelConfig.from_dict(json.loads(label_json)), out, device, batch_size)
+
+    def __call__(self, batch: dict) -> dict:
+        items = [LabelRef(ImageRef(str(i), str(u)), bool(h), str(s), bool(p)) for i, u, h, s, p in
+                 zip(batch["image_id"], batch["uri"], batch["has_row"], batch["features_shard"], batch["panel"])]
+        ids = [i.ref.image_id for i in items]
+        result = self.labeller(items)
+        digest = self.labeller.digest
+        commit_tables(self.out, shard_name(digest, ids), {
+            EIGEN_DIR: (eigen_table(result.eigen_rows, self.labeller.extractor.cfg.eigen.storage_dtype)
+                        if result.eigen_rows else None, self.extract_json),
+            LABELS_DIR: (object_table(result.objects) if result.objects else None, self.label_json),
+            ERROR_DIR: (error_table(result.errors) if result.errors else None, self.label_json),
+        })
+        failed = {e["image_id"]: f"{e['stage']}: {e['reason']}" for e in result.errors}
+        return {"image_id": ids, "ok": [i not in failed for i in ids], "reason": [failed.get(i, "") for i in ids]}
+
+
+def gallery_ids(refs: list[ImageRef], n: int, seed: int = 0) -> set[str]:
+    """All image ids when there are at most n, else a fixed-seed sample of n of them."""
+    ids = sorted(r.image_id for r in refs)
+    if len(ids) <= n:
+        return set(ids)
+    return {ids[i] for i in np.random.default_rng(seed).choice(len(ids), n, replace=False)}
+
+
+def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: LabelConfig, runtime: RuntimeConfig,
+              refs: list[ImageRef], local: bool = False, gallery: int = 50, coco_annotations: str | None = None) -> dict:
+    """Label every pending image, then write OUT/instances.json and OUT/gallery/index.html;
+    prints progress, returns the run summary (also in OUT/runs/)."""
+    started, clock = datetime.now(timezone.utc), time.monotonic()
+    out = out.rstrip("/")
+    digest = label_digest(cfg.digest(), label_cfg)
+    done = finished_ids(out, digest, LABELS_DIR)
+    if not runtime.retry_errors:
+        done |= finished_ids(out, digest, ERROR_DIR)
+    todo = [r for r in refs if r.image_id not in done]
+    summary = {"source": source, "out": out, "config_digest": digest, "extract_digest": cfg.digest(),
+               "config": cfg.to_dict(), "label_config": label_cfg.to_dict(),
+               "skipped": len(refs) - len(todo), "processed": 0, "failed": 0, "errors": []}
+    if not todo:
+        print(f"nothing to do: all {len(refs)} images already labelled in {out} for config {digest}")
+        return summary
+    print(f"{len(todo)} images to label, {summary['skipped']} already done for config {digest}")
+    rows = shard_files(out, cfg.digest(), EIGEN_DIR)
+    panels = gallery_ids(refs, gallery)
+    batches = [{"image_id": [r.image_id for r in chunk], "uri": [r.uri for r in chunk],
+                "has_row": [r.image_id in rows for r in chunk],
+                "features_shard": [rows.get(r.image_id, "") if cfg.store_features else "" for r in chunk],
+                "panel": [r.image_id in panels for r in chunk]}
+               for chunk in (todo[s:s + runtime.batch_size] for s in range(0, len(todo), runtime.batch_size))]
+    outcome = extract.drive(batches, len(todo), LabelActor,
+                            {"config_json": cfg.to_json(), "label_json": label_cfg.to_json(), "out": out},
+                            runtime, local, "deep-spectral-label")
+    summary["instances"] = write_dataset_instances(out, digest, coco_annotations)
+    summary["gallery"] = write_gallery(out, digest, sorted(panels), summary)
+    summary = extract.finish_summary(summary, outcome, started, clock, local, runtime, out)
+    print(f"done: {summary['processed']} images labelled, {summary['failed']} failed, "
+          f"{summary['seconds']} s ({summary['images_per_second']} images/s); {summary['instances']['annotations']} "
+          f"objects in {out}/{INSTANCES_FILE}, gallery {summary['gallery']}, run summary {summary['run_file']}")
+    for err in summary["errors"]:
+        print(f"  failed {err['image_id']}: {err['reason']}")
+    return summary
+
+
+def object_rows(out: str, digest: str, columns: list[str]) -> Iterator[dict]:
+    """Every object row of a label run, a record batch at a time, in a fixed order."""
+    for batch in scan_batches(out, LABELS_DIR, columns, config_digest=digest):
+        yield from batch.to_pylist()
+
+
+def write_dataset_instances(out: str, digest: str, coco_annotations: str | None = None) -> dict:
+    """OUT/labels -> OUT/instances.json, streamed (rows of one image are contiguous: a batch
+    commits all of an image's objects in one shard). Image ids: the COCO file's when given."""
+    by_name = coco_ids_by_file_name(coco_annotations) if coco_annotations else {}
+
+    def image_id(name: str) -> int:
+        return by_name.get(name) or by_name.get(name.rsplit("/", 1)[-1]) or stable_image_id(name)
+
+    def images() -> Iterator[dict]:
+        last = None
+        for row in object_rows(out, digest, ["image_id", "height", "width"]):
+            if row["image_id"] != last:
+                last = row["image_id"]
+                yield {"id": image_id(last), "file_name": last, "height": row["height"], "width": row["width"]}
+
+    def annotations() -> Iterator[dict]:
+        for n, row in enumerate(object_rows(out, digest, ["image_id", "height", "width", "box", "score", "area",
+                                                        "segmentation", "method", "rank"]), start=1):
+            x0, y0, x1, y1 = row["box"]
+            yield {"id": n, "image_id": image_id(row["image_id"]), "category_id": 1,
+                   "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                   "area": row["area"], "iscrowd": 0, "score": round(row["score"], 6),
+                   "segmentation": {"size": [row["height"], row["width"]], "counts": row["segmentation"]},
+                   "method": row["method"], "rank": row["rank"]}
+
+    info = {"description": "deep-spectral label: class-agnostic objects", "config_digest": digest,
+            "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    uri = f"{out}/{INSTANCES_FILE}"
+    n = write_instances(uri, images(), annotations(), OBJECT_CATEGORY, info)
+    return {"uri": uri, "annotations": n}
+
+
+def write_gallery(out: str, digest: str, ids: list[str], summary: dict) -> str:
+    """OUT/gallery/index.html over the panels that exist for `ids`."""
+    fs, root = fsspec.core.url_to_fs(f"{out}/{GALLERY_DIR}")
+    entries = [(panel_name(i), i) for i in ids if fs.exists(f"{root}/{panel_name(i)}")]
+    metrics = {"config_digest": digest, "images in gallery": len(entries),
+               "run summary": "../runs/ (one JSON per run)"}
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(f"{root}/index.html", "w") as f:
+        f.write(gallery_html("deep-spectral label", metrics, entries))
+    return fs.unstrip_protocol(f"{root}/index.html")
+
+
+def add_label_options(parser: argparse.ArgumentParser) -> None:
+    d, dd = LabelConfig(), DiscoveryConfig()
+    group = parser.add_argument_group("objects")
+    group.add_argument("--method", choices=sorted(DISCOVERY), default=dd.method,
+                       help="how objects are found (docs/objects.md compares them)")
+    group.add_argument("--max-objects", type=int, default=dd.max_objects)
+    group.add_argument("--object-threshold", default=None,
+                       help="patch threshold on each cut's Fiedler vector: a number or 'mean' (default 0)")
+    group.add_argument("--min-area", type=float, default=dd.min_area, help="smallest object, share of the grid")
+    group.add_argument("--max-eigenvalue", type=float, default=dd.max_eigenvalue,
+                       help="iterative: stop at a cut weaker than this")
+    group.add_argument("--max-border", type=float, default=dd.max_border,
+                       help="iterative: stop at an object covering more of the grid border than this")
+    group.add_argument("--score", choices=sorted(SCORES), default=d.score)
+    group.add_argument("--object-refine", choices=["guided", "none"], default=d.refine)
+    group.add_argument("--gallery", type=int, default=50, help="panels: every image up to N, else a sample of N")
+    group.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
+
+
+def label_config_from_args(args: argparse.Namespace) -> LabelConfig:
+    t = args.object_threshold
+    threshold = DiscoveryConfig().threshold if t is None else ("mean" if t == "mean" else float(t))
+    return LabelConfig(discovery=DiscoveryConfig(method=args.method, max_objects=args.max_objects,
+                                                 threshold=threshold, min_area=args.min_area,
+                                                 max_eigenvalue=args.max_eigenvalue, max_border=args.max_border),
+                       score=args.score, refine=args.object_refine)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    extract.add_source_options(parser)
+    parser.add_argument("--out", required=True, help="output folder or fsspec URL")
+    extract.add_extract_options(parser)
+    add_label_options(parser)
+    parser.add_argument("--summary", default=None, help="write the run summary JSON here")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg, runtime = extract.configs_from_args(args)
+    try:
+        source, refs = extract.images_from_args(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    coco = args.annotations if args.dataset == "coco" else None
+    summary = run_label(source, args.out, cfg, label_config_from_args(args), runtime, refs,
+                        local=args.local, gallery=args.gallery, coco_annotations=coco)
+    if args.summary:
+        with fsspec.open(args.summary, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m jobs.label", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

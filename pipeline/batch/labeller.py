@@ -1,0 +1,139 @@
+"""Batch labelling as a callable: image refs in, object rows (and the shard rows and error
+rows extraction adds) out.
+
+Per image: the spectral core (SpectralExtractor), or, when a shard already holds the image's
+row with stored features, that row (no forward pass); then objects (pipeline.objects.instances)
+from its eigenvectors and graph, and for images picked for the gallery a panel PNG. Like the
+extractor, it loads the backbone once and knows nothing about Ray.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.batch.extractor import SpectralExtractor
+from pipeline.config import ExtractConfig
+from pipeline.evaluation.panels import render_panel
+from pipeline.features.geometry import geometry_of
+from pipeline.io.coco_instances import encode_mask
+from pipeline.io.schema import eigenvectors_of, features_of
+from pipeline.io.sources import ImageRef
+from pipeline.objects.instances import ImageObject, LabelConfig, image_objects, label_digest
+from pipeline.spectral.affinity import image_affinity
+
+GALLERY_DIR = "gallery"
+
+
+@dataclass(frozen=True)
+class LabelRef:
+    """One image to label and what OUT already holds for it."""
+
+    ref: ImageRef
+    has_row: bool = False  # its eigen row is in OUT/eigs: do not write it again
+    features_shard: str = ""  # that row's shard, when it holds the patch features
+    panel: bool = False  # draw it for the gallery
+
+
+@dataclass
+class Labelled:
+    """One batch's output."""
+
+    eigen_rows: list[dict]  # new shard rows (images that had none)
+    objects: list[dict]  # rows for pipeline.io.schema.object_table
+    errors: list[dict]
+    panels: list[str]  # image ids whose panel was written
+
+
+class ObjectLabeller:
+    def __init__(self, extract_cfg: ExtractConfig, label_cfg: LabelConfig, out: str,
+                 device: str = "cpu", batch_size: int = 8):
+        self.extractor = SpectralExtractor(extract_cfg, device=device, batch_size=batch_size)
+        self.cfg = label_cfg
+        self.out = out.rstrip("/")
+        self.extract_digest = extract_cfg.digest()
+        self.digest = label_digest(self.extract_digest, label_cfg)
+        self.reuse_graph = dataclasses.replace(extract_cfg.graph, upsample=1)  # stored features are upsampled
+
+    def __call__(self, items: list[LabelRef]) -> Labelled:
+        result = Labelled([], [], [], [])
+        stored = [i for i in items if i.features_shard]
+        fresh = {i.ref.image_id: i for i in items if not i.features_shard}
+        for item in self.extractor.extract([i.ref for i in fresh.values()]):
+            if isinstance(item, dict):
+                result.errors.append(self._relabel(item))
+                continue
+            want = fresh[item.ref.image_id]
+            if not want.has_row:
+                result.eigen_rows.append(item.row)
+            self._label(want, item.image, item.row, item.spectrum.eigenvectors,
+                        item.spectrum.eigenvalues, item.affinity, result)
+        for want, row in zip(stored, self._stored_rows(stored)):
+            decoded = next(iter(self.extractor.decode([want.ref])))
+            if isinstance(decoded, dict):
+                result.errors.append(self._relabel(decoded))
+                continue
+            try:
+                features = self.extractor.xp.asarray(features_of(row))
+                W = image_affinity(features, decoded[1], self.reuse_graph)
+                self._label(want, decoded[1], row, eigenvectors_of(row), np.asarray(row["eigenvalues"]), W, result)
+            except Exception as exc:
+                result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
+        return result
+
+    def _label(self, want: LabelRef, image: np.ndarray, row: dict, eigenvectors: np.ndarray,
+               eigenvalues: np.ndarray, W, result: Labelled) -> None:
+        try:
+            geom = geometry_of(row, self.extractor.cfg.backbone.long_side)
+            objects = image_objects(eigenvectors, eigenvalues, W, image, geom, self.cfg)
+            result.objects.extend(self.object_row(row, i, obj) for i, obj in enumerate(objects))
+            if want.panel:
+                self._panel(want.ref.image_id, image, eigenvectors, geom, objects)
+                result.panels.append(want.ref.image_id)
+        except Exception as exc:
+            result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
+
+    def object_row(self, row: dict, index: int, obj: ImageObject) -> dict:
+        c = obj.candidate
+        return {"image_id": row["image_id"], "object": index, "height": row["height"], "width": row["width"],
+                "box": obj.box.tolist(), "patch_box": obj.patch_box.tolist(), "score": obj.score,
+                "area": int(obj.mask.sum()), "segmentation": encode_mask(obj.mask),
+                "method": self.cfg.discovery.method, "rank": c.rank,
+                "eigenvalue": c.eigenvalue, "border": c.border, "grid_area": c.area, "fallback": c.fallback,
+                "config_digest": self.digest, "extract_digest": self.extract_digest}
+
+    def _stored_rows(self, stored: list[LabelRef]) -> list[dict]:
+        """The shard rows of `stored`, in order, each shard read once."""
+        by_shard: dict[str, list[str]] = {}
+        for item in stored:
+            by_shard.setdefault(item.features_shard, []).append(item.ref.image_id)
+        rows: dict[str, dict] = {}
+        for uri, ids in by_shard.items():
+            with fsspec.open(uri, "rb") as f:
+                table = pq.read_table(f, filters=(ds.field("image_id").isin(ids)
+                                                  & (ds.field("config_digest") == self.extract_digest)))
+            rows.update({r["image_id"]: r for r in table.to_pylist()})
+        return [rows[item.ref.image_id] for item in stored]
+
+    def _panel(self, image_id: str, image: np.ndarray, eigenvectors: np.ndarray, geom, objects) -> None:
+        union = np.any([o.mask for o in objects if o.score > 0], axis=0) if any(o.score > 0 for o in objects) else None
+        panel = render_panel(image, eigenvectors, geom, mask=union,
+                             pred_boxes=np.array([o.box for o in objects]), title=image_id)
+        buffer = io.BytesIO()
+        panel.save(buffer, format="PNG")
+        with fsspec.open(f"{self.out}/{GALLERY_DIR}/{panel_name(image_id)}", "wb") as f:
+            f.write(buffer.getvalue())
+
+    def _relabel(self, error: dict) -> dict:
+        """Error rows of a label run carry its digest, so its reruns skip them."""
+        return {**error, "config_digest": self.digest}
+
+
+def panel_name(image_id: str) -> str:
+    """An image id (may hold '/') -> its panel's file name under OUT/gallery/."""
+    return "panels/" + image_id.replace("/", "__").rsplit(".", 1)[0] + ".png"

@@ -1,0 +1,109 @@
+"""One image's object labels: candidate patch masks -> refined masks, boxes, scores.
+
+`LabelConfig` is what `deep-spectral label` records in its shards: the discovery method, the
+score, and the pixel refinement. Masks are refined as single-object masks are
+(pipeline.objects.masks: nearest-cell upsampling, then the colour guided filter, > 0.5), all
+objects of an image in one stacked filter pass; each box encloses its refined mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.config import canonical_json, digest_of
+from pipeline.features.geometry import GridGeometry, grid_to_pixels
+from pipeline.objects.discovery import Candidate, DiscoveryConfig, discover
+from pipeline.objects.localize import mask_box
+from pipeline.objects.masks import SegmentConfig, refine_guided
+
+# How a candidate's score is made from what discovery measured (docs/objects.md compares them
+# by AP). Scores rank objects across the whole dataset, so they must be comparable between
+# images, not only within one.
+SCORES = {
+    "rank": lambda c: 1.0 / (c.rank + 1),  # the order of discovery
+    "prior": lambda c: c.prior,  # the method's own score
+    "cut": lambda c: (1.0 - min(c.eigenvalue, 1.0)) / (c.rank + 1),  # a strong, early cut
+    "inner": lambda c: (1.0 - c.border) / (c.rank + 1),  # away from the frame, early
+}
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    score: str = "cut"  # a SCORES name ("cut" beat "rank" on tune and check: docs/objects.md)
+    refine: str = "guided"  # "guided" or "none" (nearest-cell upsampling of the patch mask)
+    radius: int = 16
+    eps: float = 1e-3
+    max_side: int = 1024
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return canonical_json(self)
+
+    def digest(self) -> str:
+        return digest_of(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LabelConfig":
+        return cls(discovery=DiscoveryConfig(**data.get("discovery", {})),
+                   **{k: v for k, v in data.items() if k != "discovery"})
+
+
+def label_digest(extract_digest: str, cfg: LabelConfig) -> str:
+    """The digest of a label run: its own config and the extraction it labels."""
+    return digest_of(_Pair(extract_digest, cfg))
+
+
+@dataclass(frozen=True)
+class _Pair:
+    extract_digest: str
+    label: LabelConfig
+
+
+@dataclass(frozen=True)
+class ImageObject:
+    mask: np.ndarray  # (H, W) bool, original resolution
+    box: np.ndarray  # (4,) [x0, y0, x1, y1] around the mask, original pixels
+    patch_box: np.ndarray  # (4,) the box of the patch mask (cells to pixels)
+    score: float
+    candidate: Candidate
+
+
+def image_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, image: np.ndarray,
+                  geom: GridGeometry, cfg: LabelConfig) -> list[ImageObject]:
+    """(k, h, w) oriented eigenvectors, (k,) eigenvalues, the (N, N) graph, the (H, W, 3)
+    uint8 image -> its objects, best score first (at least one: the Fiedler object)."""
+    if cfg.score not in SCORES:
+        raise ValueError(f"score must be one of {sorted(SCORES)}, got {cfg.score!r}")
+    candidates = discover(eigenvectors, eigenvalues, W, cfg.discovery)
+    masks = pixel_masks([c.mask for c in candidates], image, geom, cfg)
+    objects = []
+    for cand, mask in zip(candidates, masks):
+        patch_box = mask_box(cand.mask, geom) if cand.mask.any() else np.array([0, 0, geom.width, geom.height], float)
+        box = pixel_box(mask) if mask.any() else patch_box
+        objects.append(ImageObject(mask=mask, box=box, patch_box=patch_box,
+                                   score=0.0 if cand.fallback else float(SCORES[cfg.score](cand)), candidate=cand))
+    return sorted(objects, key=lambda o: (-o.score, o.candidate.rank))
+
+
+def pixel_masks(cells: list[np.ndarray], image: np.ndarray, geom: GridGeometry, cfg: LabelConfig) -> list[np.ndarray]:
+    """(grid_h, grid_w) bool patch masks -> (H, W) bool masks (one guided-filter pass for all)."""
+    if not cells:
+        return []
+    coarse = np.stack([grid_to_pixels(c, geom, bilinear=False) for c in cells])
+    if cfg.refine == "none":
+        return list(coarse > 0.5)
+    if cfg.refine != "guided":
+        raise ValueError(f"refine must be 'guided' or 'none', got {cfg.refine!r}")
+    seg = SegmentConfig(radius=cfg.radius, eps=cfg.eps, max_side=cfg.max_side)
+    return list(refine_guided(image, coarse, seg) > 0.5)
+
+
+def pixel_box(mask: np.ndarray) -> np.ndarray:
+    """Non-empty (H, W) bool -> [x0, y0, x1, y1] around it (pixel columns 0..9 are [0, 10))."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)

@@ -1,0 +1,104 @@
+"""`deep-spectral label` end to end on a local Ray cluster: objects, COCO instances, gallery,
+bad files, reruns; then a second label run that reuses the stored features."""
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig
+from pipeline.io.coco_instances import decode_mask, stable_image_id
+from pipeline.io.schema import OBJECT_SCHEMA
+from pipeline.io.sources import list_images
+from pipeline.objects.discovery import DiscoveryConfig
+from pipeline.objects.instances import LabelConfig
+from tests.conftest import SAMPLES
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def listing(folder):
+    return sorted((str(p), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file())
+
+
+def test_label_writes_objects_instances_gallery_and_reruns_as_noop(local_ray, tmp_path, offline_weights):
+    from pycocotools.coco import COCO
+
+    from jobs.label import gallery_ids, run_label
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for img in SAMPLES.glob("*.jpg"):
+        shutil.copy(img, folder / img.name)
+    (folder / "corrupt.jpg").write_bytes((SAMPLES / "chelsea.jpg").read_bytes()[:500])
+    out = tmp_path / "out"
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=224), eigen=EigenConfig(k=6), store_features=True)
+    label_cfg = LabelConfig(discovery=DiscoveryConfig(max_objects=3))
+    runtime = RuntimeConfig(batch_size=3)
+    refs = list_images(str(folder))
+    summary = run_label(str(folder), str(out), cfg, label_cfg, runtime, refs, gallery=2)
+    assert (summary["processed"], summary["failed"]) == (4, 1)
+
+    labels = pq.read_table(out / "labels")
+    assert labels.schema.remove_metadata().equals(OBJECT_SCHEMA)
+    rows = labels.to_pylist()
+    names = sorted(p.name for p in SAMPLES.glob("*.jpg"))
+    assert sorted({r["image_id"] for r in rows}) == names
+    for name in names:
+        mine = sorted((r for r in rows if r["image_id"] == name), key=lambda r: r["object"])
+        assert 1 <= len(mine) <= 3 and [r["object"] for r in mine] == list(range(len(mine)))
+        assert [r["score"] for r in mine] == sorted((r["score"] for r in mine), reverse=True)
+        assert any(r["rank"] == 0 for r in mine)  # the Fiedler object is always there
+    errors = pq.read_table(out / "errors").to_pylist()
+    assert [e["image_id"] for e in errors] == ["corrupt.jpg"]
+    assert errors[0]["config_digest"] == summary["config_digest"]
+    assert sorted(pq.read_table(out / "eigs").column("image_id").to_pylist()) == names
+
+    # instances.json: loads with pycocotools; its RLE masks are the masks written.
+    coco = COCO(str(out / "instances.json"))
+    assert len(coco.getImgIds()) == 4 and len(coco.getAnnIds()) == len(rows)
+    by_key = {(stable_image_id(r["image_id"]), round(r["score"], 6), r["rank"]): r for r in rows}
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        row = by_key[(ann["image_id"], ann["score"], ann["rank"])]
+        mask = coco.annToMask(ann).astype(bool)
+        assert np.array_equal(mask, decode_mask(row["segmentation"], row["height"], row["width"]))
+        assert mask.sum() == ann["area"] == row["area"] > 0
+        x, y, w, h = ann["bbox"]
+        rows_, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert (x, y, x + w, y + h) == pytest.approx((cols[0], rows_[0], cols[-1] + 1, rows_[-1] + 1), abs=0.01)
+
+    # Gallery: a fixed-seed sample of 2 of the 5 listed images (a failed one has no panel),
+    # linked from index.html.
+    sampled = gallery_ids(refs, 2)
+    assert len(sampled) == 2 and gallery_ids(refs, 2) == sampled
+    panels = sorted(p.name for p in (out / "gallery" / "panels").iterdir())
+    assert panels == sorted(i.replace(".jpg", ".png") for i in sampled if i != "corrupt.jpg")
+    page = (out / "gallery" / "index.html").read_text()
+    assert all(f"panels/{p}" in page for p in panels)
+
+    before = listing(out)
+    again = run_label(str(folder), str(out), cfg, label_cfg, runtime, refs, gallery=2)
+    assert (again["skipped"], again["processed"], again["failed"]) == (5, 0, 0)
+    assert listing(out) == before
+
+    # Another label config over the same OUT reuses the stored features: no new eigen rows.
+    other = LabelConfig(discovery=DiscoveryConfig(method="fiedler"))
+    third = run_label(str(folder), str(out), cfg, other, RuntimeConfig(batch_size=4), refs, local=True, gallery=0)
+    assert (third["processed"], third["failed"]) == (4, 1)
+    assert len(pq.read_table(out / "eigs")) == 4
+    fiedler = [r for r in pq.read_table(out / "labels").to_pylist() if r["config_digest"] == third["config_digest"]]
+    assert len(fiedler) == 4 and all(r["rank"] == 0 for r in fiedler)
+    first = {r["image_id"]: r for r in rows if r["rank"] == 0}
+    for r in fiedler:  # same cut from stored features as from the forward pass
+        assert r["segmentation"] == first[r["image_id"]]["segmentation"]
+    instances = json.loads((out / "instances.json").read_text())
+    assert len(instances["annotations"]) == 4
