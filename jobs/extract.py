@@ -24,12 +24,14 @@ from typing import Iterator
 
 from pipeline.config import (BackboneConfig, EigenConfig, ExtractConfig, GraphConfig, RuntimeConfig,
                              SegmentsConfig)
-from pipeline.io.schema import eigen_table, error_table
-from pipeline.io.progress import Progress
-from pipeline.io.runlog import write_run_summary
-from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids
-from pipeline.io.sources import ImageRef, list_images
-from pipeline.io.dataset_listing import DATASETS, dataset_images
+from pipeline.schema import eigen_table, error_table
+from pipeline.progress import Progress
+from pipeline.runlog import write_run_summary
+from pipeline.attempts import Attempts, unit_key
+from pipeline.lease import RunLease, lease_owner
+from pipeline.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids
+from pipeline.sources import ImageRef, list_images
+from pipeline.dataset_sources import DATASETS, dataset_images
 
 PROGRESS_EVERY_S = 10.0  # a progress line in the job log at most this often
 # Ray Data blocks: one driver-made batch per block up to this many, beyond which consecutive
@@ -40,9 +42,16 @@ MAX_BLOCKS = 1000
 
 
 class ExtractActor:
-    """Ray Data callable: loads the backbone once, extracts each batch and commits its shards."""
+    """Ray Data callable: loads the backbone once, extracts each batch and commits its shards.
 
-    def __init__(self, config_json: str, out: str, device: str, batch_size: int, threads: int):
+    Poison batches: a batch that has lost `max_worker_deaths` worker processes (markers in
+    OUT, pipeline.attempts) is run one image at a time, and an image that loses as many
+    alone becomes an error row (stage "worker") so the rest of the batch is written and the
+    job finishes. Resubmits: a batch is committed only while `run_id` holds OUT's run lease
+    (pipeline.lease), so a dead driver's actors stop writing once a new driver took over."""
+
+    def __init__(self, config_json: str, out: str, device: str, batch_size: int, threads: int,
+                 run_id: str | None = None, max_worker_deaths: int = 2):
         import threadpoolctl
         import torch
 
@@ -52,22 +61,61 @@ class ExtractActor:
         torch.set_num_threads(threads)
         threadpoolctl.threadpool_limits(threads)
         self.cfg = ExtractConfig.from_dict(json.loads(config_json))
-        self.out = out
+        self.out, self.run_id, self.max_deaths = out, run_id, max_worker_deaths
         self.extractor = SpectralExtractor(self.cfg, device=device, batch_size=batch_size)
+        self.attempts = Attempts(out)
 
     def __call__(self, batch: dict) -> dict:
         refs = [ImageRef(str(i), str(u)) for i, u in zip(batch["image_id"], batch["uri"])]
-        rows, errors = self.extractor(refs)
-        commit_batch(self.out, self.extractor.config_digest, self.extractor.config_json,
-                     [r.image_id for r in refs],
+        digest = self.extractor.config_digest
+        key = unit_key(digest, [r.image_id for r in refs])
+        lost = len(self.attempts.deaths(key))
+        if lost < self.max_deaths:
+            with self.attempts.attempt(key):
+                rows, errors = self.extractor(refs)
+        else:
+            rows, errors = self._one_by_one(refs, lost)
+        if self.run_id is not None and lease_owner(self.out) != self.run_id:
+            # A newer driver owns OUT: it lists and does this batch's images itself.
+            return {"image_id": [r.image_id for r in refs], "ok": [False] * len(refs),
+                    "reason": ["superseded: another driver took over the run lease"] * len(refs)}
+        commit_batch(self.out, digest, self.extractor.config_json, [r.image_id for r in refs],
                      eigen_table(rows, self.cfg.eigen.storage_dtype) if rows else None,
                      error_table(errors) if errors else None)
+        if lost:
+            self.attempts.clear([key] + [unit_key(digest, [r.image_id]) for r in refs])
         failed = {e["image_id"]: f"{e['stage']}: {e['reason']}" for e in errors}
         return {
             "image_id": [r.image_id for r in refs],
             "ok": [r.image_id not in failed for r in refs],
             "reason": [failed.get(r.image_id, "") for r in refs],
         }
+
+    def _one_by_one(self, refs: list[ImageRef], batch_deaths: int) -> tuple[list[dict], list[dict]]:
+        """The batch's images alone, each under its own death count."""
+        rows, errors = [], []
+        for ref in refs:
+            key = unit_key(self.extractor.config_digest, [ref.image_id])
+            dead = self.attempts.deaths(key)
+            if len(dead) >= self.max_deaths:
+                errors.append(worker_error(ref, self.extractor.config_digest, dead, batch_deaths))
+                continue
+            with self.attempts.attempt(key):
+                r, e = self.extractor([ref])
+            rows += r
+            errors += e
+        return rows, errors
+
+
+def worker_error(ref: ImageRef, config_digest: str, dead: list[dict], batch_deaths: int) -> dict:
+    """The error row of an image whose worker process died every time it ran alone."""
+    where = ", ".join(f"pid {d['pid']} on {d['host']}" for d in dead)
+    return {"image_id": ref.image_id, "source_uri": ref.uri, "config_digest": config_digest,
+            "stage": "worker", "error_type": "WorkerDied",
+            "reason": (f"worker process exited while processing this image alone, {len(dead)} times "
+                       f"({where}), after its batch lost {batch_deaths}: killed by a signal or the "
+                       f"OOM killer, a crash or exit in native code, or its node lost; the exit "
+                       f"status is in the Ray logs of those processes")[:2000]}
 
 
 def pending_images(source: str | None, out: str, cfg: ExtractConfig, retry_errors: bool,
@@ -106,7 +154,8 @@ def _batches(todo: list[ImageRef], size: int) -> list[dict]:
             for s in range(0, len(todo), size)]
 
 
-def _run_in_process(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: RuntimeConfig) -> Iterator[dict]:
+def _run_in_process(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: RuntimeConfig,
+                    run_id: str) -> Iterator[dict]:
     """The actors' work without Ray: one ExtractActor in this process, yielding each batch's
     {"image_id", "ok", "reason"} lists as it finishes.
 
@@ -116,7 +165,7 @@ def _run_in_process(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime:
     device = runtime.device if runtime.device != "auto" else "cpu"
     threads = max(1, (os.cpu_count() or 1) - 1)
     print("extracting in this process (no Ray)")
-    actor = ExtractActor(cfg.to_json(), out, device, runtime.batch_size, threads)
+    actor = ExtractActor(cfg.to_json(), out, device, runtime.batch_size, threads, run_id, runtime.max_worker_deaths)
     for batch in _batches(todo, runtime.batch_size):
         yield actor(batch)
 
@@ -130,6 +179,16 @@ def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: Runti
     this process instead of on Ray (no cluster; one model on all cores).
     """
     started, clock = datetime.now(timezone.utc), time.monotonic()
+    # Listing and the whole run happen under OUT's lease: a driver resubmitted while this one
+    # (or its actors) still runs waits, or takes over once this one's heartbeat is stale.
+    lease = RunLease(out, runtime.lease_heartbeat_s, runtime.lease_stale_s).acquire()
+    try:
+        return _extract_leased(source, out, cfg, runtime, refs, local, started, clock, lease)
+    finally:
+        lease.release()
+
+
+def _extract_leased(source, out, cfg, runtime, refs, local, started, clock, lease: RunLease) -> dict:
     todo, skipped = pending_images(source, out, cfg, runtime.retry_errors, refs)
     summary = {"source": source, "out": out, "config_digest": cfg.digest(), "config": cfg.to_dict(),
                "skipped": skipped, "processed": 0, "failed": 0, "errors": []}
@@ -138,9 +197,9 @@ def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: Runti
         return summary
     print(f"{len(todo)} images to do, {skipped} already done for config {cfg.digest()}")
     progress = Progress(len(todo), every=PROGRESS_EVERY_S)
-    batches = _run_in_process(todo, out, cfg, runtime) if local else _run_on_ray(todo, out, cfg, runtime)
+    run = _run_in_process if local else _run_on_ray
     outcome = {}  # image_id -> None when written, else why it failed (counts are of distinct ids)
-    for batch in batches:
+    for batch in run(todo, out, cfg, runtime, lease.owner):
         new = {i: None if ok else reason for i, ok, reason in zip(batch["image_id"], batch["ok"], batch["reason"])
                if i not in outcome}
         outcome.update(new)
@@ -153,7 +212,8 @@ def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: Runti
     summary.update(processed=len(outcome) - len(errors), failed=len(errors), errors=errors,
                    seconds=round(seconds, 2), images_per_second=round(len(outcome) / seconds, 3),
                    started=started.isoformat(timespec="seconds"), mode="in-process" if local else "ray",
-                   runtime=dataclasses.asdict(runtime))
+                   runtime=dataclasses.asdict(runtime), lease={"owner": lease.owner,
+                   "waited_s": round(lease.waited_s, 1), "took_over": lease.took_over})
     summary["run_file"] = write_run_summary(out, summary, started)
     print(f"done: {summary['processed']} images written, {summary['failed']} failed, "
           f"{summary['seconds']} s ({summary['images_per_second']} images/s); shards in {out}/{EIGEN_DIR}, "
@@ -163,7 +223,8 @@ def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: Runti
     return summary
 
 
-def _run_on_ray(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: RuntimeConfig) -> Iterator[dict]:
+def _run_on_ray(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: RuntimeConfig,
+                run_id: str) -> Iterator[dict]:
     """ExtractActors on Ray Data, one driver-made batch per row; yields each batch's
     {"image_id", "ok", "reason"} lists as it finishes (streaming, in completion order).
 
@@ -191,7 +252,8 @@ def _run_on_ray(todo: list[ImageRef], out: str, cfg: ExtractConfig, runtime: Run
     results = items.map(
         ExtractActor,
         fn_constructor_kwargs={"config_json": cfg.to_json(), "out": out, "device": device,
-                               "batch_size": runtime.batch_size, "threads": threads},
+                               "batch_size": runtime.batch_size, "threads": threads, "run_id": run_id,
+                               "max_worker_deaths": runtime.max_worker_deaths},
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         **resources,
     )
@@ -274,6 +336,13 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-actors", type=int, default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--retry-errors", action="store_true", help="retry images recorded as failed")
+    parser.add_argument("--max-worker-deaths", type=int, default=RuntimeConfig.max_worker_deaths,
+                        help="worker processes a batch may lose before its images run alone; an image "
+                             "alone that loses as many becomes an error row (stage worker)")
+    parser.add_argument("--lease-heartbeat-s", type=float, default=RuntimeConfig.lease_heartbeat_s,
+                        help="how often the driver renews its run lease in OUT")
+    parser.add_argument("--lease-stale-s", type=float, default=RuntimeConfig.lease_stale_s,
+                        help="a lease not renewed for this long is taken over by a new driver")
     parser.add_argument("--address", default=None,
                         help="Ray address (default: RAY_ADDRESS, else a new local Ray; 'auto' joins "
                              "a cluster started with `ray start` on this machine)")
@@ -293,7 +362,9 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeC
         store_features=args.store_features,
     )
     runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors,
-                            device=args.device, retry_errors=args.retry_errors, address=args.address)
+                            device=args.device, retry_errors=args.retry_errors, address=args.address,
+                            max_worker_deaths=args.max_worker_deaths, lease_heartbeat_s=args.lease_heartbeat_s,
+                            lease_stale_s=args.lease_stale_s)
     return cfg, runtime
 
 
