@@ -31,6 +31,7 @@ from pipeline.attempts import Attempts, unit_key
 from pipeline.lease import RunLease, lease_owner
 from pipeline.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids
 from pipeline.sources import ImageRef, list_images
+from pipeline.storage import with_retries
 from pipeline.dataset_sources import DATASETS, dataset_images
 
 PROGRESS_EVERY_S = 10.0  # a progress line in the job log at most this often
@@ -69,21 +70,23 @@ class ExtractActor:
         refs = [ImageRef(str(i), str(u)) for i, u in zip(batch["image_id"], batch["uri"])]
         digest = self.extractor.config_digest
         key = unit_key(digest, [r.image_id for r in refs])
-        lost = len(self.attempts.deaths(key))
+        # Every store access here waits out an outage (with_retries) instead of failing the
+        # batch, which Ray Data would not retry: the job stalls during an outage, then goes on.
+        lost = len(with_retries(self.attempts.deaths, key))
         if lost < self.max_deaths:
             with self.attempts.attempt(key):
                 rows, errors = self.extractor(refs)
         else:
             rows, errors = self._one_by_one(refs, lost)
-        if self.run_id is not None and lease_owner(self.out) != self.run_id:
+        if self.run_id is not None and with_retries(lease_owner, self.out) != self.run_id:
             # A newer driver owns OUT: it lists and does this batch's images itself.
             return {"image_id": [r.image_id for r in refs], "ok": [False] * len(refs),
                     "reason": ["superseded: another driver took over the run lease"] * len(refs)}
-        commit_batch(self.out, digest, self.extractor.config_json, [r.image_id for r in refs],
+        with_retries(commit_batch, self.out, digest, self.extractor.config_json, [r.image_id for r in refs],
                      eigen_table(rows, self.cfg.eigen.storage_dtype) if rows else None,
                      error_table(errors) if errors else None)
         if lost:
-            self.attempts.clear([key] + [unit_key(digest, [r.image_id]) for r in refs])
+            with_retries(self.attempts.clear, [key] + [unit_key(digest, [r.image_id]) for r in refs])
         failed = {e["image_id"]: f"{e['stage']}: {e['reason']}" for e in errors}
         return {
             "image_id": [r.image_id for r in refs],

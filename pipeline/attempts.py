@@ -19,7 +19,7 @@ from typing import Iterator
 
 import fsspec
 
-from pipeline.storage import drop_empty_folder, fresh_listing, put_whole
+from pipeline.storage import drop_empty_folder, fresh_listing, put_whole, with_retries
 
 ATTEMPTS_DIR = "_attempts"
 
@@ -55,11 +55,11 @@ class Attempts:
         """Mark unit `key` as in progress in this process for the duration of the block."""
         path = f"{self.root}/{key}/{uuid.uuid4().hex}.json"
         marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        put_whole(self.fs, path, json.dumps(marker).encode())
+        with_retries(put_whole, self.fs, path, json.dumps(marker).encode())
         try:
             yield
         finally:  # an exception is an outcome too: only a dead process leaves its marker
-            self.fs.rm(path)
+            with_retries(self.fs.rm, path)
             drop_empty_folder(self.fs, path.rsplit("/", 1)[0])
 
     def clear(self, keys: list[str]) -> None:

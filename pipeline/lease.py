@@ -24,7 +24,7 @@ import uuid
 
 import fsspec
 
-from pipeline.storage import fresh_listing, put_whole
+from pipeline.storage import fresh_listing, is_transient, put_whole, with_retries
 
 LEASE_FILE = "_lease.json"
 
@@ -86,14 +86,18 @@ class RunLease:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            if lease_owner(self.out) != self.owner:
-                return  # taken over: this run's actors stop committing (they check the owner)
-            self._write()
+            try:
+                if lease_owner(self.out) != self.owner:
+                    return  # taken over: this run's actors stop committing (they check the owner)
+                self._write()
+            except Exception as exc:  # the store unreachable: beat again next time
+                if not is_transient(exc):
+                    raise
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if lease_owner(self.out) == self.owner:
+        if with_retries(lease_owner, self.out) == self.owner:
             fs, path = _path(self.out)
-            fs.rm(path)
+            with_retries(fs.rm, path)

@@ -10,11 +10,19 @@ names, which also hides leftover local temporaries).
 """
 from __future__ import annotations
 
+import time
 import uuid
 
 from fsspec.implementations.local import LocalFileSystem
 
 TMP_PREFIX = "_tmp-"
+# Errors that mean "the store is unreachable now", by class name anywhere in the exception's
+# MRO, so botocore / aiohttp / google-auth need not be imported: builtins ConnectionError and
+# TimeoutError, botocore's EndpointConnectionError (a ConnectionError of its own hierarchy),
+# ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError, aiohttp's client errors.
+TRANSIENT_ERRORS = {"ConnectionError", "TimeoutError", "ConnectTimeoutError", "ReadTimeoutError",
+                    "ConnectionClosedError", "ClientConnectorError", "ServerDisconnectedError"}
+RETRY_S = 300.0  # how long an outage of the store is waited out before the error is raised
 
 
 def put_whole(fs, path: str, data: bytes) -> None:
@@ -42,3 +50,22 @@ def drop_empty_folder(fs, folder: str) -> None:
             fs.rmdir(folder)
         except OSError:  # not empty: another process's marker is in it
             pass
+
+
+def is_transient(exc: BaseException) -> bool:
+    return any(cls.__name__ in TRANSIENT_ERRORS for cls in type(exc).__mro__)
+
+
+def with_retries(fn, *args, retry_s: float = RETRY_S, **kwargs):
+    """fn(*args, **kwargs), retried with backoff while it fails with a transient error (the
+    object store restarting or unreachable), for up to retry_s seconds. Client libraries
+    retry a few seconds on their own (botocore: ~6 s); an outage of minutes needs this."""
+    deadline, pause = time.monotonic() + retry_s, 0.5
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 10.0)
