@@ -54,7 +54,7 @@ def export_weights(folder: Path) -> Path:
     """The offline backbone's weights (converted in $DEEP_SPECTRAL_HOME) as float16 safetensors."""
     from safetensors.torch import load_file, save_file
 
-    from pipeline.offline_weights import ensure_offline_weights
+    from pipeline.features.offline_weights import ensure_offline_weights
 
     state = load_file(os.fspath(ensure_offline_weights()))
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def pick_weights(given: str | None) -> tuple[str, str]:
     import timm
     from safetensors.torch import save_file
 
-    from pipeline.backbones import get_spec
+    from pipeline.features.backbones import get_spec
 
     torch.manual_seed(0)
     model = timm.create_model(get_spec(BACKBONE).timm_name.split(".")[0], pretrained=False, num_classes=0)
@@ -129,7 +129,7 @@ def eigen_parity(backbone, images, cfg, xp) -> list[tuple]:
     the Fiedler vectors in degrees); xp is CuPy on the GPU."""
     from kernels import smallest_eigenpairs
     from kernels.backend import to_numpy
-    from pipeline.affinity import image_affinity
+    from pipeline.spectral.affinity import image_affinity
 
     rows = []
     for image, output in zip(images, backbone(images)):
@@ -149,10 +149,10 @@ def throughput(backbone, images, cfg, device: str, xp, batches, long_side, reps,
     import pyarrow.parquet as pq
 
     from kernels import smallest_eigenpairs
-    from pipeline.affinity import image_affinity
-    from pipeline.extractor import SpectralExtractor
-    from pipeline.schema import eigen_table
-    from pipeline.sources import ImageRef
+    from pipeline.spectral.affinity import image_affinity
+    from pipeline.batch.extractor import SpectralExtractor
+    from pipeline.io.schema import eigen_table
+    from pipeline.io.sources import ImageRef
 
     rows = []
     side = long_side // backbone.patch_size * backbone.patch_size
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if device is None:
         skipped.append(("throughput table", "no GPU (pass --cpu to run it on the CPU as a smoke test)"))
     else:
-        from pipeline.backbones import create_backbone
+        from pipeline.features.backbones import create_backbone
         from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig
 
         long_side, batches, reps, repeat = (112, (1, 2), 1, 1) if args.quick else (448, (1, 8, 32), 5, 8)

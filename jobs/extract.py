@@ -24,15 +24,15 @@ from typing import Iterator
 
 from pipeline.config import (BackboneConfig, EigenConfig, ExtractConfig, GraphConfig, RuntimeConfig,
                              SegmentsConfig)
-from pipeline.schema import eigen_table, error_table
-from pipeline.progress import Progress
-from pipeline.runlog import write_run_summary
-from pipeline.attempts import Attempts, unit_key
-from pipeline.lease import RunLease, lease_owner
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids
-from pipeline.sources import ImageRef, list_images
-from pipeline.storage import with_retries
-from pipeline.dataset_sources import DATASETS, dataset_images
+from pipeline.io.schema import eigen_table, error_table
+from pipeline.io.progress import Progress
+from pipeline.io.runlog import write_run_summary
+from pipeline.io.attempts import Attempts, unit_key
+from pipeline.io.lease import RunLease, lease_owner
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids
+from pipeline.io.sources import ImageRef, list_images
+from pipeline.io.storage import with_retries
+from pipeline.io.dataset_listing import DATASETS, dataset_images
 
 PROGRESS_EVERY_S = 10.0  # a progress line in the job log at most this often
 # Ray Data blocks: one driver-made batch per block up to this many, beyond which consecutive
@@ -46,10 +46,10 @@ class ExtractActor:
     """Ray Data callable: loads the backbone once, extracts each batch and commits its shards.
 
     Poison batches: a batch that has lost `max_worker_deaths` worker processes (markers in
-    OUT, pipeline.attempts) is run one image at a time, and an image that loses as many
+    OUT, pipeline.io.attempts) is run one image at a time, and an image that loses as many
     alone becomes an error row (stage "worker") so the rest of the batch is written and the
     job finishes. Resubmits: a batch is committed only while `run_id` holds OUT's run lease
-    (pipeline.lease), so a dead driver's actors stop writing once a new driver took over."""
+    (pipeline.io.lease), so a dead driver's actors stop writing once a new driver took over."""
 
     def __init__(self, config_json: str, out: str, device: str, batch_size: int, threads: int,
                  run_id: str | None = None, max_worker_deaths: int = 2):

@@ -19,7 +19,7 @@ beside the old ones. OUT_ROOT/manifest.json records every version:
 
 The totals are counted from the shards, not summed over runs, so they stay right when runs
 retry errors or a run crashed before its record. The manifest is rewritten whole after each
-run (pipeline.storage.put_whole: a rename locally, one PUT on an object store): runs into one OUT_ROOT must not overlap (one
+run (pipeline.io.storage.put_whole: a rename locally, one PUT on an object store): runs into one OUT_ROOT must not overlap (one
 cron entry), or one run's record can be lost; the shards are unaffected.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ import fsspec
 
 from jobs import extract
 from pipeline.config import ExtractConfig, RuntimeConfig
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table
-from pipeline.sources import ImageRef
-from pipeline.storage import fresh_listing, put_whole
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table
+from pipeline.io.sources import ImageRef
+from pipeline.io.storage import fresh_listing, put_whole
 
 MANIFEST = "manifest.json"
 FIRST_ERRORS = 10

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, _dataset
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, _dataset
 from tests.conftest import ROOT
 
 

@@ -6,7 +6,6 @@ Ray workers started from the test process inherit.
 """
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

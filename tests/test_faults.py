@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from bench.synthetic_images import write_synthetic_jpegs
-from pipeline.images import TEST_EXIT_MARKER_ENV
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, read_table
+from pipeline.io.images import TEST_EXIT_MARKER_ENV
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, read_table
 from tests.conftest import ROOT
 from tests.fault_table import report
 from tests.test_job_submit import RAY, free_port
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.ray,
 # 100 batches: one actor alone needs ~10 s for them here, time for the other to load, and
 # most are left when the fault strikes.
 N_IMAGES, BATCH = 200, 2
-EXIT_MARKER = b"DEEP-SPECTRAL-TEST-EXIT"  # pipeline.images: a file holding it exits its decoder
+EXIT_MARKER = b"DEEP-SPECTRAL-TEST-EXIT"  # pipeline.io.images: a file holding it exits its decoder
 ENV = {**os.environ, "RAY_AUTH_MODE": "token",  # Ray 2.60: `ray start` heads want the token
        TEST_EXIT_MARKER_ENV: EXIT_MARKER.decode(),  # inherited by every worker of the cluster
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

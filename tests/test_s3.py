@@ -18,7 +18,7 @@ from PIL import Image
 from jobs import cli
 from jobs.extract import run_extract
 from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig
-from pipeline.shards import EIGEN_DIR, ERROR_DIR, read_table
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, read_table
 from tests.conftest import SAMPLES
 from tests.fault_table import report
 from tests.s3_server import S3Server, keys

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import fsspec
 
-from pipeline.storage import put_whole
+from pipeline.io.storage import put_whole
 
 RUNS_DIR = "runs"
 

@@ -5,7 +5,7 @@ Layout under an output URI (local path or any fsspec URL):
     OUT/eigs/part-<hash>.parquet     one row per image (pipeline.io.schema.EIGEN_SCHEMA)
     OUT/errors/part-<hash>.parquet   one row per failed image (ERROR_SCHEMA)
 
-A shard is committed whole or not at all (pipeline.storage: a local `_tmp-` file renamed into
+A shard is committed whole or not at all (pipeline.io.storage: a local `_tmp-` file renamed into
 place, or one PUT of the final key on an object store, which has no rename); readers list only
 final names. Its name hashes the config digest and the image ids it
 holds, so a retried batch overwrites its own shard instead of duplicating rows.
@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.schema import CONFIG_METADATA_KEY
-from pipeline.storage import fresh_listing, put_whole
+from pipeline.io.schema import CONFIG_METADATA_KEY
+from pipeline.io.storage import fresh_listing, put_whole
 
 EIGEN_DIR = "eigs"
 ERROR_DIR = "errors"

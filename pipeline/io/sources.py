@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import fsspec
 from fsspec.utils import glob_translate
 
-from pipeline.storage import with_retries
+from pipeline.io.storage import with_retries
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 LIST_EXTENSIONS = (".txt", ".lst")
@@ -95,7 +95,7 @@ def _list_file(fs, path: str) -> Iterator[ImageRef]:
 
 
 def read_bytes(uri: str) -> bytes:
-    """The file's bytes; an unreachable store is waited out (pipeline.storage.with_retries),
+    """The file's bytes; an unreachable store is waited out (pipeline.io.storage.with_retries),
     a missing file raises at once."""
     return with_retries(_read, uri)
 

@@ -11,7 +11,7 @@ then (Ray kills them a little later): they check `lease_owner` before each commi
 their batch once the owner changed, so the new run does not race them. Taking the lease is
 write-then-read-back, not a compare-and-swap (S3 has none): two drivers started within the
 same moment could both believe they won, so readers also keep one row per (image, config)
-(pipeline.shards). Heartbeats are the drivers' wall clocks: keep their clocks in sync (NTP).
+(pipeline.io.shards). Heartbeats are the drivers' wall clocks: keep their clocks in sync (NTP).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import uuid
 
 import fsspec
 
-from pipeline.storage import fresh_listing, is_transient, put_whole, with_retries
+from pipeline.io.storage import fresh_listing, is_transient, put_whole, with_retries
 
 LEASE_FILE = "_lease.json"
 

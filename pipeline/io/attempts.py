@@ -19,7 +19,7 @@ from typing import Iterator
 
 import fsspec
 
-from pipeline.storage import drop_empty_folder, fresh_listing, put_whole, with_retries
+from pipeline.io.storage import drop_empty_folder, fresh_listing, put_whole, with_retries
 
 ATTEMPTS_DIR = "_attempts"
 

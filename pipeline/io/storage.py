@@ -5,7 +5,7 @@ and renamed into place. Object stores (S3, GCS, MinIO, Ceph RGW) have no rename:
 `mv` is a copy and a delete, and a process killed between the two leaves the temporary
 key behind. There a single PUT of the final key is already atomic (an object appears only
 once its upload completes), so each final key is written once, from memory, and never
-through a temporary key. Readers list only final names (pipeline.shards skips `_` and `.`
+through a temporary key. Readers list only final names (pipeline.io.shards skips `_` and `.`
 names, which also hides leftover local temporaries).
 """
 from __future__ import annotations
