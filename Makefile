@@ -6,7 +6,7 @@ export DEEP_SPECTRAL_HOME ?= $(HOME)/.cache/deep-spectral
 WEIGHTS := $(DEEP_SPECTRAL_HOME)/dinov2_vits14_offline.safetensors
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test lint weights bench clean
+.PHONY: demo test lint weights bench clean gpu-check gpu-weights
 
 # torch and torchvision in one pip command, before the project: installed separately or
 # later, pip may swap torch for a build whose torchvision fails to import.
@@ -38,6 +38,16 @@ test: lint $(WEIGHTS)
 bench: $(WEIGHTS)
 	$(PY) -m bench.bench_eigensolve
 	$(PY) -m bench.bench_core
+
+# On a bare GPU machine (torch, timm, CuPy, NumPy/SciPy, pyarrow; no Ray, no venv, no network):
+# the GPU tests, CuPy-vs-NumPy eigenpairs and a throughput table (bench/gpu_check.py).
+gpu-check:
+	$(PYTHON) bench/gpu_check.py
+
+# Here, before carrying the checkout to a GPU machine: the offline backbone as float16
+# safetensors (~44 MB) in weights/ (git-ignored), which gpu-check uses instead of random weights.
+gpu-weights: $(WEIGHTS)
+	$(PY) bench/gpu_check.py --export-weights weights
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -27,8 +27,11 @@ from pipeline.config import (BackboneConfig, EigenConfig, ExtractConfig, GraphCo
 from pipeline.io.schema import eigen_table, error_table
 from pipeline.io.progress import Progress
 from pipeline.io.runlog import write_run_summary
+from pipeline.io.attempts import Attempts, unit_key
+from pipeline.io.lease import RunLease, lease_owner
 from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids
 from pipeline.io.sources import ImageRef, list_images
+from pipeline.io.storage import with_retries
 from pipeline.io.dataset_listing import DATASETS, dataset_images
 
 PROGRESS_EVERY_S = 10.0  # a progress line in the job log at most this often
@@ -40,34 +43,98 @@ MAX_BLOCKS = 1000
 
 
 class ExtractActor:
-    """Ray Data callable: loads the backbone once, extracts each batch and commits its shards."""
+    """Ray Data callable: loads the backbone once, extracts each batch and commits its shards
+    (through `guarded_batch`: poison batches and the run lease)."""
 
-    def __init__(self, config_json: str, out: str, device: str, batch_size: int, threads: int):
-        import threadpoolctl
-        import torch
-
+    def __init__(self, config_json: str, out: str, device: str, batch_size: int, threads: int,
+                 run_id: str | None = None, max_worker_deaths: int = 2):
         from pipeline.batch.extractor import SpectralExtractor
 
-        # Ray pins OMP_NUM_THREADS=1 in workers; give each actor its share of the cores instead.
-        torch.set_num_threads(threads)
-        threadpoolctl.threadpool_limits(threads)
+        set_threads(threads)
         self.cfg = ExtractConfig.from_dict(json.loads(config_json))
-        self.out = out
+        self.out, self.run_id, self.max_deaths = out, run_id, max_worker_deaths
         self.extractor = SpectralExtractor(self.cfg, device=device, batch_size=batch_size)
+        self.attempts = Attempts(out)
 
     def __call__(self, batch: dict) -> dict:
         refs = [ImageRef(str(i), str(u)) for i, u in zip(batch["image_id"], batch["uri"])]
-        rows, errors = self.extractor(refs)
-        commit_batch(self.out, self.extractor.config_digest, self.extractor.config_json,
-                     [r.image_id for r in refs],
-                     eigen_table(rows, self.cfg.eigen.storage_dtype) if rows else None,
-                     error_table(errors) if errors else None)
-        failed = {e["image_id"]: f"{e['stage']}: {e['reason']}" for e in errors}
-        return {
-            "image_id": [r.image_id for r in refs],
-            "ok": [r.image_id not in failed for r in refs],
-            "reason": [failed.get(r.image_id, "") for r in refs],
-        }
+        digest = self.extractor.config_digest
+
+        def extract(part: list[ImageRef]) -> dict:
+            rows, errors = self.extractor(part)
+            return {"rows": rows, "errors": errors}
+
+        def commit(result: dict) -> None:
+            commit_batch(self.out, digest, self.extractor.config_json, [r.image_id for r in refs],
+                         eigen_table(result["rows"], self.cfg.eigen.storage_dtype) if result["rows"] else None,
+                         error_table(result["errors"]) if result["errors"] else None)
+
+        return guarded_batch(self, digest, refs, extract, commit)
+
+
+def set_threads(threads: int) -> None:
+    """Ray pins OMP_NUM_THREADS=1 in workers; give each actor its share of the cores instead."""
+    import threadpoolctl
+    import torch
+
+    torch.set_num_threads(threads)
+    threadpoolctl.threadpool_limits(threads)
+
+
+def guarded_batch(actor, digest: str, items: list, process, commit) -> dict:
+    """One batch of an actor (with .out, .attempts, .max_deaths, .run_id): process it, commit it,
+    and report {"image_id", "ok", "reason"} lists for the driver.
+
+    `items` have `.image_id` and `.uri` (ImageRef) or `.ref` (a ref wrapper); `process(items)`
+    returns a dict of lists, "errors" among them; `commit(result)` writes the batch's shards.
+
+    Poison batches: a batch that has lost `max_deaths` worker processes (markers in OUT,
+    pipeline.io.attempts) is run one item at a time, and an item that loses as many alone
+    becomes an error row (stage "worker") so the rest of the batch is written and the job
+    finishes. Resubmits: a batch is committed only while `run_id` holds OUT's run lease
+    (pipeline.io.lease), so a dead driver's actors stop writing once a new driver took over.
+    Every store access waits out an outage (with_retries) instead of failing the batch, which
+    Ray Data would not retry: the job stalls during an outage, then goes on."""
+    refs = [getattr(item, "ref", item) for item in items]
+    ids = [r.image_id for r in refs]
+    key = unit_key(digest, ids)
+    lost = len(with_retries(actor.attempts.deaths, key))
+    if lost < actor.max_deaths:
+        with actor.attempts.attempt(key):
+            result = process(items)
+    else:
+        result = {}
+        for item, ref in zip(items, refs):
+            one = unit_key(digest, [ref.image_id])
+            dead = actor.attempts.deaths(one)
+            if len(dead) >= actor.max_deaths:
+                part = {"errors": [worker_error(ref, digest, dead, lost)]}
+            else:
+                with actor.attempts.attempt(one):
+                    part = process([item])
+            for name, values in part.items():
+                result.setdefault(name, []).extend(values)
+        result.setdefault("errors", [])
+    if actor.run_id is not None and with_retries(lease_owner, actor.out) != actor.run_id:
+        # A newer driver owns OUT: it lists and does this batch's images itself.
+        return {"image_id": ids, "ok": [False] * len(ids),
+                "reason": ["superseded: another driver took over the run lease"] * len(ids)}
+    with_retries(commit, result)
+    if lost:
+        with_retries(actor.attempts.clear, [key] + [unit_key(digest, [i]) for i in ids])
+    failed = {e["image_id"]: f"{e['stage']}: {e['reason']}" for e in result["errors"]}
+    return {"image_id": ids, "ok": [i not in failed for i in ids], "reason": [failed.get(i, "") for i in ids]}
+
+
+def worker_error(ref: ImageRef, config_digest: str, dead: list[dict], batch_deaths: int) -> dict:
+    """The error row of an image whose worker process died every time it ran alone."""
+    where = ", ".join(f"pid {d['pid']} on {d['host']}" for d in dead)
+    return {"image_id": ref.image_id, "source_uri": ref.uri, "config_digest": config_digest,
+            "stage": "worker", "error_type": "WorkerDied",
+            "reason": (f"worker process exited while processing this image alone, {len(dead)} times "
+                       f"({where}), after its batch lost {batch_deaths}: killed by a signal or the "
+                       f"OOM killer, a crash or exit in native code, or its node lost; the exit "
+                       f"status is in the Ray logs of those processes")[:2000]}
 
 
 def pending_images(source: str | None, out: str, cfg: ExtractConfig, retry_errors: bool,
@@ -121,13 +188,24 @@ def _run_in_process(batches: list[dict], actor_cls, actor_kwargs: dict, runtime:
         yield actor(batch)
 
 
+def run_leased(out: str, runtime: RuntimeConfig, run):
+    """`run(lease)` under OUT's run lease: a driver resubmitted while this one (or its actors)
+    still runs waits, or takes over once this one's heartbeat is stale."""
+    lease = RunLease(out, runtime.lease_heartbeat_s, runtime.lease_stale_s).acquire()
+    try:
+        return run(lease)
+    finally:
+        lease.release()
+
+
 def drive(batches: list[dict], n_images: int, actor_cls, actor_kwargs: dict, runtime: RuntimeConfig,
-          local: bool, name: str) -> dict[str, str | None]:
+          local: bool, name: str, run_id: str) -> dict[str, str | None]:
     """Map `batches` through `actor_cls` (on Ray, or in this process) printing progress ->
     {image_id: None when written, else why it failed} (counts are of distinct ids)."""
+    kwargs = {**actor_kwargs, "run_id": run_id, "max_worker_deaths": runtime.max_worker_deaths}
     progress = Progress(n_images, every=PROGRESS_EVERY_S)
-    results = (_run_in_process(batches, actor_cls, actor_kwargs, runtime) if local
-               else _run_on_ray(batches, actor_cls, actor_kwargs, runtime, name))
+    results = (_run_in_process(batches, actor_cls, kwargs, runtime) if local
+               else _run_on_ray(batches, actor_cls, kwargs, runtime, name))
     outcome: dict[str, str | None] = {}
     for batch in results:
         new = {i: None if ok else reason for i, ok, reason in zip(batch["image_id"], batch["ok"], batch["reason"])
@@ -141,14 +219,15 @@ def drive(batches: list[dict], n_images: int, actor_cls, actor_kwargs: dict, run
 
 
 def finish_summary(summary: dict, outcome: dict[str, str | None], started: datetime, clock: float,
-                   local: bool, runtime: RuntimeConfig, out: str) -> dict:
+                   local: bool, runtime: RuntimeConfig, out: str, lease: RunLease) -> dict:
     """Fill a run summary from the outcome and write it to OUT/runs/ (pipeline.io.runlog)."""
     seconds = time.monotonic() - clock
     errors = [{"image_id": i, "reason": r} for i, r in outcome.items() if r is not None]
     summary.update(processed=len(outcome) - len(errors), failed=len(errors), errors=errors,
                    seconds=round(seconds, 2), images_per_second=round(len(outcome) / seconds, 3),
                    started=started.isoformat(timespec="seconds"), mode="in-process" if local else "ray",
-                   runtime=dataclasses.asdict(runtime))
+                   runtime=dataclasses.asdict(runtime),
+                   lease={"owner": lease.owner, "waited_s": round(lease.waited_s, 1), "took_over": lease.took_over})
     summary["run_file"] = write_run_summary(out, summary, started)
     return summary
 
@@ -156,28 +235,34 @@ def finish_summary(summary: dict, outcome: dict[str, str | None], started: datet
 def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: RuntimeConfig,
                 refs: list[ImageRef] | None = None, local: bool = False) -> dict:
     """Process every pending image; prints progress, returns a summary and writes it to
-    OUT/runs/ (pipeline.io.runlog) unless there was nothing to do.
+    OUT/runs/ (pipeline.io.runlog) unless there was nothing to do. Listing and the whole run
+    happen under OUT's run lease.
 
     refs: the images to do instead of listing SOURCE. local: run the same ExtractActor in
     this process instead of on Ray (no cluster; one model on all cores).
     """
     started, clock = datetime.now(timezone.utc), time.monotonic()
-    todo, skipped = pending_images(source, out, cfg, runtime.retry_errors, refs)
-    summary = {"source": source, "out": out, "config_digest": cfg.digest(), "config": cfg.to_dict(),
-               "skipped": skipped, "processed": 0, "failed": 0, "errors": []}
-    if not todo:
-        print(f"nothing to do: all {skipped} images already in {out} for config {cfg.digest()}")
+
+    def run(lease: RunLease) -> dict:
+        todo, skipped = pending_images(source, out, cfg, runtime.retry_errors, refs)
+        summary = {"source": source, "out": out, "config_digest": cfg.digest(), "config": cfg.to_dict(),
+                   "skipped": skipped, "processed": 0, "failed": 0, "errors": []}
+        if not todo:
+            print(f"nothing to do: all {skipped} images already in {out} for config {cfg.digest()}")
+            return summary
+        print(f"{len(todo)} images to do, {skipped} already done for config {cfg.digest()}")
+        outcome = drive(_batches(todo, runtime.batch_size), len(todo), ExtractActor,
+                        {"config_json": cfg.to_json(), "out": out}, runtime, local, "deep-spectral-extract",
+                        lease.owner)
+        summary = finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
+        print(f"done: {summary['processed']} images written, {summary['failed']} failed, "
+              f"{summary['seconds']} s ({summary['images_per_second']} images/s); shards in {out}/{EIGEN_DIR}, "
+              f"errors in {out}/{ERROR_DIR}, run summary {summary['run_file']}")
+        for err in summary["errors"]:
+            print(f"  failed {err['image_id']}: {err['reason']}")
         return summary
-    print(f"{len(todo)} images to do, {skipped} already done for config {cfg.digest()}")
-    outcome = drive(_batches(todo, runtime.batch_size), len(todo), ExtractActor,
-                    {"config_json": cfg.to_json(), "out": out}, runtime, local, "deep-spectral-extract")
-    summary = finish_summary(summary, outcome, started, clock, local, runtime, out)
-    print(f"done: {summary['processed']} images written, {summary['failed']} failed, "
-          f"{summary['seconds']} s ({summary['images_per_second']} images/s); shards in {out}/{EIGEN_DIR}, "
-          f"errors in {out}/{ERROR_DIR}, run summary {summary['run_file']}")
-    for err in summary["errors"]:
-        print(f"  failed {err['image_id']}: {err['reason']}")
-    return summary
+
+    return run_leased(out, runtime, run)
 
 
 def _run_on_ray(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: RuntimeConfig,
@@ -291,6 +376,13 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-actors", type=int, default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--retry-errors", action="store_true", help="retry images recorded as failed")
+    parser.add_argument("--max-worker-deaths", type=int, default=RuntimeConfig.max_worker_deaths,
+                        help="worker processes a batch may lose before its images run alone; an image "
+                             "alone that loses as many becomes an error row (stage worker)")
+    parser.add_argument("--lease-heartbeat-s", type=float, default=RuntimeConfig.lease_heartbeat_s,
+                        help="how often the driver renews its run lease in OUT")
+    parser.add_argument("--lease-stale-s", type=float, default=RuntimeConfig.lease_stale_s,
+                        help="a lease not renewed for this long is taken over by a new driver")
     parser.add_argument("--address", default=None,
                         help="Ray address (default: RAY_ADDRESS, else a new local Ray; 'auto' joins "
                              "a cluster started with `ray start` on this machine)")
@@ -310,7 +402,9 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeC
         store_features=args.store_features,
     )
     runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors,
-                            device=args.device, retry_errors=args.retry_errors, address=args.address)
+                            device=args.device, retry_errors=args.retry_errors, address=args.address,
+                            max_worker_deaths=args.max_worker_deaths, lease_heartbeat_s=args.lease_heartbeat_s,
+                            lease_stale_s=args.lease_stale_s)
     return cfg, runtime
 
 

@@ -17,6 +17,7 @@ spare the forward pass). In the same actors each image's eigenvectors and graph 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -30,6 +31,7 @@ from jobs import extract
 from pipeline.batch.labeller import GALLERY_DIR, LabelRef, ObjectLabeller, panel_name
 from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.evaluation.panels import gallery_html
+from pipeline.io.attempts import Attempts
 from pipeline.io.coco_instances import coco_ids_by_file_name, stable_image_id, write_instances
 from pipeline.io.schema import eigen_table, error_table, object_table
 from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, commit_tables, finished_ids, scan_batches,
@@ -45,30 +47,32 @@ OBJECT_CATEGORY = [{"id": 1, "name": "object", "supercategory": "object"}]
 class LabelActor:
     """Ray Data callable: loads the backbone once, labels each batch and commits its shards."""
 
-    def __init__(self, config_json: str, label_json: str, out: str, device: str, batch_size: int, threads: int):
-        import threadpoolctl
-        import torch
-
-        torch.set_num_threads(threads)
-        threadpoolctl.threadpool_limits(threads)
+    def __init__(self, config_json: str, label_json: str, out: str, device: str, batch_size: int, threads: int,
+                 run_id: str | None = None, max_worker_deaths: int = 2):
+        extract.set_threads(threads)
         self.extract_json, self.label_json, self.out = config_json, label_json, out
+        self.run_id, self.max_deaths, self.attempts = run_id, max_worker_deaths, Attempts(out)
         self.labeller = ObjectLabeller(ExtractConfig.from_dict(json.loads(config_json)),
                                        LabelConfig.from_dict(json.loads(label_json)), out, device, batch_size)
 
     def __call__(self, batch: dict) -> dict:
         items = [LabelRef(ImageRef(str(i), str(u)), bool(h), str(s), bool(p)) for i, u, h, s, p in
                  zip(batch["image_id"], batch["uri"], batch["has_row"], batch["features_shard"], batch["panel"])]
-        ids = [i.ref.image_id for i in items]
-        result = self.labeller(items)
         digest = self.labeller.digest
-        commit_tables(self.out, shard_name(digest, ids), {
-            EIGEN_DIR: (eigen_table(result.eigen_rows, self.labeller.extractor.cfg.eigen.storage_dtype)
-                        if result.eigen_rows else None, self.extract_json),
-            LABELS_DIR: (object_table(result.objects) if result.objects else None, self.label_json),
-            ERROR_DIR: (error_table(result.errors) if result.errors else None, self.label_json),
-        })
-        failed = {e["image_id"]: f"{e['stage']}: {e['reason']}" for e in result.errors}
-        return {"image_id": ids, "ok": [i not in failed for i in ids], "reason": [failed.get(i, "") for i in ids]}
+        storage_dtype = self.labeller.extractor.cfg.eigen.storage_dtype
+
+        def label(part: list[LabelRef]) -> dict:
+            return dataclasses.asdict(self.labeller(part))
+
+        def commit(result: dict) -> None:
+            commit_tables(self.out, shard_name(digest, [i.ref.image_id for i in items]), {
+                EIGEN_DIR: (eigen_table(result["eigen_rows"], storage_dtype) if result.get("eigen_rows") else None,
+                            self.extract_json),
+                LABELS_DIR: (object_table(result["objects"]) if result.get("objects") else None, self.label_json),
+                ERROR_DIR: (error_table(result["errors"]) if result["errors"] else None, self.label_json),
+            })
+
+        return extract.guarded_batch(self, digest, items, label, commit)
 
 
 def gallery_ids(refs: list[ImageRef], n: int, seed: int = 0) -> set[str]:
@@ -86,36 +90,41 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
     started, clock = datetime.now(timezone.utc), time.monotonic()
     out = out.rstrip("/")
     digest = label_digest(cfg.digest(), label_cfg)
-    done = finished_ids(out, digest, LABELS_DIR)
-    if not runtime.retry_errors:
-        done |= finished_ids(out, digest, ERROR_DIR)
-    todo = [r for r in refs if r.image_id not in done]
-    summary = {"source": source, "out": out, "config_digest": digest, "extract_digest": cfg.digest(),
-               "config": cfg.to_dict(), "label_config": label_cfg.to_dict(),
-               "skipped": len(refs) - len(todo), "processed": 0, "failed": 0, "errors": []}
-    if not todo:
-        print(f"nothing to do: all {len(refs)} images already labelled in {out} for config {digest}")
+
+    def run(lease) -> dict:
+        done = finished_ids(out, digest, LABELS_DIR)
+        if not runtime.retry_errors:
+            done |= finished_ids(out, digest, ERROR_DIR)
+        todo = [r for r in refs if r.image_id not in done]
+        summary = {"source": source, "out": out, "config_digest": digest, "extract_digest": cfg.digest(),
+                   "config": cfg.to_dict(), "label_config": label_cfg.to_dict(),
+                   "skipped": len(refs) - len(todo), "processed": 0, "failed": 0, "errors": []}
+        if not todo:
+            print(f"nothing to do: all {len(refs)} images already labelled in {out} for config {digest}")
+            return summary
+        print(f"{len(todo)} images to label, {summary['skipped']} already done for config {digest}")
+        rows = shard_files(out, cfg.digest(), EIGEN_DIR)
+        panels = gallery_ids(refs, gallery)
+        batches = [{"image_id": [r.image_id for r in chunk], "uri": [r.uri for r in chunk],
+                    "has_row": [r.image_id in rows for r in chunk],
+                    "features_shard": [rows.get(r.image_id, "") if cfg.store_features else "" for r in chunk],
+                    "panel": [r.image_id in panels for r in chunk]}
+                   for chunk in (todo[s:s + runtime.batch_size] for s in range(0, len(todo), runtime.batch_size))]
+        outcome = extract.drive(batches, len(todo), LabelActor,
+                                {"config_json": cfg.to_json(), "label_json": label_cfg.to_json(), "out": out},
+                                runtime, local, "deep-spectral-label", lease.owner)
+        summary["instances"] = write_dataset_instances(out, digest, coco_annotations)
+        summary["gallery"] = write_gallery(out, digest, sorted(panels), summary)
+        summary = extract.finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
+        print(f"done: {summary['processed']} images labelled, {summary['failed']} failed, "
+              f"{summary['seconds']} s ({summary['images_per_second']} images/s); "
+              f"{summary['instances']['annotations']} objects in {out}/{INSTANCES_FILE}, "
+              f"gallery {summary['gallery']}, run summary {summary['run_file']}")
+        for err in summary["errors"]:
+            print(f"  failed {err['image_id']}: {err['reason']}")
         return summary
-    print(f"{len(todo)} images to label, {summary['skipped']} already done for config {digest}")
-    rows = shard_files(out, cfg.digest(), EIGEN_DIR)
-    panels = gallery_ids(refs, gallery)
-    batches = [{"image_id": [r.image_id for r in chunk], "uri": [r.uri for r in chunk],
-                "has_row": [r.image_id in rows for r in chunk],
-                "features_shard": [rows.get(r.image_id, "") if cfg.store_features else "" for r in chunk],
-                "panel": [r.image_id in panels for r in chunk]}
-               for chunk in (todo[s:s + runtime.batch_size] for s in range(0, len(todo), runtime.batch_size))]
-    outcome = extract.drive(batches, len(todo), LabelActor,
-                            {"config_json": cfg.to_json(), "label_json": label_cfg.to_json(), "out": out},
-                            runtime, local, "deep-spectral-label")
-    summary["instances"] = write_dataset_instances(out, digest, coco_annotations)
-    summary["gallery"] = write_gallery(out, digest, sorted(panels), summary)
-    summary = extract.finish_summary(summary, outcome, started, clock, local, runtime, out)
-    print(f"done: {summary['processed']} images labelled, {summary['failed']} failed, "
-          f"{summary['seconds']} s ({summary['images_per_second']} images/s); {summary['instances']['annotations']} "
-          f"objects in {out}/{INSTANCES_FILE}, gallery {summary['gallery']}, run summary {summary['run_file']}")
-    for err in summary["errors"]:
-        print(f"  failed {err['image_id']}: {err['reason']}")
-    return summary
+
+    return extract.run_leased(out, runtime, run)
 
 
 def object_rows(out: str, digest: str, columns: list[str]) -> Iterator[dict]:

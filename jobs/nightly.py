@@ -19,7 +19,7 @@ beside the old ones. OUT_ROOT/manifest.json records every version:
 
 The totals are counted from the shards, not summed over runs, so they stay right when runs
 retry errors or a run crashed before its record. The manifest is rewritten whole after each
-run (written to a temporary name, then renamed): runs into one OUT_ROOT must not overlap (one
+run (pipeline.io.storage.put_whole: a rename locally, one PUT on an object store): runs into one OUT_ROOT must not overlap (one
 cron entry), or one run's record can be lost; the shards are unaffected.
 """
 from __future__ import annotations
@@ -29,7 +29,6 @@ import json
 import re
 import sys
 import time
-import uuid
 from datetime import datetime, timezone
 
 import fsspec
@@ -38,6 +37,7 @@ from jobs import extract
 from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table
 from pipeline.io.sources import ImageRef
+from pipeline.io.storage import fresh_listing, put_whole
 
 MANIFEST = "manifest.json"
 FIRST_ERRORS = 10
@@ -73,17 +73,16 @@ def run_nightly(source: str, refs: list[ImageRef], out_root: str, cfg: ExtractCo
 def _record(out_root: str, version: str, cfg: ExtractConfig, out: str, run: dict) -> dict:
     fs, root = fsspec.core.url_to_fs(out_root)
     path = f"{root.rstrip('/')}/{MANIFEST}"
+    fresh_listing(fs, root)
     manifest = json.loads(fs.cat_file(path)) if fs.exists(path) else {"versions": {}}
     entry = manifest["versions"].setdefault(version, {
         "backbone": cfg.backbone.name, "config_digest": cfg.digest(), "config": cfg.to_dict(), "runs": []})
     entry["runs"].append(run)
     entry.update(_totals(out, cfg.digest()))
     manifest["updated"] = run["ended"]
-    fs.makedirs(root, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with fs.open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-    fs.mv(tmp, path)  # readers see the old manifest or the new one, never half of one
+    # Readers see the old manifest or the new one, never half of one (a rename locally, one
+    # PUT on an object store).
+    put_whole(fs, path, json.dumps(manifest, indent=2).encode())
     return entry
 
 

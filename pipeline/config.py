@@ -128,3 +128,10 @@ class RuntimeConfig:
     device: str = "auto"  # "auto", "cpu" or "cuda"
     retry_errors: bool = False
     address: Optional[str] = None  # Ray address; None = RAY_ADDRESS, else a new local Ray
+    # Worker processes a batch may lose (killed, crashed, node lost) before its images are run
+    # one at a time; an image alone that loses as many becomes an error row (stage "worker").
+    max_worker_deaths: int = 2
+    # The run lease in OUT (pipeline.io.lease): heartbeat period, and the age at which a silent
+    # driver's lease is taken over by a new one.
+    lease_heartbeat_s: float = 10.0
+    lease_stale_s: float = 60.0

@@ -1,5 +1,6 @@
 """Faults on a real multi-node Ray cluster on this machine: a killed actor, a lost node, a
-killed driver. Each time every image must end up exactly once in OUT/eigs or OUT/errors.
+killed driver, an image that kills its worker, a driver resubmitted at once. Each time every
+image must end up exactly once in OUT/eigs or OUT/errors.
 
 The cluster is three `ray start --block` nodes of one CPU each (head + two workers; a node
 is that process and everything under it), shared by the tests of this module. Ray
@@ -19,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from bench.synthetic_images import write_synthetic_jpegs
+from pipeline.io.images import TEST_EXIT_MARKER_ENV
 from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, read_table
 from tests.conftest import ROOT
+from tests.fault_table import report
 from tests.test_job_submit import RAY, free_port
 
 pytestmark = [pytest.mark.ray,
@@ -28,7 +31,9 @@ pytestmark = [pytest.mark.ray,
 # 100 batches: one actor alone needs ~10 s for them here, time for the other to load, and
 # most are left when the fault strikes.
 N_IMAGES, BATCH = 200, 2
+EXIT_MARKER = b"DEEP-SPECTRAL-TEST-EXIT"  # pipeline.io.images: a file holding it exits its decoder
 ENV = {**os.environ, "RAY_AUTH_MODE": "token",  # Ray 2.60: `ray start` heads want the token
+       TEST_EXIT_MARKER_ENV: EXIT_MARKER.decode(),  # inherited by every worker of the cluster
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
@@ -133,12 +138,14 @@ def committed_ids(out: Path) -> list[str]:
     return ids
 
 
-def start_job(images: Path, out: Path, address: str, summary: Path) -> subprocess.Popen:
+def start_job(images: Path, out: Path, address: str, summary: Path, batch: int = BATCH,
+              *extra: str) -> subprocess.Popen:
+    # A short lease: a resubmit takes a killed driver's lease over after 10 s, not 60.
     with open(out.parent / f"{summary.stem}.log", "w") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "jobs.extract", str(images), "--out", str(out), "--long-side", "112",
-             "--k", "4", "--batch-size", str(BATCH), "--num-actors", "2", "--address", address,
-             "--summary", str(summary)],
+             "--k", "4", "--batch-size", str(batch), "--num-actors", "2", "--address", address,
+             "--summary", str(summary), "--lease-heartbeat-s", "2", "--lease-stale-s", "10", *extra],
             cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -193,6 +200,7 @@ def test_killed_actor_is_restarted_and_its_batch_redone(cluster, images, tmp_pat
     assert at_fault < N_IMAGES // BATCH, "the job had finished before the fault"
     assert sorted(ids) == images[1]  # every image exactly once, in eigs or errors
     assert (summary["processed"], summary["failed"], summary["skipped"]) == (N_IMAGES, 0, 0)
+    report("actor killed (SIGKILL)", N_IMAGES, str(tmp_path / "out"))
     record = Path(summary["run_file"].removeprefix("file://"))  # the run's own record in OUT/runs
     assert json.loads(record.read_text())["mode"] == "ray"
 
@@ -216,6 +224,55 @@ def test_killed_driver_resumes_without_redoing_work(cluster, images, tmp_path):
     after = shards(out)
     assert {name: after.get(name) for name in before} == before  # finished shards untouched
     assert sorted(committed_ids(out)) == names
+    report("driver killed, resubmitted after its actors exit", N_IMAGES, str(out))
+
+
+def test_resubmit_at_once_while_old_actors_run(cluster, images, tmp_path):
+    """The driver is killed and the same job resubmitted at once, its actors still running:
+    the new driver waits for the dead one's lease to go stale, takes it over, and the old
+    actors stop committing; readers keep one row per image whatever the shards hold."""
+    address, nodes = cluster
+    folder, names = images
+    out = tmp_path / "out"
+    job = start_job(folder, out, address, tmp_path / "first.json")
+    wait_for(lambda: len(shards(out)) >= 4 and len(actor_pids(nodes, loaded=True)) == 2, 300,
+             "4 shards and 2 loaded actors", job)
+    job.kill()
+    job.wait(timeout=60)
+    old_actors = set(actor_pids(nodes))
+    second = start_job(folder, out, address, tmp_path / "second.json")
+    summary, log = finish(second, tmp_path / "second.json")
+    assert "waiting for run" in log and summary["lease"]["took_over"]  # the dead driver's lease
+    ids = committed_ids(out)
+    assert sorted(ids) == names  # every image once, as readers see them
+    line = report("driver killed, resubmitted at once", N_IMAGES, str(out),
+                  old_actors_alive_at_resubmit=len(old_actors), lease_wait_s=summary["lease"]["waited_s"])
+    assert line["rows_out"] + line["error_rows"] == N_IMAGES
+
+
+def test_poison_image_becomes_one_worker_error_row(cluster, tmp_path):
+    """One image's decoder exits its process (os._exit through the test hook) every time, one
+    is plainly corrupt: the poison batch loses its worker, is split, the poison image loses
+    its worker alone and becomes the only 'worker' error row; everything else is written."""
+    address, _ = cluster
+    folder = tmp_path / "images"
+    names = write_synthetic_jpegs(folder, 10)
+    poison, corrupt = folder / "img00005.jpg", folder / "img00002.jpg"
+    poison.write_bytes(poison.read_bytes() + EXIT_MARKER)  # still a valid JPEG
+    corrupt.write_bytes(corrupt.read_bytes()[:300])
+    out = tmp_path / "out"
+    summary, log = finish(start_job(folder, out, address, tmp_path / "poison.json", 4,
+                                    "--max-worker-deaths", "1"), tmp_path / "poison.json")
+    rows = read_table(str(out), EIGEN_DIR, columns=["image_id"]).column("image_id").to_pylist()
+    errors = {e["image_id"]: e for e in read_table(str(out), ERROR_DIR).to_pylist()}
+    assert sorted(rows) == sorted(set(names) - {poison.name, corrupt.name})
+    assert set(errors) == {poison.name, corrupt.name}
+    assert (errors[poison.name]["stage"], errors[poison.name]["error_type"]) == ("worker", "WorkerDied")
+    assert "exited while processing this image alone, 1 times" in errors[poison.name]["reason"]
+    assert errors[corrupt.name]["stage"] == "decode" and "will be retried" in log
+    assert (summary["processed"], summary["failed"]) == (8, 2)
+    assert not (out / "_attempts").exists() or not any((out / "_attempts").rglob("*.json"))
+    report("poison image (decoder os._exit) + corrupt file", 10, str(out))
 
 
 def test_lost_worker_node_moves_its_actor(cluster, images, tmp_path):
@@ -230,3 +287,4 @@ def test_lost_worker_node_moves_its_actor(cluster, images, tmp_path):
     assert at_fault < N_IMAGES // BATCH, "the job had finished before the fault"
     assert sorted(ids) == images[1]
     assert (summary["processed"], summary["failed"]) == (N_IMAGES, 0)
+    report("worker node killed (SIGKILL of raylet, agents, actor)", N_IMAGES, str(tmp_path / "out"))

@@ -44,7 +44,7 @@ def test_nightly_versions_reruns_and_manifest(tmp_path, offline_weights, capsys)
     assert (run["processed"], run["failed"], run["skipped"]) == (2, 1, 0)
     assert run["images_per_s"] > 0 and run["started"] <= run["ended"] == manifest["updated"]
     assert run["source"] == str(images)
-    assert not list(root.glob("*.tmp-*"))  # the manifest's temporary file was renamed away
+    assert not list(root.glob("_tmp-*"))  # the manifest's temporary file was renamed away
 
     # The next night finds nothing new: no shard is written, and the manifest says so.
     before = _files(root)

@@ -7,10 +7,16 @@ before they cost memory.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Tests only (tests/test_faults.py): bytes containing this variable's value make the decoding
+# process exit at once, as a crashing native decoder would. Never set in production.
+TEST_EXIT_MARKER_ENV = "DEEP_SPECTRAL_TEST_EXIT_MARKER"
+TEST_EXIT_CODE = 86
 
 # Our own max_pixels check replaces PIL's global bomb guard (which is process-wide state).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -29,6 +35,9 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000) -> np.ndarray:
     """Bytes of any PIL-readable format -> (H, W, 3) uint8 RGB, EXIF orientation applied."""
     if not data:
         raise ImageError("decode", "empty file (0 bytes)")
+    marker = os.environ.get(TEST_EXIT_MARKER_ENV)
+    if marker and marker.encode() in data:
+        os._exit(TEST_EXIT_CODE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

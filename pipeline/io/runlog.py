@@ -6,10 +6,11 @@ errors), so a resumed or repeated job leaves a history next to its output.
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime
 
 import fsspec
+
+from pipeline.io.storage import put_whole
 
 RUNS_DIR = "runs"
 
@@ -18,10 +19,6 @@ def write_run_summary(out: str, summary: dict, started: datetime) -> str:
     """Write `summary` under OUT/runs/ (whole or absent, like shards); returns its URI."""
     fs, root = fsspec.core.url_to_fs(out)
     folder = f"{root.rstrip('/')}/{RUNS_DIR}"
-    fs.makedirs(folder, exist_ok=True)
     name = f"{started:%Y%m%dT%H%M%S}Z-{summary['config_digest']}.json"
-    tmp = f"{folder}/_tmp-{uuid.uuid4().hex}-{name}"
-    with fs.open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
-    fs.mv(tmp, f"{folder}/{name}")
+    put_whole(fs, f"{folder}/{name}", json.dumps(summary, indent=2).encode())
     return fs.unstrip_protocol(f"{folder}/{name}")

@@ -5,8 +5,9 @@ Layout under an output URI (local path or any fsspec URL):
     OUT/eigs/part-<hash>.parquet     one row per image (pipeline.io.schema.EIGEN_SCHEMA)
     OUT/errors/part-<hash>.parquet   one row per failed image (ERROR_SCHEMA)
 
-A shard is written to `_tmp-...` and renamed into place, so a reader sees it whole or not at
-all (pyarrow skips `_`-prefixed files). Its name hashes the config digest and the image ids it
+A shard is committed whole or not at all (pipeline.io.storage: a local `_tmp-` file renamed into
+place, or one PUT of the final key on an object store, which has no rename); readers list only
+final names. Its name hashes the config digest and the image ids it
 holds, so a retried batch overwrites its own shard instead of duplicating rows.
 `commit_batch` names both of a batch's shards after the whole batch, so this holds even when
 a retry splits it differently between rows and errors (a transient read error that cleared).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import io
 from typing import Iterator
 
 import fsspec
@@ -24,6 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.io.schema import CONFIG_METADATA_KEY
+from pipeline.io.storage import fresh_listing, put_whole
 
 EIGEN_DIR = "eigs"
 ERROR_DIR = "errors"
@@ -48,10 +50,9 @@ def write_shard(table: pa.Table, out: str, kind: str, config_json: str, name: st
     metadata = dict(table.schema.metadata or {})
     metadata[CONFIG_METADATA_KEY] = config_json.encode()
     table = table.replace_schema_metadata(metadata)
-    tmp = f"{folder}/_tmp-{uuid.uuid4().hex}-{name}"
-    with fs.open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-    fs.mv(tmp, f"{folder}/{name}")
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    put_whole(fs, f"{folder}/{name}", buf.getvalue())
     return fs.unstrip_protocol(f"{folder}/{name}")
 
 
@@ -78,6 +79,7 @@ def commit_tables(out: str, name: str, tables: dict[str, tuple[pa.Table | None, 
 def _dataset(out: str, kind: str):
     fs, root = fsspec.core.url_to_fs(out)
     folder = f"{root.rstrip('/')}/{kind}"
+    fresh_listing(fs, folder)
     if not fs.exists(folder):
         return None
     # An explicit sorted file list: scans then visit shards in the same order every run.
@@ -86,10 +88,36 @@ def _dataset(out: str, kind: str):
     return ds.dataset(files, filesystem=fs, format="parquet") if files else None
 
 
+KEY_COLUMNS = ["image_id", "config_digest"]
+# What one row stands for, where it is more than an image: an object of an image.
+KIND_KEYS = {LABELS_DIR: ["image_id", "object", "config_digest"]}
+
+
+def key_columns(kind: str) -> list[str]:
+    return KIND_KEYS.get(kind, KEY_COLUMNS)
+
+
+def _first_of_each(batch: pa.RecordBatch, seen: set, columns: list[str], keys: list[str]) -> pa.RecordBatch:
+    """The rows of `batch` whose key (`keys` columns) is not in `seen` (which it grows),
+    restricted to `columns`."""
+    keep = []
+    for i, key in enumerate(zip(*(batch.column(k).to_pylist() for k in keys))):
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    if len(keep) < batch.num_rows:
+        batch = batch.take(pa.array(keep, pa.int64()))
+    return batch.select(columns)
+
+
 def scan_batches(out: str, kind: str, columns: list[str], config_digest: str | None = None,
                  batch_rows: int = 1024, image_ids: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream OUT/kind in record batches of at most `batch_rows` rows, in a fixed order,
-    holding one batch in memory at a time; optionally only one config's rows, or some images'."""
+    holding one batch in memory at a time; optionally only one config's rows, or some images'.
+
+    One row per key (image_id, config_digest; objects: also `object`): shards of two drivers that overlapped (a resubmit
+    while the first job's actors still ran) may hold an image twice; the first in shard order
+    is kept. The keys seen are the only state that grows (ids, not data)."""
     dataset = _dataset(out, kind)
     if dataset is None:
         return
@@ -99,14 +127,30 @@ def scan_batches(out: str, kind: str, columns: list[str], config_digest: str | N
     if image_ids is not None:
         wanted = ds.field("image_id").isin(sorted(image_ids))
         filter_ = wanted if filter_ is None else filter_ & wanted
-    yield from dataset.to_batches(columns=columns, filter=filter_, batch_size=batch_rows,
-                                  use_threads=False)
+    keys = key_columns(kind)
+    read = columns + [c for c in keys if c not in columns]
+    seen: set = set()
+    for batch in dataset.to_batches(columns=read, filter=filter_, batch_size=batch_rows, use_threads=False):
+        batch = _first_of_each(batch, seen, columns, keys)
+        if batch.num_rows:
+            yield batch
 
 
 def read_table(out: str, kind: str = EIGEN_DIR, columns: list[str] | None = None) -> pa.Table | None:
-    """Every committed row under OUT/kind, or None when nothing was written yet."""
+    """Every committed row under OUT/kind, one per (image_id, config_digest) as in
+    `scan_batches`, or None when nothing was written yet."""
     dataset = _dataset(out, kind)
-    return None if dataset is None else dataset.to_table(columns=columns)
+    if dataset is None:
+        return None
+    columns = columns or dataset.schema.names
+    batches = list(scan_batches(out, kind, columns))
+    return pa.Table.from_batches(batches) if batches else dataset.to_table(columns=columns).slice(0, 0)
+
+
+def raw_row_count(out: str, kind: str = EIGEN_DIR) -> int:
+    """Rows in the shard files as stored, duplicates included (what the fault tests compare)."""
+    dataset = _dataset(out, kind)
+    return 0 if dataset is None else dataset.count_rows()
 
 
 def shard_config(out: str, config_digest: str, kind: str = EIGEN_DIR) -> dict:

@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 import fsspec
 from fsspec.utils import glob_translate
 
+from pipeline.io.storage import with_retries
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 LIST_EXTENSIONS = (".txt", ".lst")
 
@@ -93,5 +95,11 @@ def _list_file(fs, path: str) -> Iterator[ImageRef]:
 
 
 def read_bytes(uri: str) -> bytes:
+    """The file's bytes; an unreachable store is waited out (pipeline.io.storage.with_retries),
+    a missing file raises at once."""
+    return with_retries(_read, uri)
+
+
+def _read(uri: str) -> bytes:
     with fsspec.open(uri, "rb") as f:
         return f.read()

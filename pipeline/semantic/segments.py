@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from sklearn.cluster import KMeans
 
 from pipeline.config import SegmentsConfig
 from pipeline.features.geometry import GridGeometry, cells_to_box
@@ -33,6 +32,10 @@ def segment_map(eigenvectors: np.ndarray, cfg: SegmentsConfig) -> np.ndarray:
     m = max(1, min(cfg.n_eigenvectors, k - 1))
     points = eigenvectors[1:1 + m].reshape(m, -1).T.astype(np.float64)
     n_clusters = max(1, min(cfg.n_segments, len(np.unique(points.round(6), axis=0))))
+    # Imported here: extraction without segments (bench/gpu_check.py's bare GPU machine) needs
+    # no scikit-learn.
+    from sklearn.cluster import KMeans
+
     raw = KMeans(n_clusters=n_clusters, n_init=3, random_state=cfg.seed).fit_predict(points)
     raw = raw.reshape(h, w)
 

@@ -1,0 +1,40 @@
+"""bench/gpu_check.py must run on a bare GPU machine: no Ray, pymatting, scikit-learn or ONNX
+there. Here it runs with those imports blocked: the default run skips the GPU parts and says
+why; --cpu --quick runs every measured part's code at toy sizes."""
+import subprocess
+import sys
+
+import torch
+
+from tests.conftest import ROOT
+
+# sys.modules[name] = None makes `import name` (and its submodules) raise ImportError.
+BLOCKED = ("ray", "pymatting", "sklearn", "onnx", "onnxruntime")
+LAUNCH = ("import runpy, sys; sys.modules.update({m: None for m in %r}); "
+          "sys.argv = ['bench/gpu_check.py'] + sys.argv[1:]; "
+          "runpy.run_path('bench/gpu_check.py', run_name='__main__')" % (BLOCKED,))
+
+
+def run_check(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-c", LAUNCH, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_without_a_gpu_every_gpu_part_is_skipped_with_its_reason():
+    out = run_check()
+    assert "CUDA available:" in out
+    if not torch.cuda.is_available():
+        for part in ("GPU tests (pytest -m gpu)", "CuPy vs NumPy eigenpairs", "throughput table"):
+            assert f"skipped: {part}: " in out
+
+
+def test_the_measured_parts_run_on_the_cpu_without_ray_or_pymatting():
+    out = run_check("--cpu", "--quick")
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    stages = {line.split(" | ")[0].lstrip("| ") for line in table}
+    assert {"backbone forward", "graph", "eigensolve", "write", "end to end"} <= stages
+    assert sum("bf16 autocast" in line for line in table) == 2  # batches 1 and 2
+    assert "weights: " in out and ("RANDOM weights" in out or "float16 file" in out)
+    assert "skipped: throughput table" not in out
