@@ -24,7 +24,8 @@ $(WEIGHTS): $(VENV)/.installed
 weights: $(WEIGHTS)
 
 demo: $(WEIGHTS)
-	$(VENV)/bin/deep-spectral extract samples --out $(DEMO_OUT) --summary $(DEMO_OUT)-summary.json
+	$(VENV)/bin/deep-spectral label samples --out $(DEMO_OUT) --summary $(DEMO_OUT)-summary.json
+	@echo "gallery: $(DEMO_OUT)/gallery/index.html   objects: $(DEMO_OUT)/instances.json (COCO), $(DEMO_OUT)/labels/*.parquet"
 	@echo "eigenvector shards: $(DEMO_OUT)/eigs/*.parquet  (errors: $(DEMO_OUT)/errors/, summary: $(DEMO_OUT)-summary.json)"
 
 # Layering (import-linter contracts in pyproject.toml) and ruff's small rule set, before the tests.

@@ -26,19 +26,21 @@ from typing import Iterator
 
 import fsspec
 import numpy as np
+from PIL import Image
 
 from jobs import extract
 from pipeline.batch.labeller import GALLERY_DIR, LabelRef, ObjectLabeller, panel_name
 from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.evaluation.panels import gallery_html
 from pipeline.io.attempts import Attempts
-from pipeline.io.coco_instances import coco_ids_by_file_name, stable_image_id, write_instances
+from pipeline.io.coco_instances import coco_ids_by_file_name, decode_mask, stable_image_id, write_instances
 from pipeline.io.schema import eigen_table, error_table, object_table
 from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, commit_tables, finished_ids, scan_batches,
                                 shard_files, shard_name)
 from pipeline.io.sources import ImageRef
 from pipeline.objects.discovery import DISCOVERY, DiscoveryConfig
 from pipeline.objects.instances import SCORES, LabelConfig, label_digest
+from pipeline.semantic.pseudo_labels import decode_label_png
 
 INSTANCES_FILE = "instances.json"
 OBJECT_CATEGORY = [{"id": 1, "name": "object", "supercategory": "object"}]
@@ -84,7 +86,8 @@ def gallery_ids(refs: list[ImageRef], n: int, seed: int = 0) -> set[str]:
 
 
 def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: LabelConfig, runtime: RuntimeConfig,
-              refs: list[ImageRef], local: bool = False, gallery: int = 50, coco_annotations: str | None = None) -> dict:
+              refs: list[ImageRef], local: bool = False, gallery: int = 50, coco_annotations: str | None = None,
+              clusters_dir: str | None = None) -> dict:
     """Label every pending image, then write OUT/instances.json and OUT/gallery/index.html;
     prints progress, returns the run summary (also in OUT/runs/)."""
     started, clock = datetime.now(timezone.utc), time.monotonic()
@@ -113,7 +116,7 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
         outcome = extract.drive(batches, len(todo), LabelActor,
                                 {"config_json": cfg.to_json(), "label_json": label_cfg.to_json(), "out": out},
                                 runtime, local, "deep-spectral-label", lease.owner)
-        summary["instances"] = write_dataset_instances(out, digest, coco_annotations)
+        summary["instances"] = write_dataset_instances(out, digest, coco_annotations, clusters_dir)
         summary["gallery"] = write_gallery(out, digest, sorted(panels), summary)
         summary = extract.finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
         print(f"done: {summary['processed']} images labelled, {summary['failed']} failed, "
@@ -133,10 +136,37 @@ def object_rows(out: str, digest: str, columns: list[str]) -> Iterator[dict]:
         yield from batch.to_pylist()
 
 
-def write_dataset_instances(out: str, digest: str, coco_annotations: str | None = None) -> dict:
+def cluster_categories(clusters_dir: str):
+    """A `deep-spectral cluster` output -> (its categories, object row -> category id): an
+    object takes the cluster covering most of its non-background pixels in that image's
+    label PNG; one with none gets the extra category "unassigned"."""
+    with fsspec.open(f"{clusters_dir.rstrip('/')}/cluster.json") as f:
+        n = json.load(f)["config"]["cluster"]["n_clusters"]
+    categories = [{"id": c, "name": f"cluster {c - 1}", "supercategory": "object"} for c in range(1, n + 1)]
+    categories.append({"id": n + 1, "name": "unassigned", "supercategory": "object"})
+
+    def category_of(row: dict) -> int:
+        stem = row["image_id"].rsplit(".", 1)[0]
+        with fsspec.open(f"{clusters_dir.rstrip('/')}/labels/{stem}.png", "rb") as f:
+            labels = decode_label_png(f.read())
+        if labels.shape != (row["height"], row["width"]):
+            labels = np.asarray(Image.fromarray(labels).resize((row["width"], row["height"]), Image.NEAREST))
+        inside = labels[decode_mask(row["segmentation"], row["height"], row["width"])]
+        counts = np.bincount(inside[inside > 0], minlength=n + 1)
+        return int(counts.argmax()) if counts.any() else n + 1
+
+    return categories, category_of
+
+
+def write_dataset_instances(out: str, digest: str, coco_annotations: str | None = None,
+                            clusters_dir: str | None = None) -> dict:
     """OUT/labels -> OUT/instances.json, streamed (rows of one image are contiguous: a batch
-    commits all of an image's objects in one shard). Image ids: the COCO file's when given."""
+    commits all of an image's objects in one shard). Image ids: the COCO file's when given.
+    Categories: one ("object"), or the clusters of a `cluster` run (`cluster_categories`)."""
     by_name = coco_ids_by_file_name(coco_annotations) if coco_annotations else {}
+    categories, category_of = OBJECT_CATEGORY, (lambda row: 1)
+    if clusters_dir:
+        categories, category_of = cluster_categories(clusters_dir)
 
     def image_id(name: str) -> int:
         return by_name.get(name) or by_name.get(name.rsplit("/", 1)[-1]) or stable_image_id(name)
@@ -152,7 +182,7 @@ def write_dataset_instances(out: str, digest: str, coco_annotations: str | None 
         for n, row in enumerate(object_rows(out, digest, ["image_id", "height", "width", "box", "score", "area",
                                                         "segmentation", "method", "rank"]), start=1):
             x0, y0, x1, y1 = row["box"]
-            yield {"id": n, "image_id": image_id(row["image_id"]), "category_id": 1,
+            yield {"id": n, "image_id": image_id(row["image_id"]), "category_id": category_of(row),
                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
                    "area": row["area"], "iscrowd": 0, "score": round(row["score"], 6),
                    "segmentation": {"size": [row["height"], row["width"]], "counts": row["segmentation"]},
@@ -161,7 +191,7 @@ def write_dataset_instances(out: str, digest: str, coco_annotations: str | None 
     info = {"description": "deep-spectral label: class-agnostic objects", "config_digest": digest,
             "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     uri = f"{out}/{INSTANCES_FILE}"
-    n = write_instances(uri, images(), annotations(), OBJECT_CATEGORY, info)
+    n = write_instances(uri, images(), annotations(), categories, info)
     return {"uri": uri, "annotations": n}
 
 
@@ -192,6 +222,9 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
                        help="iterative: stop at an object covering more of the grid border than this")
     group.add_argument("--score", choices=sorted(SCORES), default=d.score)
     group.add_argument("--object-refine", choices=["guided", "none"], default=d.refine)
+    group.add_argument("--categories", default=None, metavar="CLUSTER_OUT",
+                       help="categories of instances.json from a `deep-spectral cluster` output folder "
+                            "(the cluster covering most of each object); default one class-agnostic category")
     group.add_argument("--gallery", type=int, default=50, help="panels: every image up to N, else a sample of N")
     group.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
 
@@ -222,7 +255,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     coco = args.annotations if args.dataset == "coco" else None
     summary = run_label(source, args.out, cfg, label_config_from_args(args), runtime, refs,
-                        local=args.local, gallery=args.gallery, coco_annotations=coco)
+                        local=args.local, gallery=args.gallery, coco_annotations=coco, clusters_dir=args.categories)
     if args.summary:
         with fsspec.open(args.summary, "w") as f:
             json.dump(summary, f, indent=2)

@@ -57,7 +57,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, gt: np.ndarray | None = None) -
 def render_panel(image: np.ndarray, eigenvectors: np.ndarray, geom: GridGeometry, *,
                  mask: np.ndarray | None = None, gt_mask: np.ndarray | None = None,
                  pred_boxes: np.ndarray | None = None, gt_boxes: np.ndarray | None = None,
-                 n_vectors: int = 3, title: str = "") -> Image.Image:
+                 n_vectors: int = 3, title: str = "", mask_title: str = "mask (red), GT (green)") -> Image.Image:
     """Original (H, W, 3) uint8 image, (k, grid_h, grid_w) oriented eigenvectors, optional
     (H, W) bool masks and (n, 4) xyxy boxes in original pixels -> one panel image."""
     scale = TILE_HEIGHT / image.shape[0]
@@ -72,7 +72,7 @@ def render_panel(image: np.ndarray, eigenvectors: np.ndarray, geom: GridGeometry
         heat = diverging(grid_to_pixels(eigenvectors[i], geom, bilinear=True))
         tiles.append(_tile(heat, f"eigenvector {i}", scale))
     if mask is not None:
-        tiles.append(_tile(overlay(image, mask, gt_mask), "mask (red), GT (green)", scale))
+        tiles.append(_tile(overlay(image, mask, gt_mask), mask_title, scale))
     panel = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), tiles[0].height), "white")
     x = 0
     for t in tiles:
