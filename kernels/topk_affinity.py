@@ -34,7 +34,9 @@ def topk_neighbors(f, k: int, budget: int = BLOCK_ENTRIES):
     cols, vals = [], []
     for start in range(0, n, step):
         scores = f[start:start + step] @ f.T
-        part = xp.argpartition(-scores, k - 1, axis=1)[:, :k]
+        # A copy: the slice alone is a view that would keep the block's whole (rows, N)
+        # int64 argpartition result alive, i.e. O(N^2) memory over all blocks.
+        part = xp.argpartition(-scores, k - 1, axis=1)[:, :k].copy()
         cols.append(part)
         vals.append(xp.take_along_axis(scores, part, axis=1))
         del scores
