@@ -32,12 +32,12 @@ def one(image: str, kind: str, upsample: int, knn: int) -> dict:
     from PIL import Image
 
     from kernels import smallest_eigenpairs
-    from pipeline.affinity import image_affinity
+    from pipeline.spectral.affinity import image_affinity
     from pipeline.config import ExtractConfig, GraphConfig
-    from pipeline.extractor import SpectralExtractor
-    from pipeline.schema import eigen_table
-    from pipeline.shards import commit_batch
-    from pipeline.sources import ImageRef
+    from pipeline.batch.extractor import SpectralExtractor
+    from pipeline.io.schema import eigen_table
+    from pipeline.io.shards import commit_batch
+    from pipeline.io.sources import ImageRef
 
     cfg = ExtractConfig(graph=GraphConfig(kind=kind, upsample=upsample,
                                           sparsify_topk=knn if kind == "sparse" else None))

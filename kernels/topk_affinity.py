@@ -2,7 +2,7 @@
 
 W keeps, for every node, its k largest entries of max(f_i . f_j, 0) over L2-normalised
 features (itself included: cos = 1), and is symmetrised by max(W, W^T): the same graph as
-sparsifying the dense affinity (pipeline.affinity.topk_graph), built in row blocks.
+sparsifying the dense affinity (pipeline.spectral.affinity.topk_graph), built in row blocks.
 
 Exact brute force by matrix products (one GEMM per block, then argpartition), so time is
 O(N^2 C) but memory is O(block * N + N * k): the block's rows are chosen so that one block of

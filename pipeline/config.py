@@ -54,7 +54,7 @@ class GraphConfig:
     upsample: int = 1
     # How the feature graph is built: "dense" forms N x N; "sparse" builds the top-k graph
     # (k = sparsify_topk, SPARSE_DEFAULT_TOPK if None) in row blocks, never N x N: memory
-    # O(N k), the same graph as "dense" with sparsify_topk (pipeline.affinity).
+    # O(N k), the same graph as "dense" with sparsify_topk (pipeline.spectral.affinity).
     kind: str = "dense"
 
 
@@ -115,10 +115,12 @@ class ExtractConfig:
         return data
 
     def to_json(self) -> str:
-        return canonical_json(self)
+        # to_dict, not canonical_json's asdict: fields at their _OMITTED_AT_DEFAULT stay out.
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
-        return digest_of(self)
+        """First 16 hex digits of the SHA-256 of to_json() (digest_of's rule)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExtractConfig":

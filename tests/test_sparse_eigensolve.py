@@ -17,7 +17,7 @@ from kernels import normalized_laplacian, smallest_eigenpairs, to_numpy
 from kernels.components import component_labels
 from kernels.knn_affinity import nearest_neighbors
 from kernels.topk_affinity import topk_cosine_graph
-from pipeline.affinity import feature_affinity, sparse_feature_affinity, topk_graph
+from pipeline.spectral.affinity import feature_affinity, sparse_feature_affinity, topk_graph
 
 K = 15
 TOL = 1e-5
@@ -70,7 +70,7 @@ def test_topk_graph_equals_sparsified_dense_graph(k):
 
 
 def test_sparse_feature_affinity_equals_dense_builder_upsampled():
-    """pipeline.affinity's sparse builder, upsampled 2x: the graph of the dense builder."""
+    """pipeline.spectral.affinity's sparse builder, upsampled 2x: the graph of the dense builder."""
     f = image_descriptors("chelsea", 300)
     gh, gw = 14, 20  # rows of the grid reshaped: any (gh, gw, C) field will do
     features = f[: gh * gw].reshape(gh, gw, -1).astype(np.float32)
@@ -180,3 +180,21 @@ class TestCuPy:
         W = topk_cosine_graph(cupy.asarray(f), 10)
         pairs = smallest_eigenpairs(W, K)
         assert_subspaces_match(pairs, W.get(), *dense_eigh(W.get()))
+
+
+# ------------------------------------------------------------------------------- config
+
+def test_graph_kind_leaves_default_digest_alone():
+    """`kind` joined GraphConfig after shards were written: at "dense" it is not in the JSON,
+    so default runs keep their digest (and shards); "sparse" is recorded and round-trips."""
+    import json
+
+    from pipeline.config import ExtractConfig, GraphConfig
+
+    default = ExtractConfig()
+    assert "kind" not in json.loads(default.to_json())["graph"]
+    assert ExtractConfig.from_dict(json.loads(default.to_json())) == default
+    sparse = ExtractConfig(graph=GraphConfig(kind="sparse", sparsify_topk=10))
+    assert json.loads(sparse.to_json())["graph"]["kind"] == "sparse"
+    assert sparse.digest() != default.digest()
+    assert ExtractConfig.from_dict(json.loads(sparse.to_json())) == sparse
