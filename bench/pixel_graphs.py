@@ -10,8 +10,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def image_graph(name: str, n_target: int, patch: int = 8) -> np.ndarray:
-    """Dense W (N, N) = max(f fᵀ, 0), N ~ n_target, over L2-normalised descriptors of the
-    patch × patch cells of samples/<name>.jpg: mean-centred RGB plus grid position."""
+    """Dense W (N, N) = max(f fᵀ, 0), N ~ n_target, over image_descriptors(name, n_target)."""
+    f = image_descriptors(name, n_target, patch)
+    return np.maximum(f @ f.T, 0.0)
+
+
+def image_descriptors(name: str, n_target: int, patch: int = 8) -> np.ndarray:
+    """(N, 3·patch² + 2) L2-normalised descriptors, N ~ n_target, of the patch × patch cells
+    of samples/<name>.jpg (resized to fit): mean-centred RGB plus grid position."""
     image = Image.open(ROOT / "samples" / f"{name}.jpg").convert("RGB")
     w, h = image.size
     scale = np.sqrt(n_target / ((h / patch) * (w / patch)))
@@ -25,4 +31,4 @@ def image_graph(name: str, n_target: int, patch: int = 8) -> np.ndarray:
     position = np.stack([yy.ravel() / gh, xx.ravel() / gw], axis=1) - 0.5
     f = np.concatenate([patches, position], axis=1)
     f /= np.linalg.norm(f, axis=1, keepdims=True)
-    return np.maximum(f @ f.T, 0.0)
+    return f

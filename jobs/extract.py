@@ -22,8 +22,9 @@ import time
 from datetime import datetime, timezone
 from typing import Iterator
 
-from pipeline.config import (BackboneConfig, EigenConfig, ExtractConfig, GraphConfig, RuntimeConfig,
-                             SegmentsConfig)
+from pipeline.spectral.affinity import GRAPH_BUILDERS
+from pipeline.config import (SPARSE_DEFAULT_TOPK, BackboneConfig, EigenConfig, ExtractConfig, GraphConfig,
+                             RuntimeConfig, SegmentsConfig)
 from pipeline.io.schema import eigen_table, error_table
 from pipeline.io.progress import Progress
 from pipeline.io.runlog import write_run_summary
@@ -356,7 +357,12 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=e.k, help="number of eigenvectors")
     parser.add_argument("--lambda-knn", type=float, default=g.knn_lambda, help="weight of the KNN colour graph")
     parser.add_argument("--knn-scale", choices=["relative", "absolute"], default=g.knn_scale)
-    parser.add_argument("--sparsify-topk", type=int, default=None, help="keep each node's top-k affinities")
+    parser.add_argument("--graph", choices=sorted(GRAPH_BUILDERS), default=g.kind,
+                        help="dense: the N x N feature graph; sparse: each node's top-k (--knn) "
+                             "built in row blocks, never N x N (for large grids)")
+    parser.add_argument("--knn", "--sparsify-topk", dest="sparsify_topk", type=int, default=None,
+                        help="keep each node's top-k feature affinities (symmetrised); "
+                             f"--graph sparse defaults to {SPARSE_DEFAULT_TOPK}")
     parser.add_argument("--upsample", type=int, default=g.upsample, help="feature-grid upsampling factor")
     parser.add_argument("--eigensolver", default=e.method)
     parser.add_argument("--float16", action="store_true", help="store eigenvectors as float16")
@@ -393,7 +399,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeC
         backbone=BackboneConfig(name=args.backbone, weights=args.weights, features=args.features,
                                 long_side=args.long_side or None),
         graph=GraphConfig(knn_lambda=args.lambda_knn, knn_scale=args.knn_scale,
-                          sparsify_topk=args.sparsify_topk, upsample=args.upsample),
+                          upsample=args.upsample, kind=args.graph,
+                          sparsify_topk=args.sparsify_topk or (SPARSE_DEFAULT_TOPK if args.graph == "sparse" else None)),
         eigen=EigenConfig(k=args.k, method=args.eigensolver,
                           storage_dtype="float16" if args.float16 else "float32"),
         segments=SegmentsConfig(n_segments=args.segments, n_eigenvectors=args.segment_eigenvectors,

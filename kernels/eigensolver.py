@@ -31,14 +31,16 @@ the result records which method produced it.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
-from kernels.backend import array_module, is_sparse, scipy_module
+from kernels.backend import array_module, is_sparse, scipy_module, to_numpy
 from kernels.block_krylov import largest_eigenpairs_block_krylov, residual_norms
+from kernels.components import component_labels, null_space_complement
 from kernels.laplacian import degrees, inverse_sqrt_degrees, normalized_laplacian
 
 METHODS = ("auto", "dense", "krylov", "shift_invert", "lanczos", "lobpcg")
@@ -51,6 +53,9 @@ DENSE_MAX_N = 200
 # (~1e-3..1e-1), so 1/(lambda + SHIFT) spreads them apart, yet it keeps the singular L's
 # L + SHIFT I definite with a harmless condition number (~2 / SHIFT).
 SHIFT = 1e-3
+
+# Largest N whose failed iterative result is redone by dense eigh (float64 L: 512 MB, ~1 min).
+DENSE_FALLBACK_MAX_N = 8192
 
 # float32 iterations stall at residuals of 3e-7..1e-6 (measured, N = 700..2800); a `tol`
 # below this iterates in float64 (GEMMs ~2.5x slower on this CPU).
@@ -111,21 +116,116 @@ def smallest_eigenpairs(W, k: int = 15, *, method: str = "auto", tol: float = 1e
     v0 /= xp.linalg.norm(v0)
 
     if method == "auto":
-        method = "dense" if n <= DENSE_MAX_N else "shift_invert" if is_sparse(W) else "krylov"
-    used, failed = method, None
+        method = "dense" if n <= DENSE_MAX_N else "lanczos" if is_sparse(W) else "krylov"
+    options = dict(tol=tol, seed=seed, maxiter=maxiter, fallback=fallback)
     if k == 1:
-        lam, V, res = xp.zeros(0), xp.zeros((n, 0)), xp.zeros(0)
-    elif method == "dense":
-        lam, V, res = _dense(W, r, v0, k - 1)
+        lam, V, res, used, failed = xp.zeros(0), xp.zeros((n, 0)), xp.zeros(0), method, None
+    elif is_sparse(W) and method != "dense":
+        with _one_blas_thread(xp):
+            lam, V, res, used, failed = _by_components(W, d, r, v0, k - 1, method, **options)
     else:
-        dtype = np.float32 if tol >= FLOAT32_MIN_TOL else np.float64
-        solver = {"krylov": _krylov, "shift_invert": _shift_invert, "lanczos": _lanczos,
-                  "lobpcg": _lobpcg}[method]
-        lam, V, res = solver(W, r, v0, k - 1, tol=tol, seed=seed, maxiter=maxiter, dtype=dtype)
-        if fallback and not float(res.max()) <= tol:  # `not <=` also catches NaN
-            used, failed = "dense", method
-            lam, V, res = _dense(W, r, v0, k - 1)
+        lam, V, res, used, failed = _solve_checked(W, r, v0, k - 1, method, **options)
     return _assemble(lam, V, res, r, v0, used, failed)
+
+
+def _one_blas_thread(xp):
+    """A context that runs NumPy's and SciPy's BLAS on one thread (no-op for CuPy).
+
+    Sparse solves here are latency-bound chains of small dense operations (ARPACK's
+    reorthogonalisation, 2,800 x 16 QRs); on this 2-core machine OpenBLAS's second thread
+    made them 2-20x slower (measured: one 2,800 x 16 QR 1.9 ms on one thread, 43 ms on two).
+    """
+    if xp is not np:
+        return contextlib.nullcontext()
+    global _THREADPOOLS
+    if _THREADPOOLS is None:  # inspecting the loaded libraries costs ~2 ms: once per process
+        from threadpoolctl import ThreadpoolController
+
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1, user_api="blas")
+
+
+_THREADPOOLS = None
+
+
+def _solve_checked(W, r, v0, m, method, *, tol, seed, maxiter, fallback):
+    """L's m smallest pairs other than (0, v0) by `method`, residual-checked ->
+    (lambda (m,), V (N, m), res (m,), method used, method that failed or None).
+
+    A failed check falls back to dense eigh where it fits (N <= DENSE_FALLBACK_MAX_N), else,
+    for sparse W, to float64 block Krylov with a larger product budget; if that fails too
+    the result is an error rather than eigenvectors that look like an answer.
+    """
+    if method == "dense":
+        return (*_dense(W, r, v0, m), "dense", None)
+    dtype = np.float32 if tol >= FLOAT32_MIN_TOL else np.float64
+    solver = SOLVERS[method]
+    lam, V, res = solver(W, r, v0, m, tol=tol, seed=seed, maxiter=maxiter, dtype=dtype)
+    if not fallback or float(res.max()) <= tol:  # `<=` is False for NaN
+        return lam, V, res, method, None
+    n = v0.shape[0]
+    if n <= DENSE_FALLBACK_MAX_N:
+        return (*_dense(W, r, v0, m), "dense", method)
+    if is_sparse(W) and method != "krylov":
+        lam, V, res = _krylov(W, r, v0, m, tol=tol, seed=seed, maxiter=300, dtype=np.float64)
+        if float(res.max()) <= tol:
+            return lam, V, res, "krylov", method
+    raise RuntimeError(f"eigensolver {method!r} did not reach residual {tol:g} (got "
+                       f"{float(res.max()):.3g}) and N = {n} is too large for the dense fallback")
+
+
+def _by_components(W, d, r, v0, m, method, **options):
+    """Sparse W: components first (kernels/components.py), then each component alone.
+
+    Eigenvalue 0 is known exactly per component; every other pair comes from a connected
+    component, small ones (<= DENSE_MAX_N nodes) by dense eigh, the others by `method`, and
+    the m smallest of all of them are kept. Returns what _solve_checked returns, with the
+    method of the largest component solved.
+    """
+    count, labels = component_labels(W)
+    if count == 1:
+        return _solve_checked(W, r, v0, m, method, **options)
+    xp = array_module(v0)
+    sqrt_d = xp.sqrt(d)
+    null = null_space_complement(sqrt_d, labels, count, v0, m)
+    found = [(xp.zeros(null.shape[1]), None, null, xp.zeros(null.shape[1]))]
+    used, failed = "dense", None
+    order = np.argsort(labels, kind="stable")
+    sizes = np.bincount(labels, minlength=count)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    isolated = 0
+    for c in np.argsort(-sizes, kind="stable"):
+        idx_host = order[starts[c]:starts[c + 1]]
+        idx = xp.asarray(idx_host)
+        if sizes[c] == 1:
+            # One node: with a self-loop it is a 0 (in `null`); without, L e_i = e_i.
+            if float(d[idx_host[0]]) == 0 and isolated < m:
+                isolated += 1
+                found.append((xp.ones(1), idx, xp.ones((1, 1)), xp.zeros(1)))
+            continue
+        mc = min(m, int(sizes[c]) - 1)
+        Wc = W[idx][:, idx]
+        v0c = sqrt_d[idx] / xp.linalg.norm(sqrt_d[idx])
+        method_c = "dense" if sizes[c] <= DENSE_MAX_N else method
+        lam, V, res, used_c, failed_c = _solve_checked(Wc, r[idx], v0c, mc, method_c, **options)
+        if len(found) == 1:
+            used = used_c
+        failed = failed or failed_c
+        found.append((lam, idx, V, res))
+    lam_all = xp.concatenate([f[0] for f in found])
+    keep = xp.argsort(lam_all, kind="stable")[:m]
+    owner = np.concatenate([np.full(f[0].shape[0], i) for i, f in enumerate(found)])
+    column = np.concatenate([np.arange(f[0].shape[0]) for f in found])
+    V = xp.zeros((v0.shape[0], m))
+    res = xp.zeros(m)
+    for j, pick in enumerate(to_numpy(keep).tolist()):
+        lam_j, idx, Vs, res_s = found[owner[pick]]
+        if idx is None:
+            V[:, j] = Vs[:, column[pick]]
+        else:
+            V[idx, j] = Vs[:, column[pick]]
+        res[j] = res_s[column[pick]]
+    return lam_all[keep], V, res, used, failed
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -147,7 +247,15 @@ def _assemble(lam, V, res, r, v0, method, fallback_from) -> Eigenpairs:
 
 
 def _operator(W, r, dtype):
-    """X (N, b) -> A X = D^-1/2 W D^-1/2 X in `dtype`, without forming A (one GEMM with W)."""
+    """X (N, b) -> A X = D^-1/2 W D^-1/2 X in `dtype`, without forming a dense A (one GEMM
+    with W). Sparse W is scaled once into a sparse A (O(nnz)): single-vector Lanczos then
+    spends ~2x less time per product than with the two diagonal scalings around W."""
+    if is_sparse(W):
+        sparse = scipy_module(W).sparse
+        coo = W.tocoo()
+        data = (coo.data * r[coo.row] * r[coo.col]).astype(dtype)
+        A = sparse.coo_matrix((data, (coo.row, coo.col)), shape=W.shape).tocsr()
+        return lambda X: A @ X
     Wc = W if W.dtype == dtype else W.astype(dtype)  # cupyx sparse astype has no copy=
     rc = r.astype(dtype)[:, None]
 
@@ -253,13 +361,21 @@ def _deflated_linear_operator(W, r, v0, dtype):
 
 
 def _lanczos(W, r, v0, m, *, tol, seed, maxiter, dtype):
-    """ARPACK (CPU) or cupyx (GPU) Lanczos for A's m largest ("LA") -> L's (lambda, v, res)."""
+    """ARPACK (CPU) or cupyx (GPU) Lanczos for A's m largest ("LA") -> L's (lambda, v, res).
+
+    Sparse W always runs in float64: products are cheap next to ARPACK's own work there, and
+    float32 left eigenvalue errors of 1e-6..3e-6 against 1e-10 (N ~ 2,800 KNN graphs) for
+    ~25% less time. ARPACK is asked for tol / 2 so that its own stopping rule (relative to
+    the Ritz value) leaves our residual check some room.
+    """
     xp = array_module(v0)
+    if is_sparse(W):
+        dtype = np.float64
     sparse_linalg = scipy_module(v0).sparse.linalg
     op = _deflated_linear_operator(W, r, v0, dtype)
     start = _start_block(v0.shape[0], 1, seed, v0, dtype)[:, 0]
     try:
-        theta, V = sparse_linalg.eigsh(op, m, which="LA", v0=start, tol=tol, maxiter=maxiter)
+        theta, V = sparse_linalg.eigsh(op, m, which="LA", v0=start, tol=tol / 2, maxiter=maxiter)
     except (RuntimeError, ValueError, ArithmeticError):  # ARPACK no-convergence / LinAlgError
         return _failed(v0, m, dtype)
     order = xp.argsort(-theta)
@@ -295,3 +411,6 @@ def _failed(v0, m, dtype):
     xp = array_module(v0)
     nan = xp.full(m, xp.nan)
     return nan, xp.full((v0.shape[0], m), xp.nan, dtype=dtype), nan
+
+
+SOLVERS = {"krylov": _krylov, "shift_invert": _shift_invert, "lanczos": _lanczos, "lobpcg": _lobpcg}

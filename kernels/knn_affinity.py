@@ -7,16 +7,19 @@ reference: each pixel links to its nearest neighbours in (r, g, b, w·x, w·y) s
 from __future__ import annotations
 
 from kernels.backend import array_module, scipy_module
+from kernels.topk_affinity import block_rows
 
 
-def nearest_neighbors(points, k: int, chunk: int = 2048):
+def nearest_neighbors(points, k: int, chunk: int | None = None):
     """Indices (N, k) of each point's k nearest points (itself included), by brute force.
 
-    Brute force because the grids here hold at most a few thousand nodes, and it runs
-    unchanged on NumPy and CuPy; `chunk` rows at a time bound memory to chunk × N.
+    Brute force because it runs unchanged on NumPy and CuPy and the points are 5-D; `chunk`
+    rows at a time bound memory to chunk × N (default: kernels.topk_affinity's block budget,
+    so that large grids stay O(N·k)).
     """
     xp = array_module(points)
     k = min(k, points.shape[0])
+    chunk = chunk or block_rows(points.shape[0])
     squared = (points * points).sum(axis=1)
     out = []
     for start in range(0, points.shape[0], chunk):

@@ -52,6 +52,17 @@ class GraphConfig:
     # Bilinear upsampling of the feature grid before the graph (the reference's
     # image_downsample_factor: 2 turns a /16 grid into 8 px cells).
     upsample: int = 1
+    # How the feature graph is built: "dense" forms N x N; "sparse" builds the top-k graph
+    # (k = sparsify_topk, SPARSE_DEFAULT_TOPK if None) in row blocks, never N x N: memory
+    # O(N k), the same graph as "dense" with sparsify_topk (pipeline.spectral.affinity).
+    kind: str = "dense"
+
+
+SPARSE_DEFAULT_TOPK = 10
+
+# Fields added after shards were written, omitted from the JSON (and so the digest) while at
+# these defaults: a default run keeps the digest it always had and its shards stay valid.
+_OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"}}
 
 
 @dataclass(frozen=True)
@@ -96,13 +107,20 @@ class ExtractConfig:
     max_pixels: int = 64_000_000
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for section, defaults in _OMITTED_AT_DEFAULT.items():
+            for key, value in defaults.items():
+                if data[section].get(key) == value:
+                    del data[section][key]
+        return data
 
     def to_json(self) -> str:
-        return canonical_json(self)
+        # to_dict, not canonical_json's asdict: fields at their _OMITTED_AT_DEFAULT stay out.
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
-        return digest_of(self)
+        """First 16 hex digits of the SHA-256 of to_json() (digest_of's rule)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExtractConfig":

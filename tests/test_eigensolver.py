@@ -139,12 +139,14 @@ def test_each_method_gives_the_same_result(method):
     assert generalized_residual(pairs, W) < 1e-4
 
 
-def test_shift_invert_on_sparse_graph_and_auto_picks_it():
+@pytest.mark.parametrize("method", ("auto", "shift_invert"))
+def test_sparse_graph_shift_invert_and_auto(method):
+    """auto on sparse W = components first, then Lanczos (tests/test_sparse_eigensolve.py)."""
     key, W = graph("astronaut", 2800)
     S = topk_graph(W, 10)
     ref = dense_reference(("astronaut-knn10", 2800), S)
-    pairs = smallest_eigenpairs(S, K)
-    assert pairs.method == "shift_invert"
+    pairs = smallest_eigenpairs(S, K, method=method)
+    assert pairs.method == ("lanczos" if method == "auto" else method) and pairs.fallback_from is None
     assert_matches_dense(pairs, S, *ref)
 
 
@@ -338,13 +340,13 @@ class TestCuPy:
         # Well-separated leading vectors agree entry-wise, signs included.
         np.testing.assert_allclose(to_numpy(gpu.eigenvectors[:, :3]), cpu.eigenvectors[:, :3], atol=1e-4)
 
-    def test_cupy_sparse_shift_invert(self):
+    def test_cupy_sparse_auto(self):
         import cupyx.scipy.sparse
 
         key, W = graph("astronaut", 2800)
         S = topk_graph(W, 10)
         gpu = smallest_eigenpairs(cupyx.scipy.sparse.csr_matrix(S), K)
-        assert gpu.method == "shift_invert"
+        assert gpu.method == "lanczos"
         assert_matches_dense(gpu, S, *dense_reference(("astronaut-knn10", 2800), S))
 
     def test_cupy_fallback(self):

@@ -9,7 +9,8 @@ from PIL import Image
 
 from kernels.backend import array_module, scipy_module
 from kernels.knn_affinity import knn_colour_affinity
-from pipeline.config import GraphConfig
+from kernels.topk_affinity import topk_cosine_graph
+from pipeline.config import SPARSE_DEFAULT_TOPK, GraphConfig
 
 
 def bilinear_matrix(size: int, factor: int, xp=np):
@@ -76,6 +77,22 @@ def feature_affinity(features, upsample: int = 1, topk: int | None = None):
     return topk_graph(W, topk)
 
 
+def sparse_feature_affinity(features, upsample: int = 1, topk: int | None = None):
+    """(h, w, C) features -> float32 CSR W (N, N), N = h·w·upsample²: each node's top-k
+    (default SPARSE_DEFAULT_TOPK) of max(f̂ f̂ᵀ, 0), symmetrised by max(W, Wᵀ).
+
+    The graph of feature_affinity(features, upsample, topk) built without any N×N matrix:
+    the upsampled features (N×C) go through kernels.topk_affinity in row blocks.
+    """
+    h, w, c = features.shape
+    f = upsample_features(features.astype(array_module(features).float32), upsample)
+    return topk_cosine_graph(f.reshape(-1, c), topk or SPARSE_DEFAULT_TOPK)
+
+
+# GraphConfig.kind -> (features, upsample, topk) -> W.
+GRAPH_BUILDERS = {"dense": feature_affinity, "sparse": sparse_feature_affinity}
+
+
 def topk_graph(W, topk: int):
     """Dense (N, N) W -> CSR keeping each row's top-k entries, symmetrised by max(W, Wᵀ)."""
     xp, sparse = array_module(W), scipy_module(W).sparse
@@ -105,7 +122,9 @@ def image_affinity(features, image: np.ndarray, cfg: GraphConfig):
     """
     xp = array_module(features)
     h, w = features.shape[0] * cfg.upsample, features.shape[1] * cfg.upsample
-    W = feature_affinity(features, cfg.upsample, cfg.sparsify_topk)
+    if cfg.kind not in GRAPH_BUILDERS:
+        raise ValueError(f"graph kind must be one of {sorted(GRAPH_BUILDERS)}, got {cfg.kind!r}")
+    W = GRAPH_BUILDERS[cfg.kind](features, cfg.upsample, cfg.sparsify_topk)
     if cfg.knn_lambda == 0:
         return W
     colour = xp.asarray(image_on_grid(image, (h, w)))
