@@ -115,3 +115,26 @@ def test_a_shifted_box_scores_by_its_iou():
     assert m["box_ap75"] == pytest.approx(0.0)
     # Matched at IoU thresholds 0.50, 0.55 and 0.60 of the ten: AP = 3/10.
     assert m["box_ap"] == pytest.approx(0.3)
+
+
+def test_cluster_categories_take_the_cluster_covering_most_of_an_object(tmp_path):
+    from jobs.label import cluster_categories
+    from pipeline.semantic.pseudo_labels import encode_label_png
+
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "cluster.json").write_text('{"config": {"cluster": {"n_clusters": 3}}}')
+    labels = np.zeros((20, 30), np.uint8)
+    labels[:, 10:20] = 2  # cluster 1 (label 2) in the middle columns
+    labels[:, 20:] = 3
+    (tmp_path / "labels" / "a.png").write_bytes(encode_label_png(labels))
+    categories, category_of = cluster_categories(str(tmp_path))
+    assert [c["id"] for c in categories] == [1, 2, 3, 4] and categories[-1]["name"] == "unassigned"
+
+    def row(x0, x1):
+        mask = np.zeros((20, 30), bool)
+        mask[5:15, x0:x1] = True
+        return {"image_id": "a.jpg", "height": 20, "width": 30, "segmentation": encode_mask(mask)}
+
+    assert category_of(row(8, 19)) == 2  # mostly over label 2, partly background
+    assert category_of(row(15, 29)) == 3  # 9 columns of label 3 against 5 of label 2
+    assert category_of(row(0, 9)) == 4  # background only: unassigned
