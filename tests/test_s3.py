@@ -110,6 +110,36 @@ def test_cluster_task_reads_and_writes_the_bucket(s3, s3_extraction):
     assert any("/segment_labels/part-" in k for k in stored) and f"{BUCKET}/labels/clusters.npz" in stored
 
 
+def test_label_on_ray_reads_and_writes_the_bucket(s3, s3_extraction):
+    """label over the extraction's images into its OUT: the eigen rows are reused, objects,
+    instances.json (categories from a cluster run in the bucket) and the gallery land in the
+    bucket, a rerun writes nothing."""
+    from pycocotools.coco import COCO
+
+    _, fs = s3
+    out, n = s3_extraction
+    clusters = f"s3://{BUCKET}/label-clusters"
+    assert cli.main(["cluster", out, "--out", clusters, "--clusters", "2"]) == 0
+    eigen_keys = {k for k in keys(fs, f"{BUCKET}/run") if "/eigs/" in k}
+    label = ["label", f"s3://{BUCKET}/images", "--out", out, *EXTRACT, *SEGMENTS, "--max-objects", "2",
+             "--gallery", "2", "--categories", clusters]
+    assert cli.main(label) == 0
+    stored = keys(fs, f"{BUCKET}/run")
+    assert not [k for k in stored if "/_tmp-" in k or ".tmp-" in k]
+    assert {k for k in stored if "/eigs/" in k} == eigen_keys  # every image already had its row
+    objects = read_table(out, "labels", columns=["image_id", "object"]).to_pylist()
+    assert sorted({r["image_id"] for r in objects}) == sorted(p.name for p in SAMPLES.glob("*.jpg"))[:n - 1]
+    local = f"/tmp/{os.getpid()}-instances.json"
+    fs.get_file(f"{BUCKET}/run/instances.json", local)
+    coco = COCO(local)
+    os.remove(local)
+    assert len(coco.getAnnIds()) == len(objects) and len(coco.getImgIds()) == n - 1
+    assert {c["id"] for c in coco.loadCats(coco.getCatIds())} == {1, 2, 3}  # 2 clusters + unassigned
+    assert f"{BUCKET}/run/gallery/index.html" in stored
+    assert cli.main(label) == 0
+    assert keys(fs, f"{BUCKET}/run") == stored
+
+
 def test_nightly_over_s3_versions_and_skips(s3, offline_weights):
     _, fs = s3
     n = upload_images(fs, f"{BUCKET}/nightly-in", n=2)
