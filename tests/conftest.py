@@ -30,3 +30,22 @@ def offline_weights() -> Path:
 
     home = os.environ.get("DEEP_SPECTRAL_HOME", str(Path.home() / ".cache" / "deep-spectral"))
     return ensure_offline_weights(home)
+
+
+def gpu_available() -> bool:
+    """CuPy installed and a CUDA device present (GPU tests skip otherwise, saying so)."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device
+        return False
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray cluster of 2 CPUs for one test module."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

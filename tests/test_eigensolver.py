@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import gpu_available
 import scipy.linalg
 import scipy.sparse
 import scipy.sparse.linalg
@@ -315,17 +317,8 @@ def test_backend_on_numpy():
 
 # ---------------------------------------------------------------------------------- GPU
 
-def _gpu_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, no device
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a CUDA GPU (CPU path tested above)")
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU (CPU path tested above)")
 class TestCuPy:
     @pytest.mark.parametrize("method", ("auto", "dense", "krylov", "lanczos", "lobpcg"))
     def test_cupy_matches_numpy(self, method):

@@ -19,13 +19,6 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def listing(folder):
     return sorted((str(p), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file())
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from tests.conftest import gpu_available
 import scipy.linalg
 import scipy.sparse
 
@@ -147,17 +149,8 @@ def test_isolated_nodes_keep_eigenvalue_one_when_asked_for_all():
 
 # ---------------------------------------------------------------------------------- GPU
 
-def _gpu_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, no device
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a CUDA GPU (the CPU path is tested above)")
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU (the CPU path is tested above)")
 class TestCuPy:
     def test_cupy_topk_graph_matches_numpy(self):
         import cupy
