@@ -1,5 +1,6 @@
 """The per-batch callables that Ray maps (and in-process runs call): image bytes through
-features, spectrum, segments to shard rows.
+features, spectrum, segments to shard rows (`extractor`), and on to objects and gallery
+panels (`labeller`).
 
 May import every stage; nothing in `pipeline` imports it.
 """
