@@ -1,7 +1,7 @@
 """The extraction job at scale on this machine: throughput with 1 and 2 CPU actors on local
 Ray, the driver's peak memory, and the cost of a rerun with nothing left to do.
 
-    python -m bench.bench_scale [--images 2000] [--long-side 112]
+    python -m bench.bench_scale [--images 2000] [--long-side 112] [--job extract|label] [--actors 1 2]
 
 Synthetic JPEGs (bench/synthetic_images.py) at a small size keep 2,000 images within
 minutes on 2 cores; per-image cost at full size is bench.bench_core's business. Every run is
@@ -37,10 +37,11 @@ def peak_rss_mb(pid: int) -> float | None:
     return next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM"))
 
 
-def run_job(source: Path, out: Path, long_side: int, actors: int) -> dict:
-    """One `python -m jobs.extract` run; returns its summary plus wall time and peak RSS."""
+def run_job(source: Path, out: Path, long_side: int, actors: int, job: str = "extract") -> dict:
+    """One `python -m jobs.JOB` run (extract or label); returns its summary plus wall time and
+    the driver's peak RSS."""
     summary_file = out.parent / f"{out.name}-{time.monotonic_ns()}.json"
-    cmd = [sys.executable, "-m", "jobs.extract", str(source), "--out", str(out), "--long-side", str(long_side),
+    cmd = [sys.executable, "-m", f"jobs.{job}", str(source), "--out", str(out), "--long-side", str(long_side),
            "--k", "4", "--num-actors", str(actors), "--summary", str(summary_file)]
     start = time.perf_counter()
     with open(out.parent / f"{out.name}.log", "a") as log:
@@ -70,6 +71,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--long-side", type=int, default=112)
     parser.add_argument("--workdir", default=None, help="keep images and outputs here (default: a temp dir)")
+    parser.add_argument("--job", choices=["extract", "label"], default="extract",
+                        help="label: objects too (eigen rows, labels, instances.json, gallery)")
+    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-scale-"))
     source = work / "images"
@@ -79,11 +83,12 @@ def main() -> None:
           f"in {work}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
 
     rows = []
-    for actors in (1, 2):
-        out = work / f"out-{actors}"
-        first = run_job(source, out, args.long_side, actors)
-        rows.append((f"{actors} actor(s)", first, steady_rate(out), os.getloadavg()[0]))
-    again = run_job(source, work / "out-2", args.long_side, 2)
+    for actors in args.actors:
+        out = work / f"{args.job}-{actors}"
+        first = run_job(source, out, args.long_side, actors, args.job)
+        rows.append((f"{args.job}, {actors} actor(s)", first, steady_rate(out), os.getloadavg()[0]))
+    last = args.actors[-1]
+    again = run_job(source, work / f"{args.job}-{last}", args.long_side, last, args.job)
     assert again["skipped"] == args.images and again["processed"] == again["failed"] == 0
     rows.append(("rerun, nothing to do", again, float("nan"), os.getloadavg()[0]))
 

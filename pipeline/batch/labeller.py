@@ -121,10 +121,9 @@ class ObjectLabeller:
         return [rows[item.ref.image_id] for item in stored]
 
     def _panel(self, image_id: str, image: np.ndarray, eigenvectors: np.ndarray, geom, objects) -> None:
-        union = np.any([o.mask for o in objects if o.score > 0], axis=0) if any(o.score > 0 for o in objects) else None
-        panel = render_panel(image, eigenvectors, geom, mask=union,
+        panel = render_panel(image, eigenvectors, geom, object_masks=[o.mask for o in objects],
                              pred_boxes=np.array([o.box for o in objects]), title=image_id,
-                             mask_title=f"{len(objects)} objects' masks")
+                             mask_title=f"{len(objects)} objects (best: red, then blue, yellow, green...)")
         buffer = io.BytesIO()
         panel.save(buffer, format="PNG")
         with fsspec.open(f"{self.out}/{GALLERY_DIR}/{panel_name(image_id)}", "wb") as f:

@@ -54,12 +54,29 @@ def overlay(image: np.ndarray, mask: np.ndarray, gt: np.ndarray | None = None) -
     return out.round().astype(np.uint8)
 
 
+# Distinct tints for objects, best first (red as the single-object mask).
+OBJECT_COLOURS = np.array([[255, 0, 0], [0, 160, 255], [255, 200, 0], [0, 200, 80], [200, 0, 255],
+                           [255, 120, 0], [0, 220, 220], [150, 90, 40]], dtype=np.float64)
+
+
+def object_overlay(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """(H, W, 3) uint8 and (H, W) bool masks, best first -> each tinted its own colour, the
+    better object drawn over the worse where they overlap."""
+    out = image.astype(np.float64)
+    for i in reversed(range(len(masks))):
+        m = masks[i]
+        out[m] = 0.5 * image[m] + 0.5 * OBJECT_COLOURS[i % len(OBJECT_COLOURS)]
+    return out.round().astype(np.uint8)
+
+
 def render_panel(image: np.ndarray, eigenvectors: np.ndarray, geom: GridGeometry, *,
                  mask: np.ndarray | None = None, gt_mask: np.ndarray | None = None,
                  pred_boxes: np.ndarray | None = None, gt_boxes: np.ndarray | None = None,
-                 n_vectors: int = 3, title: str = "", mask_title: str = "mask (red), GT (green)") -> Image.Image:
+                 n_vectors: int = 3, title: str = "", mask_title: str = "mask (red), GT (green)",
+                 object_masks: list[np.ndarray] | None = None) -> Image.Image:
     """Original (H, W, 3) uint8 image, (k, grid_h, grid_w) oriented eigenvectors, optional
-    (H, W) bool masks and (n, 4) xyxy boxes in original pixels -> one panel image."""
+    (H, W) bool masks (or several objects' masks, best first) and (n, 4) xyxy boxes in
+    original pixels -> one panel image."""
     scale = TILE_HEIGHT / image.shape[0]
     first = _tile(image, title, scale)
     if gt_boxes is not None:
@@ -71,7 +88,9 @@ def render_panel(image: np.ndarray, eigenvectors: np.ndarray, geom: GridGeometry
     for i in range(1, min(n_vectors + 1, len(eigenvectors))):
         heat = diverging(grid_to_pixels(eigenvectors[i], geom, bilinear=True))
         tiles.append(_tile(heat, f"eigenvector {i}", scale))
-    if mask is not None:
+    if object_masks is not None:
+        tiles.append(_tile(object_overlay(image, object_masks), mask_title, scale))
+    elif mask is not None:
         tiles.append(_tile(overlay(image, mask, gt_mask), mask_title, scale))
     panel = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), tiles[0].height), "white")
     x = 0
