@@ -34,7 +34,8 @@ def peak_rss_mb(pid: int) -> float | None:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    return next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM"))
+    # An exiting (zombie) process has no memory lines left: no reading then.
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM")), None)
 
 
 def run_job(source: Path, out: Path, long_side: int, actors: int, job: str = "extract") -> dict:

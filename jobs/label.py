@@ -29,9 +29,8 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
-from pipeline.batch.labeller import GALLERY_DIR, LabelRef, ObjectLabeller, panel_name
 from pipeline.config import ExtractConfig, RuntimeConfig
-from pipeline.evaluation.panels import gallery_html
+from pipeline.evaluation.panels import GALLERY_DIR, gallery_html, panel_name
 from pipeline.io.attempts import Attempts
 from pipeline.io.coco_instances import coco_ids_by_file_name, decode_mask, stable_image_id, write_instances
 from pipeline.io.schema import eigen_table, error_table, object_table
@@ -51,6 +50,9 @@ class LabelActor:
 
     def __init__(self, config_json: str, label_json: str, out: str, device: str, batch_size: int, threads: int,
                  run_id: str | None = None, max_worker_deaths: int = 2):
+        # Imported here, in the actor: the driver never loads torch (its memory holds counts).
+        from pipeline.batch.labeller import ObjectLabeller
+
         extract.set_threads(threads)
         self.extract_json, self.label_json, self.out = config_json, label_json, out
         self.run_id, self.max_deaths, self.attempts = run_id, max_worker_deaths, Attempts(out)
@@ -58,6 +60,8 @@ class LabelActor:
                                        LabelConfig.from_dict(json.loads(label_json)), out, device, batch_size)
 
     def __call__(self, batch: dict) -> dict:
+        from pipeline.batch.labeller import LabelRef
+
         items = [LabelRef(ImageRef(str(i), str(u)), bool(h), str(s), bool(p)) for i, u, h, s, p in
                  zip(batch["image_id"], batch["uri"], batch["has_row"], batch["features_shard"], batch["panel"])]
         digest = self.labeller.digest

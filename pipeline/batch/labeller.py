@@ -19,16 +19,13 @@ import pyarrow.parquet as pq
 
 from pipeline.batch.extractor import SpectralExtractor
 from pipeline.config import ExtractConfig
-from pipeline.evaluation.panels import render_panel
+from pipeline.evaluation.panels import GALLERY_DIR, panel_name, render_panel
 from pipeline.features.geometry import geometry_of
 from pipeline.io.coco_instances import encode_mask
 from pipeline.io.schema import eigenvectors_of, features_of
 from pipeline.io.sources import ImageRef
 from pipeline.objects.instances import ImageObject, LabelConfig, image_objects, label_digest
 from pipeline.spectral.affinity import image_affinity
-
-GALLERY_DIR = "gallery"
-
 
 @dataclass(frozen=True)
 class LabelRef:
@@ -132,8 +129,3 @@ class ObjectLabeller:
     def _relabel(self, error: dict) -> dict:
         """Error rows of a label run carry its digest, so its reruns skip them."""
         return {**error, "config_digest": self.digest}
-
-
-def panel_name(image_id: str) -> str:
-    """An image id (may hold '/') -> its panel's file name under OUT/gallery/."""
-    return "panels/" + image_id.replace("/", "__").rsplit(".", 1)[0] + ".png"

@@ -54,6 +54,14 @@ def overlay(image: np.ndarray, mask: np.ndarray, gt: np.ndarray | None = None) -
     return out.round().astype(np.uint8)
 
 
+GALLERY_DIR = "gallery"  # OUT/gallery/ of a label run: index.html and panels/
+
+
+def panel_name(image_id: str) -> str:
+    """An image id (may hold '/') -> its panel's file name under OUT/gallery/."""
+    return "panels/" + image_id.replace("/", "__").rsplit(".", 1)[0] + ".png"
+
+
 # Distinct tints for objects, best first (red as the single-object mask).
 OBJECT_COLOURS = np.array([[255, 0, 0], [0, 160, 255], [255, 200, 0], [0, 200, 80], [200, 0, 255],
                            [255, 120, 0], [0, 220, 220], [150, 90, 40]], dtype=np.float64)
