@@ -55,11 +55,12 @@ def run(args: argparse.Namespace) -> dict:
     with fsspec.open(args.annotations) as f:
         gt = json.load(f)
     ids = [s.coco_id for s in samples]
+    scored = set(ids)
     report = {
         "task": "instances",
         **coco_ap(gt, predictions, ids),
         "n_images": len(ids),
-        "n_predictions": sum(p["image_id"] in set(ids) for p in predictions),
+        "n_predictions": sum(p["image_id"] in scored for p in predictions),
         "n_failed": summary["failed"],
         "seconds": round(time.time() - started, 2),
         "n_labelled": summary["processed"] + summary["failed"],

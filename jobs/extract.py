@@ -143,8 +143,13 @@ def pending_images(source: str | None, out: str, cfg: ExtractConfig, retry_error
     """(images still to do, number already done or failed) for this configuration; `refs`
     replaces listing SOURCE (an evaluation's benchmark images)."""
     refs = list_images(source) if refs is None else refs
-    digest = cfg.digest()
-    done = finished_ids(out, digest, EIGEN_DIR)
+    return not_done(refs, out, cfg.digest(), EIGEN_DIR, retry_errors)
+
+
+def not_done(refs: list[ImageRef], out: str, digest: str, kind: str, retry_errors: bool) -> tuple[list[ImageRef], int]:
+    """(refs with no row under OUT/kind, nor unless retry_errors an error row, for `digest`;
+    how many were skipped)."""
+    done = finished_ids(out, digest, kind)
     if not retry_errors:
         done |= finished_ids(out, digest, ERROR_DIR)
     todo = [r for r in refs if r.image_id not in done]
@@ -165,7 +170,7 @@ def _placement(runtime: RuntimeConfig, resources: dict) -> tuple[str, int, dict,
     return device, n, {"num_cpus": min(1.0, (cpus - 0.5) / n)}, share
 
 
-def _batches(todo: list[ImageRef], size: int) -> list[dict]:
+def cut_batches(todo: list[ImageRef], size: int) -> list[dict]:
     """The work, cut into batches on the driver: {"image_id": [...], "uri": [...]} each.
 
     Batches are fixed here, not by Ray Data, so a batch retried after a worker death holds
@@ -252,7 +257,7 @@ def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: Runti
             print(f"nothing to do: all {skipped} images already in {out} for config {cfg.digest()}")
             return summary
         print(f"{len(todo)} images to do, {skipped} already done for config {cfg.digest()}")
-        outcome = drive(_batches(todo, runtime.batch_size), len(todo), ExtractActor,
+        outcome = drive(cut_batches(todo, runtime.batch_size), len(todo), ExtractActor,
                         {"config_json": cfg.to_json(), "out": out}, runtime, local, "deep-spectral-extract",
                         lease.owner)
         summary = finish_summary(summary, outcome, started, clock, local, runtime, out, lease)

@@ -34,7 +34,7 @@ from pipeline.evaluation.panels import GALLERY_DIR, gallery_html, panel_name
 from pipeline.io.attempts import Attempts
 from pipeline.io.coco_instances import coco_ids_by_file_name, decode_mask, stable_image_id, write_instances
 from pipeline.io.schema import eigen_table, error_table, object_table
-from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, commit_tables, finished_ids, scan_batches,
+from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, commit_tables, scan_batches,
                                 shard_files, shard_name)
 from pipeline.io.sources import ImageRef
 from pipeline.objects.discovery import DISCOVERY, DiscoveryConfig
@@ -99,29 +99,25 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
     digest = label_digest(cfg.digest(), label_cfg)
 
     def run(lease) -> dict:
-        done = finished_ids(out, digest, LABELS_DIR)
-        if not runtime.retry_errors:
-            done |= finished_ids(out, digest, ERROR_DIR)
-        todo = [r for r in refs if r.image_id not in done]
+        todo, skipped = extract.not_done(refs, out, digest, LABELS_DIR, runtime.retry_errors)
         summary = {"source": source, "out": out, "config_digest": digest, "extract_digest": cfg.digest(),
                    "config": cfg.to_dict(), "label_config": label_cfg.to_dict(),
-                   "skipped": len(refs) - len(todo), "processed": 0, "failed": 0, "errors": []}
+                   "skipped": skipped, "processed": 0, "failed": 0, "errors": []}
         if not todo:
             print(f"nothing to do: all {len(refs)} images already labelled in {out} for config {digest}")
             return summary
         print(f"{len(todo)} images to label, {summary['skipped']} already done for config {digest}")
         rows = shard_files(out, cfg.digest(), EIGEN_DIR)
         panels = gallery_ids(refs, gallery)
-        batches = [{"image_id": [r.image_id for r in chunk], "uri": [r.uri for r in chunk],
-                    "has_row": [r.image_id in rows for r in chunk],
-                    "features_shard": [rows.get(r.image_id, "") if cfg.store_features else "" for r in chunk],
-                    "panel": [r.image_id in panels for r in chunk]}
-                   for chunk in (todo[s:s + runtime.batch_size] for s in range(0, len(todo), runtime.batch_size))]
+        batches = [{**b, "has_row": [i in rows for i in b["image_id"]],
+                    "features_shard": [rows.get(i, "") if cfg.store_features else "" for i in b["image_id"]],
+                    "panel": [i in panels for i in b["image_id"]]}
+                   for b in extract.cut_batches(todo, runtime.batch_size)]
         outcome = extract.drive(batches, len(todo), LabelActor,
                                 {"config_json": cfg.to_json(), "label_json": label_cfg.to_json(), "out": out},
                                 runtime, local, "deep-spectral-label", lease.owner)
         summary["instances"] = write_dataset_instances(out, digest, coco_annotations, clusters_dir)
-        summary["gallery"] = write_gallery(out, digest, sorted(panels), summary)
+        summary["gallery"] = write_gallery(out, digest, sorted(panels))
         summary = extract.finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
         print(f"done: {summary['processed']} images labelled, {summary['failed']} failed, "
               f"{summary['seconds']} s ({summary['images_per_second']} images/s); "
@@ -199,7 +195,7 @@ def write_dataset_instances(out: str, digest: str, coco_annotations: str | None 
     return {"uri": uri, "annotations": n}
 
 
-def write_gallery(out: str, digest: str, ids: list[str], summary: dict) -> str:
+def write_gallery(out: str, digest: str, ids: list[str]) -> str:
     """OUT/gallery/index.html over the panels that exist for `ids`."""
     fs, root = fsspec.core.url_to_fs(f"{out}/{GALLERY_DIR}")
     entries = [(panel_name(i), i) for i in ids if fs.exists(f"{root}/{panel_name(i)}")]

@@ -23,6 +23,7 @@ from pipeline.io.ground_truth import Sample, coco_boxes, folder_pairs, read_mask
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
 from pipeline.objects.localize import LocalizeConfig, localize
 from pipeline.evaluation.object_metrics import best_box_iou, mask_iou, max_f_beta, pixel_accuracy, precision_recall_curve
+from pipeline.objects.instances import pixel_box
 from pipeline.objects.masks import REFINERS, SegmentConfig, segment
 from pipeline.io.sources import ImageRef
 
@@ -171,10 +172,7 @@ def _evaluate_localization(item: Item, cfg: LocalizeConfig) -> Result:
 
 def _mask_bbox(mask: np.ndarray) -> np.ndarray:
     """(H, W) bool -> (1, 4) box around all foreground pixels, or (0, 4) when empty."""
-    if not mask.any():
-        return np.zeros((0, 4))
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return np.array([[cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]], dtype=np.float64)
+    return pixel_box(mask)[None] if mask.any() else np.zeros((0, 4))
 
 
 def _summarize_localization(results: list[Result]) -> dict:

@@ -32,7 +32,8 @@ def coco_ap(gt: dict, predictions: list[dict], image_ids: list[int] | None = Non
     over `image_ids` (default: every ground-truth image)."""
     truth = _coco(class_agnostic(gt))
     ids = sorted(image_ids if image_ids is not None else truth.getImgIds())
-    results = [{**p, "category_id": 1} for p in predictions if p["image_id"] in set(ids)]
+    wanted = set(ids)
+    results = [{**p, "category_id": 1} for p in predictions if p["image_id"] in wanted]
     metrics: dict[str, float] = {}
     for iou_type, prefix in (("bbox", "box"), ("segm", "mask")):
         usable = [p for p in results if iou_type == "bbox" or "segmentation" in p]
