@@ -39,6 +39,7 @@ from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, commit_tables,
 from pipeline.io.sources import ImageRef
 from pipeline.objects.discovery import DISCOVERY, DiscoveryConfig
 from pipeline.objects.instances import SCORES, LabelConfig, label_digest
+from pipeline.objects.masks import REFINERS
 from pipeline.semantic.pseudo_labels import decode_label_png
 
 INSTANCES_FILE = "instances.json"
@@ -105,6 +106,10 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
                    "skipped": skipped, "processed": 0, "failed": 0, "errors": []}
         if not todo:
             print(f"nothing to do: all {len(refs)} images already labelled in {out} for config {digest}")
+            if instances_source(out) != _source(digest, coco_annotations, clusters_dir):
+                # OUT's instances.json was written by another config (or is missing): this run's.
+                summary["instances"] = write_dataset_instances(out, digest, coco_annotations, clusters_dir)
+                print(f"rewrote {summary['instances']['uri']} for config {digest}")
             return summary
         print(f"{len(todo)} images to label, {summary['skipped']} already done for config {digest}")
         rows = shard_files(out, cfg.digest(), EIGEN_DIR)
@@ -188,11 +193,30 @@ def write_dataset_instances(out: str, digest: str, coco_annotations: str | None 
                    "segmentation": {"size": [row["height"], row["width"]], "counts": row["segmentation"]},
                    "method": row["method"], "rank": row["rank"]}
 
-    info = {"description": "deep-spectral label: class-agnostic objects", "config_digest": digest,
+    info = {"description": "deep-spectral label: class-agnostic objects",
+            **_source(digest, coco_annotations, clusters_dir),
             "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     uri = f"{out}/{INSTANCES_FILE}"
     n = write_instances(uri, images(), annotations(), categories, info)
     return {"uri": uri, "annotations": n}
+
+
+def _source(digest: str, coco_annotations: str | None, clusters_dir: str | None) -> dict:
+    """What an instances.json is made from (its `info` says so): the label run's rows, whose
+    image ids, and whose categories."""
+    return {"config_digest": digest, "image_ids_from": coco_annotations, "categories_from": clusters_dir}
+
+
+def instances_source(out: str) -> dict | None:
+    """The `_source` recorded in OUT/instances.json, or None when there is none. Reads only
+    the file's head: write_instances puts `info` first, on the first line."""
+    try:
+        with fsspec.open(f"{out}/{INSTANCES_FILE}", "r") as f:
+            head = f.readline()
+        info, _ = json.JSONDecoder().raw_decode(head, head.index("{", 1))
+    except (FileNotFoundError, ValueError):
+        return None
+    return {k: info.get(k) for k in ("config_digest", "image_ids_from", "categories_from")}
 
 
 def write_gallery(out: str, digest: str, ids: list[str]) -> str:
@@ -207,26 +231,31 @@ def write_gallery(out: str, digest: str, ids: list[str]) -> str:
     return fs.unstrip_protocol(f"{root}/index.html")
 
 
-def add_label_options(parser: argparse.ArgumentParser) -> None:
+def add_label_options(parser: argparse.ArgumentParser, running: bool = True) -> None:
+    """The objects flags (LabelConfig); with `running`, also --gallery and --local."""
     d, dd = LabelConfig(), DiscoveryConfig()
     group = parser.add_argument_group("objects")
     group.add_argument("--method", choices=sorted(DISCOVERY), default=dd.method,
                        help="how objects are found (docs/objects.md compares them)")
     group.add_argument("--max-objects", type=int, default=dd.max_objects)
     group.add_argument("--object-threshold", default=None,
-                       help="patch threshold on each cut's Fiedler vector: a number or 'mean' (default 0)")
+                       help="patch threshold on each cut's Fiedler vector: a number or 'mean' (default mean)")
     group.add_argument("--min-area", type=float, default=dd.min_area, help="smallest object, share of the grid")
     group.add_argument("--max-eigenvalue", type=float, default=dd.max_eigenvalue,
                        help="iterative: stop at a cut weaker than this")
     group.add_argument("--max-border", type=float, default=dd.max_border,
                        help="iterative: stop at an object covering more of the grid border than this")
     group.add_argument("--score", choices=sorted(SCORES), default=d.score)
-    group.add_argument("--object-refine", choices=["guided", "none"], default=d.refine)
+    group.add_argument("--object-refine", choices=list(REFINERS), default=d.refine,
+                       help="pixel refinement of each object's mask (matting: pymatting, slow)")
+    group.add_argument("--soft-masks", action="store_true",
+                       help="also store each object's soft mask (8-bit PNG column `soft` of the labels table)")
     group.add_argument("--categories", default=None, metavar="CLUSTER_OUT",
                        help="categories of instances.json from a `deep-spectral cluster` output folder "
                             "(the cluster covering most of each object); default one class-agnostic category")
-    group.add_argument("--gallery", type=int, default=50, help="panels: every image up to N, else a sample of N")
-    group.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
+    if running:
+        group.add_argument("--gallery", type=int, default=50, help="panels: every image up to N, else a sample of N")
+        group.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
 
 
 def label_config_from_args(args: argparse.Namespace) -> LabelConfig:
@@ -235,7 +264,7 @@ def label_config_from_args(args: argparse.Namespace) -> LabelConfig:
     return LabelConfig(discovery=DiscoveryConfig(method=args.method, max_objects=args.max_objects,
                                                  threshold=threshold, min_area=args.min_area,
                                                  max_eigenvalue=args.max_eigenvalue, max_border=args.max_border),
-                       score=args.score, refine=args.object_refine)
+                       score=args.score, refine=args.object_refine, soft_masks=args.soft_masks)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -95,3 +95,11 @@ def test_label_writes_objects_instances_gallery_and_reruns_as_noop(local_ray, tm
         assert r["segmentation"] == first[r["image_id"]]["segmentation"]
     instances = json.loads((out / "instances.json").read_text())
     assert len(instances["annotations"]) == 4
+
+    # Back to the first config: nothing to label, and instances.json is that config's again
+    # (it was the fiedler run's).
+    from jobs.label import instances_source
+    back = run_label(str(folder), str(out), cfg, label_cfg, RuntimeConfig(batch_size=4), refs, local=True, gallery=0)
+    assert (back["processed"], back["skipped"]) == (0, 5)
+    assert instances_source(str(out))["config_digest"] == summary["config_digest"]
+    assert len(json.loads((out / "instances.json").read_text())["annotations"]) == len(rows)

@@ -88,3 +88,23 @@ def test_eigen_row_defaults_optional_columns_and_names_mistakes():
         eigen_row(**{k: v for k, v in row.items() if k != "image_sha256"})
     with pytest.raises(ValueError, match="unknown.*eigenvector_count"):
         eigen_row(**row, eigenvector_count=3)
+
+
+def test_labels_written_before_a_new_column_read_it_as_null(tmp_path):
+    # A labels shard of an older version (no `soft` column) beside a new one: one scan reads
+    # both with today's schema, the old rows' soft masks as null.
+    import pyarrow as pa
+
+    from pipeline.io.schema import OBJECT_SCHEMA, object_table
+    from pipeline.io.shards import LABELS_DIR, scan_batches
+
+    row = {"image_id": "a.jpg", "object": 0, "height": 4, "width": 5, "box": [0, 0, 5, 4],
+           "patch_box": [0, 0, 5, 4], "score": 1.0, "area": 20, "segmentation": "x", "method": "fiedler",
+           "rank": 0, "eigenvalue": 0.1, "border": 0.0, "grid_area": 1.0, "fallback": False,
+           "config_digest": "d", "extract_digest": "e"}
+    old_schema = pa.schema([f for f in OBJECT_SCHEMA if f.name != "soft"])
+    write_shard(pa.Table.from_pylist([row], schema=old_schema), str(tmp_path), LABELS_DIR, "{}", name="part-0.parquet")
+    write_shard(object_table([{**row, "image_id": "b.jpg", "soft": b"png"}]), str(tmp_path), LABELS_DIR, "{}",
+                name="part-1.parquet")
+    rows = [r for b in scan_batches(str(tmp_path), LABELS_DIR, ["image_id", "soft"]) for r in b.to_pylist()]
+    assert rows == [{"image_id": "a.jpg", "soft": None}, {"image_id": "b.jpg", "soft": b"png"}]

@@ -174,7 +174,8 @@ class SpectralExtractor:
                 "segment_dim": features.shape[1], "segment_features": features.astype(np.float32).ravel()}
 
     def error_row(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
-        reason = str(exc) if isinstance(exc, ImageError) else "".join(
+        # The stage has its own column: an ImageError's reason without its "stage: " prefix.
+        reason = exc.reason if isinstance(exc, ImageError) else "".join(
             traceback.format_exception_only(type(exc), exc)
         ).strip()
         return {

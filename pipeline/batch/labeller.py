@@ -23,6 +23,7 @@ from pipeline.evaluation.panels import GALLERY_DIR, panel_name, render_panel
 from pipeline.features.geometry import geometry_of
 from pipeline.io.coco_instances import encode_mask
 from pipeline.io.schema import eigenvectors_of, features_of
+from pipeline.io.soft_masks import encode_soft
 from pipeline.io.sources import ImageRef
 from pipeline.objects.instances import ImageObject, LabelConfig, image_objects, label_digest
 from pipeline.spectral.affinity import image_affinity
@@ -102,7 +103,8 @@ class ObjectLabeller:
                 "area": int(obj.mask.sum()), "segmentation": encode_mask(obj.mask),
                 "method": self.cfg.discovery.method, "rank": c.rank,
                 "eigenvalue": c.eigenvalue, "border": c.border, "grid_area": c.area, "fallback": c.fallback,
-                "config_digest": self.digest, "extract_digest": self.extract_digest}
+                "config_digest": self.digest, "extract_digest": self.extract_digest,
+                "soft": encode_soft(obj.soft) if self.cfg.soft_masks else None}
 
     def _stored_rows(self, stored: list[LabelRef]) -> list[dict]:
         """The shard rows of `stored`, in order, each shard read once."""

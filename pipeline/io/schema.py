@@ -98,6 +98,10 @@ OBJECT_SCHEMA = pa.schema(
         pa.field("fallback", pa.bool_(), nullable=False),
         pa.field("config_digest", pa.string(), nullable=False),  # the label run's digest
         pa.field("extract_digest", pa.string(), nullable=False),  # the eigenvectors it used
+        # The refined mask before its 0.5 threshold, 8-bit PNG (pipeline.io.soft_masks); null
+        # unless the run asked for soft masks (LabelConfig.soft_masks). Added after labels were
+        # first written: readers scan with this schema, so older shards read it as null.
+        pa.field("soft", pa.binary(), nullable=True),
     ]
 )
 

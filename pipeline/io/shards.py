@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.io.schema import CONFIG_METADATA_KEY
+from pipeline.io.schema import CONFIG_METADATA_KEY, OBJECT_SCHEMA
 from pipeline.io.storage import fresh_listing, put_whole
 
 EIGEN_DIR = "eigs"
@@ -85,7 +85,12 @@ def _dataset(out: str, kind: str):
     # An explicit sorted file list: scans then visit shards in the same order every run.
     files = sorted(p for p in fs.find(folder) if p.endswith(".parquet")
                    and not p.rsplit("/", 1)[-1].startswith(("_", ".")))
-    return ds.dataset(files, filesystem=fs, format="parquet") if files else None
+    return ds.dataset(files, filesystem=fs, format="parquet", schema=KIND_SCHEMAS.get(kind)) if files else None
+
+
+# Kinds read with a fixed schema (not the first file's): columns added later read as null in
+# older shards. Eigen shards are left to their files (float16 or float32 eigenvectors).
+KIND_SCHEMAS = {LABELS_DIR: OBJECT_SCHEMA}
 
 
 KEY_COLUMNS = ["image_id", "config_digest"]

@@ -3,20 +3,22 @@
 `LabelConfig` is what `deep-spectral label` records in its shards: the discovery method, the
 score, and the pixel refinement. Masks are refined as single-object masks are
 (pipeline.objects.masks: nearest-cell upsampling, then the colour guided filter, > 0.5), all
-objects of an image in one stacked filter pass; each box encloses its refined mask.
+objects of an image in one stacked filter pass; each box encloses its refined mask. The map
+before the threshold is each object's soft mask (stored when `soft_masks` asks).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.config import canonical_json, digest_of
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
 from pipeline.objects.discovery import Candidate, DiscoveryConfig, discover
 from pipeline.objects.localize import mask_box
-from pipeline.objects.masks import SegmentConfig, refine_guided
+from pipeline.objects.masks import REFINERS, SegmentConfig, refine_guided, refine_matting
 
 # How a candidate's score is made from what discovery measured (docs/objects.md compares them
 # by AP). Scores rank objects across the whole dataset, so they must be comparable between
@@ -33,19 +35,27 @@ SCORES = {
 class LabelConfig:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     score: str = "cut"  # a SCORES name ("cut" beat "rank" on tune and check: docs/objects.md)
-    refine: str = "guided"  # "guided" or "none" (nearest-cell upsampling of the patch mask)
+    # "guided", "matting" (pymatting closed-form alpha near the edge, slow) or "none"
+    # (nearest-cell upsampling of the patch mask): pipeline.objects.masks.REFINERS.
+    refine: str = "guided"
     radius: int = 16
     eps: float = 1e-3
     max_side: int = 1024
+    # Also store each object's soft mask (8-bit PNG in the labels table): what max-F needs.
+    soft_masks: bool = False
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for key, value in _OMITTED_AT_DEFAULT.items():
+            if data[key] == value:
+                del data[key]
+        return data
 
     def to_json(self) -> str:
-        return canonical_json(self)
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
-        return digest_of(self)
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict) -> "LabelConfig":
@@ -53,15 +63,15 @@ class LabelConfig:
                    **{k: v for k, v in data.items() if k != "discovery"})
 
 
+# Fields added after labels were written, left out of the JSON (and so of the digest) while at
+# these defaults: a default run keeps its digest, and its stored labels stay valid.
+_OMITTED_AT_DEFAULT = {"soft_masks": False}
+
+
 def label_digest(extract_digest: str, cfg: LabelConfig) -> str:
     """The digest of a label run: its own config and the extraction it labels."""
-    return digest_of(_Pair(extract_digest, cfg))
-
-
-@dataclass(frozen=True)
-class _Pair:
-    extract_digest: str
-    label: LabelConfig
+    pair = {"extract_digest": extract_digest, "label": cfg.to_dict()}
+    return hashlib.sha256(json.dumps(pair, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class ImageObject:
     patch_box: np.ndarray  # (4,) the box of the patch mask (cells to pixels)
     score: float
     candidate: Candidate
+    soft: np.ndarray  # (H, W) float32 in [0, 1]: the refined map; mask == soft > 0.5
 
 
 def image_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, image: np.ndarray,
@@ -80,27 +91,34 @@ def image_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, image: n
     if cfg.score not in SCORES:
         raise ValueError(f"score must be one of {sorted(SCORES)}, got {cfg.score!r}")
     candidates = discover(eigenvectors, eigenvalues, W, cfg.discovery)
-    masks = pixel_masks([c.mask for c in candidates], image, geom, cfg)
+    softs = soft_masks([c.mask for c in candidates], image, geom, cfg)
     objects = []
-    for cand, mask in zip(candidates, masks):
+    for cand, soft in zip(candidates, softs):
+        mask = soft > 0.5
         patch_box = mask_box(cand.mask, geom) if cand.mask.any() else np.array([0, 0, geom.width, geom.height], float)
         box = pixel_box(mask) if mask.any() else patch_box
         objects.append(ImageObject(mask=mask, box=box, patch_box=patch_box,
-                                   score=0.0 if cand.fallback else float(SCORES[cfg.score](cand)), candidate=cand))
+                                   score=0.0 if cand.fallback else float(SCORES[cfg.score](cand)), candidate=cand,
+                                   soft=soft))
     return sorted(objects, key=lambda o: (-o.score, o.candidate.rank))
 
 
-def pixel_masks(cells: list[np.ndarray], image: np.ndarray, geom: GridGeometry, cfg: LabelConfig) -> list[np.ndarray]:
-    """(grid_h, grid_w) bool patch masks -> (H, W) bool masks (one guided-filter pass for all)."""
+def soft_masks(cells: list[np.ndarray], image: np.ndarray, geom: GridGeometry, cfg: LabelConfig) -> list[np.ndarray]:
+    """(grid_h, grid_w) bool patch masks -> (H, W) float32 soft masks in [0, 1], whose > 0.5
+    are the objects' masks (one guided-filter pass for all of them)."""
+    if cfg.refine not in REFINERS:
+        raise ValueError(f"refine must be one of {REFINERS}, got {cfg.refine!r}")
     if not cells:
         return []
     coarse = np.stack([grid_to_pixels(c, geom, bilinear=False) for c in cells])
     if cfg.refine == "none":
-        return list(coarse > 0.5)
-    if cfg.refine != "guided":
-        raise ValueError(f"refine must be 'guided' or 'none', got {cfg.refine!r}")
-    seg = SegmentConfig(radius=cfg.radius, eps=cfg.eps, max_side=cfg.max_side)
-    return list(refine_guided(image, coarse, seg) > 0.5)
+        soft = coarse
+    elif cfg.refine == "guided":
+        soft = refine_guided(image, coarse, SegmentConfig(radius=cfg.radius, eps=cfg.eps, max_side=cfg.max_side))
+    else:  # the band pipeline.objects.masks.segment uses: half a patch
+        band = max(1, round(0.5 * geom.cell_h / geom.scale_y))
+        soft = np.stack([refine_matting(image, c, band) for c in coarse])
+    return list(np.clip(soft, 0, 1).astype(np.float32))
 
 
 def pixel_box(mask: np.ndarray) -> np.ndarray:
