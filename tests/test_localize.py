@@ -1,13 +1,12 @@
 """Grid -> pixel geometry, components, fallbacks and boxes from oriented eigenvectors."""
-import json
 
 import numpy as np
 import pytest
 
 from pipeline.features.backbones import grid_shape, preprocess
 from pipeline.features.geometry import GridGeometry, cells_to_box, geometry_of, grid_to_pixels
-from pipeline.objects.localize import (LocalizeConfig, coco_detections, components, foreground_mask,
-                               largest_component, localize, mask_box, write_coco_results)
+from pipeline.objects.localize import (LocalizeConfig, components, foreground_mask,
+                               largest_component, localize, mask_box)
 
 
 def row_for(height, width, long_side, patch=14):
@@ -98,10 +97,3 @@ def test_localize_box_of_the_largest_positive_component():
     np.testing.assert_allclose(loc.boxes[0], loc.box)
     # The second eigenvector's component is a further box, scored below the main one.
     assert any(np.allclose(b, [0, 0, 40, 20]) for b in loc.boxes[1:])
-
-
-def test_coco_results_are_xywh(tmp_path):
-    dets = coco_detections(42, np.array([[10, 20, 50, 80.0], [0, 0, 5, 5.0]]), np.array([1.0, 0.3]))
-    assert dets[0] == {"image_id": 42, "category_id": 1, "bbox": [10.0, 20.0, 40.0, 60.0], "score": 1.0}
-    write_coco_results(str(tmp_path / "r.json"), dets)
-    assert json.loads((tmp_path / "r.json").read_text())[1]["bbox"] == [0, 0, 5, 5]

@@ -6,7 +6,6 @@ positive side is the foreground guess. FINDINGS: threshold 0 gives better boxes 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,21 +134,3 @@ def localize(eigenvectors: np.ndarray, geom: GridGeometry, cfg: LocalizeConfig =
             keep.append((score, box))
     return Localization(box=candidates[0][1], mask=main, fallback=fallback,
                         boxes=np.array([b for _, b in keep]), scores=np.array([s for s, _ in keep]))
-
-
-def coco_detections(image_id: int | str, boxes: np.ndarray, scores: np.ndarray,
-                    category_id: int = 1) -> list[dict]:
-    """(n, 4) xyxy boxes and (n,) scores -> COCO results entries (bbox is [x, y, w, h]).
-
-    Class-agnostic: every box gets `category_id`, as unsupervised localization has no classes.
-    """
-    return [{"image_id": image_id, "category_id": category_id,
-             "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
-             "score": round(float(s), 4)}
-            for (x0, y0, x1, y1), s in zip(np.asarray(boxes).reshape(-1, 4), scores)]
-
-
-def write_coco_results(path: str, detections: list[dict]) -> None:
-    """A COCO results file: one JSON list, loadable by pycocotools' COCO.loadRes."""
-    with open(path, "w") as f:
-        json.dump(detections, f)
