@@ -24,7 +24,6 @@ from pipeline.io.shards import EIGEN_DIR, scan_batches
 from pipeline.objects.discovery import DiscoveryConfig, discover
 from pipeline.objects.localize import LocalizeConfig, component_candidates, components, foreground_mask, mask_box
 from pipeline.spectral.affinity import image_affinity
-from pipeline.spectral.spectrum import orient_by_border
 
 
 def variants(vecs, vals, W, grid):
