@@ -364,7 +364,8 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--knn-scale", choices=["relative", "absolute"], default=g.knn_scale)
     parser.add_argument("--graph", choices=sorted(GRAPH_BUILDERS), default=g.kind,
                         help="dense: the N x N feature graph; sparse: each node's top-k (--knn) "
-                             "built in row blocks, never N x N (for large grids)")
+                             "built in row blocks; lowrank: shifted cosines f fᵀ + s solved from the "
+                             "features (both never N x N, for large grids; docs/sparse.md)")
     parser.add_argument("--knn", "--sparsify-topk", dest="sparsify_topk", type=int, default=None,
                         help="keep each node's top-k feature affinities (symmetrised); "
                              f"--graph sparse defaults to {SPARSE_DEFAULT_TOPK}")

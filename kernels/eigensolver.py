@@ -22,6 +22,8 @@ Methods (`method=`):
   "lobpcg"       scipy / cupyx LOBPCG on A, largest, constrained to the complement of sqrt(d).
   "auto"         "dense" for N <= DENSE_MAX_N, else "shift_invert" for sparse W and
                  "krylov" for dense W.
+A kernels.lowrank.LowRankGraph (W = F Fᵀ + s, never formed) is solved exactly from its factors
+(a thin QR and a small SVD; method "lowrank"), whatever `method` says.
 The block methods use a block of k + 1 >= k - 1 vectors, so repeated eigenvalues (a graph in
 several components) are resolved; single-vector "lanczos" can silently miss copies of them
 (measured here on a KNN-sparsified graph: eigenvalues off by 2e-3 with every residual below
@@ -42,6 +44,7 @@ from kernels.backend import array_module, is_sparse, scipy_module, to_numpy
 from kernels.block_krylov import largest_eigenpairs_block_krylov, residual_norms
 from kernels.components import component_labels, null_space_complement
 from kernels.laplacian import degrees, inverse_sqrt_degrees, normalized_laplacian
+from kernels.lowrank import LowRankGraph, lowrank_eigenpairs
 
 METHODS = ("auto", "dense", "krylov", "shift_invert", "lanczos", "lobpcg")
 
@@ -100,6 +103,8 @@ def smallest_eigenpairs(W, k: int = 15, *, method: str = "auto", tol: float = 1e
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(W, LowRankGraph):  # exact from its factors, whatever `method` says
+        return _lowrank(W, k)
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"W must be square (N, N), got shape {W.shape}")
     n = W.shape[0]
@@ -229,6 +234,17 @@ def _by_components(W, d, r, v0, m, method, **options):
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+def _lowrank(W: LowRankGraph, k: int) -> Eigenpairs:
+    n = W.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, N={n}], got {k}")
+    lam, V, res = lowrank_eigenpairs(W, k)
+    xp = array_module(V)
+    d = W.degrees()
+    v0 = xp.sqrt(d) / xp.linalg.norm(xp.sqrt(d))
+    return _assemble(lam[1:], V[:, 1:], res[1:], inverse_sqrt_degrees(d), v0, "lowrank", None)
+
 
 def _assemble(lam, V, res, r, v0, method, fallback_from) -> Eigenpairs:
     """L's pairs (lambda, v) for the k - 1 non-trivial ones -> Eigenpairs with x = D^-1/2 v."""

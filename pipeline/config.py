@@ -54,7 +54,9 @@ class GraphConfig:
     upsample: int = 1
     # How the feature graph is built: "dense" forms N x N; "sparse" builds the top-k graph
     # (k = sparsify_topk, SPARSE_DEFAULT_TOPK if None) in row blocks, never N x N: memory
-    # O(N k), the same graph as "dense" with sparsify_topk (pipeline.spectral.affinity).
+    # O(N k), the same graph as "dense" with sparsify_topk (pipeline.spectral.affinity);
+    # "lowrank" shifts the cosines instead of clipping them (W = f fᵀ + s, rank C + 1), never
+    # N x N, and solves it exactly from the features (kernels/lowrank.py, docs/sparse.md).
     kind: str = "dense"
 
 

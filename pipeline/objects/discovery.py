@@ -19,6 +19,7 @@ import numpy as np
 
 from kernels import smallest_eigenpairs
 from kernels.backend import to_numpy
+from kernels.lowrank import subgraph
 from pipeline.objects.localize import LocalizeConfig, component_candidates, foreground_mask, largest_component
 from pipeline.spectral.spectrum import border_mask, orient_by_border
 
@@ -95,7 +96,7 @@ def iterative_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg:
     remaining = ~found[0].mask.ravel()
     while len(found) < cfg.max_objects and remaining.sum() >= max(3, cfg.min_area * h * w):
         index = np.flatnonzero(remaining)
-        sub = W[index][:, index]
+        sub = subgraph(W, index)
         pairs = smallest_eigenpairs(sub, 2)
         grid = np.zeros((2, h * w), np.float32)
         grid[:, index] = to_numpy(pairs.eigenvectors).T

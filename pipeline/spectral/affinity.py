@@ -9,6 +9,7 @@ from PIL import Image
 
 from kernels.backend import array_module, scipy_module
 from kernels.knn_affinity import knn_colour_affinity
+from kernels.lowrank import LowRankGraph, lowrank_graph
 from kernels.topk_affinity import topk_cosine_graph
 from pipeline.config import SPARSE_DEFAULT_TOPK, GraphConfig
 
@@ -89,8 +90,18 @@ def sparse_feature_affinity(features, upsample: int = 1, topk: int | None = None
     return topk_cosine_graph(f.reshape(-1, c), topk or SPARSE_DEFAULT_TOPK)
 
 
+def lowrank_feature_affinity(features, upsample: int = 1, topk: int | None = None) -> LowRankGraph:
+    """(h, w, C) features -> W = f̂ f̂ᵀ + s (kernels.lowrank), N = h·w·upsample², never formed:
+    the cosines shifted by s = -min f̂ f̂ᵀ instead of clipped at 0, so W has rank C + 1 and its
+    eigenpairs come exactly from the (N, C) features (`topk` is not used)."""
+    xp = array_module(features)
+    h, w, c = features.shape
+    f = upsample_features(features.astype(xp.float32), upsample).reshape(-1, c)
+    return lowrank_graph(f / xp.maximum(xp.linalg.norm(f, axis=1, keepdims=True), 1e-12))
+
+
 # GraphConfig.kind -> (features, upsample, topk) -> W.
-GRAPH_BUILDERS = {"dense": feature_affinity, "sparse": sparse_feature_affinity}
+GRAPH_BUILDERS = {"dense": feature_affinity, "sparse": sparse_feature_affinity, "lowrank": lowrank_feature_affinity}
 
 
 def topk_graph(W, topk: int):
@@ -124,6 +135,9 @@ def image_affinity(features, image: np.ndarray, cfg: GraphConfig):
     h, w = features.shape[0] * cfg.upsample, features.shape[1] * cfg.upsample
     if cfg.kind not in GRAPH_BUILDERS:
         raise ValueError(f"graph kind must be one of {sorted(GRAPH_BUILDERS)}, got {cfg.kind!r}")
+    if cfg.kind == "lowrank" and cfg.knn_lambda != 0:
+        raise ValueError("graph kind 'lowrank' takes no colour term (knn_lambda must be 0): "
+                         "W + λ·W_knn is not of low rank")
     W = GRAPH_BUILDERS[cfg.kind](features, cfg.upsample, cfg.sparsify_topk)
     if cfg.knn_lambda == 0:
         return W
