@@ -16,8 +16,9 @@ first seed's pseudo-labels are written as palette PNGs to OUT/labels.
 (unlabeled: no mask is read for them) and still scores only the masked --split, as the
 paper clusters a whole dataset's segments. --oracle-segments adds the ceiling: the same
 features, clustering and matching with ground-truth regions as the segments
-(jobs.semantic_oracle). --score-list FILE scores only the listed masked images (a tune or
-check part) while clustering stays over everything.
+(jobs.semantic_oracle). --score-list FILE scores only the listed masked images; --part
+NAME=FILE also scores a part (tune, check) on its own with its own matching, in the same run
+and the same clusters, while clustering stays over everything.
 """
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                             "clustering and matching): the backbone's ceiling")
     group.add_argument("--score-list", default=None,
                        help="text file of image stems: score only these masked images")
+    group.add_argument("--part", action="append", default=[], metavar="NAME=FILE",
+                       help="also score the listed masked images (stems) on their own, with their "
+                            "own matching: a tune or check part of one run (repeatable)")
 
 
 def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, ...], LabelMap | None]:
@@ -82,12 +86,31 @@ def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, ...], L
         raise SystemExit("--images/--masks need --label-map FILE to name the classes")
     samples = samples[:args.limit] if args.limit else samples
     if args.score_list:
-        with open(args.score_list) as f:
-            wanted = {line.split()[0] for line in f if line.strip()}
-        samples = [s for s in samples if os.path.splitext(os.path.basename(s.image_id))[0] in wanted]
+        wanted = _stems(args.score_list)
+        samples = [s for s in samples if _stem(s.image_id) in wanted]
         if not samples:
             raise SystemExit(f"--score-list {args.score_list} names none of the masked images")
     return samples, tuple(classes), label_map
+
+
+def _stems(path: str) -> set[str]:
+    with open(path) as f:
+        return {line.split()[0] for line in f if line.strip()}
+
+
+def _stem(image_id: str) -> str:
+    return os.path.splitext(os.path.basename(image_id))[0]
+
+
+def _parts(args: argparse.Namespace) -> dict[str, set[str]]:
+    """--part NAME=FILE flags -> {NAME: image stems}."""
+    parts = {}
+    for flag in args.part:
+        name, sep, path = flag.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--part needs NAME=FILE, got {flag!r}")
+        parts[name] = _stems(path)
+    return parts
 
 
 def _cluster_only(args: argparse.Namespace, scored: list[Sample]) -> list[Sample]:
@@ -111,14 +134,16 @@ def _extract_config(args: argparse.Namespace):
 def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: tuple[str, ...],
                 label_map: LabelMap | None, labels_cfg: PseudoLabelConfig, long_side: int | None,
                 ignore_index: int, png_dir: str | None, self_training: bool,
-                cluster_ids: list[str]) -> tuple[dict, list[str]]:
-    """Fit over `cluster_ids` (the scored images and any unlabeled ones), score `samples`."""
+                cluster_ids: list[str], parts: dict[str, set[str]]) -> tuple[dict, list[str]]:
+    """Fit over `cluster_ids` (the scored images and any unlabeled ones), score `samples`
+    (and each part of them on its own)."""
     model = fit_segment_clusters(shards, digest, labels_cfg.cluster, image_ids=cluster_ids)
     head = self_train(shards, digest, model, labels_cfg.self_train or SelfTrainConfig(seed=labels_cfg.cluster.seed),
                       cluster_ids) if self_training else None
     n_labels = labels_cfg.cluster.n_clusters + 1
     counts = np.zeros((n_labels, len(classes)), np.int64)
     counts_self = counts.copy()
+    counts_parts = {name: counts.copy() for name in parts}
     scored = []
     for row in segment_rows(shards, digest, image_ids=list(samples), with_features=self_training):
         try:  # one unreadable or mismatched mask must not cost the benchmark
@@ -132,6 +157,9 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
             print(f"  failed {row['image_id']}: {type(exc).__name__}: {exc}")
             continue
         counts += image_counts
+        for name, stems in parts.items():
+            if _stem(row["image_id"]) in stems:
+                counts_parts[name] += image_counts
         scored.append(row["image_id"])
         if png_dir:
             path = f"{png_dir}/{os.path.splitext(row['image_id'])[0]}.png"
@@ -144,7 +172,22 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
               "n_segments": model.n_fitted, "lloyd_passes": model.n_passes}
     if head is not None:
         result["self_trained_miou"] = hungarian_miou(counts_self).miou
+    result["parts"] = {name: _part_score(c) for name, c in counts_parts.items()}
     return result, scored
+
+
+def _part_score(counts: np.ndarray) -> dict:
+    score = hungarian_miou(counts)
+    return {"miou": score.miou, "pixel_accuracy": score.pixel_accuracy, "iou": score.iou.tolist()}
+
+
+def _summarise_parts(runs: list[dict]) -> dict:
+    """Per-seed part scores -> {part: {miou, miou_std, pixel_accuracy}} over the seeds."""
+    names = runs[0]["parts"] if runs else {}
+    return {name: {"miou": float(np.mean([r["parts"][name]["miou"] for r in runs])),
+                   "miou_std": float(np.std([r["parts"][name]["miou"] for r in runs])),
+                   "pixel_accuracy": float(np.mean([r["parts"][name]["pixel_accuracy"] for r in runs]))}
+            for name in names}
 
 
 def _at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -164,6 +207,7 @@ def run(args: argparse.Namespace) -> dict:
 
     started = time.time()
     by_id = {s.image_id: s for s in samples}
+    parts = _parts(args)
     cluster_ids = list(by_id) + [s.image_id for s in unlabeled]
     clusters = args.clusters or len(classes) - 1
     per_seed, scored = [], []
@@ -172,12 +216,12 @@ def run(args: argparse.Namespace) -> dict:
                                        refine=args.label_refine)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
-                                     f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids)
+                                     f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids, parts)
         print(f"  seed {seed}: mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f}"
               + (f", self-trained mIoU {result['self_trained_miou']:.4f}" if args.self_train else ""))
         per_seed.append(result)
     evaluate_seconds = time.time() - started
-    oracle = _oracle(args, shards, cfg, by_id, classes, label_map, clusters) if args.oracle_segments else {}
+    oracle = _oracle(args, shards, cfg, by_id, classes, label_map, clusters, parts) if args.oracle_segments else {}
 
     mious = np.array([r["miou"] for r in per_seed])
     ious = np.array([r["iou"] for r in per_seed], dtype=float)
@@ -192,6 +236,8 @@ def run(args: argparse.Namespace) -> dict:
            if args.self_train else {}),
         "per_class_iou": {c: (None if np.isnan(v) else round(float(v), 4))
                           for c, v in zip(classes, ious.mean(axis=0))},
+        "parts": {name: {**score, "n_images": sum(_stem(i) in parts[name] for i in scored)}
+                  for name, score in _summarise_parts(per_seed).items()},
         "per_seed": per_seed,
         **oracle,
         "n_images": len(scored),
@@ -211,7 +257,7 @@ def run(args: argparse.Namespace) -> dict:
                        "self_train": dataclasses.asdict(SelfTrainConfig()) if args.self_train else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index,
                        "cluster_split": args.cluster_split, "oracle_segments": args.oracle_segments,
-                       "score_list": args.score_list, "reuse_shards": args.reuse_shards},
+                       "score_list": args.score_list, "parts": args.part, "reuse_shards": args.reuse_shards},
                    "data": data_flags(args),
                    "limit": args.limit, "local": args.local, "shards": shards},
         "failed": failed,
@@ -222,6 +268,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"semantic  mIoU {report['miou']:.4f} ± {report['miou_std']:.4f} over {args.seeds} seeds  "
           f"pixel accuracy {report['pixel_accuracy']:.4f}  n_images {len(scored)}  "
           f"n_failed {len(failed)}  backbone {cfg.backbone.name}")
+    for name, part in report["parts"].items():
+        ceiling = oracle.get("oracle_parts", {}).get(name)
+        print(f"  part {name} ({part['n_images']} images): mIoU {part['miou']:.4f} ± {part['miou_std']:.4f}"
+              + (f", oracle {ceiling['miou']:.4f} ± {ceiling['miou_std']:.4f}" if ceiling else ""))
     if oracle:
         print(f"oracle segments  mIoU {oracle['oracle_miou']:.4f} ± {oracle['oracle_miou_std']:.4f}  "
               f"pixel accuracy {oracle['oracle_pixel_accuracy']:.4f}  regions {oracle['oracle_n_regions']}")
@@ -229,12 +279,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _oracle(args: argparse.Namespace, shards: str, cfg, by_id: dict[str, Sample], classes: tuple[str, ...],
-            label_map: LabelMap | None, clusters: int) -> dict:
+            label_map: LabelMap | None, clusters: int, parts: dict[str, set[str]]) -> dict:
     """The report's oracle_* keys: every seed with ground-truth regions as the segments."""
     started = time.time()
     features, failed = region_features(shards, cfg, by_id, label_map, args.ignore_index)
     runs = [score_oracle(features, by_id, label_map, len(classes),
-                         ClusterConfig(n_clusters=clusters, seed=seed, pca_dim=args.pca), args.ignore_index)
+                         ClusterConfig(n_clusters=clusters, seed=seed, pca_dim=args.pca), args.ignore_index,
+                         {name: {i for i in by_id if _stem(i) in stems} for name, stems in parts.items()})
             for seed in range(args.seeds)]
     for r in runs:
         print(f"  oracle seed {r['seed']}: mIoU {r['miou']:.4f}")
@@ -243,5 +294,5 @@ def _oracle(args: argparse.Namespace, shards: str, cfg, by_id: dict[str, Sample]
             "oracle_pixel_accuracy": float(np.mean([r["pixel_accuracy"] for r in runs])),
             "oracle_per_class_iou": {c: (None if np.isnan(v) else round(float(v), 4))
                                      for c, v in zip(classes, ious.mean(axis=0))},
-            "oracle_per_seed": runs, "oracle_n_regions": runs[0]["n_regions"] if runs else 0,
+            "oracle_parts": _summarise_parts(runs), "oracle_per_seed": runs, "oracle_n_regions": runs[0]["n_regions"] if runs else 0,
             "oracle_failed": failed, "oracle_seconds": round(time.time() - started, 2)}

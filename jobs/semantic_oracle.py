@@ -68,17 +68,27 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
 
 
 def score_oracle(features: dict[str, np.ndarray], samples: dict[str, Sample], label_map: LabelMap | None,
-                 n_classes: int, cluster: ClusterConfig, ignore_index: int) -> dict:
+                 n_classes: int, cluster: ClusterConfig, ignore_index: int,
+                 parts: dict[str, set[str]] | None = None) -> dict:
     """One seed: k-means of every region feature, each region labelled cluster + 1, scored at
-    the ground truth's pixels with one Hungarian matching -> {miou, pixel_accuracy, iou}."""
+    the ground truth's pixels with one Hungarian matching -> {miou, pixel_accuracy, iou, parts}
+    (`parts`: {name: image ids} scored on their own, each with its own matching)."""
+    parts = parts or {}
     model = fit_clusters(lambda: (f for f in features.values() if len(f)), cluster)
     counts = np.zeros((cluster.n_clusters + 1, n_classes), np.int64)
+    counts_parts = {name: counts.copy() for name in parts}
     for image_id, f in features.items():
         gt = read_class_mask(samples[image_id].mask_uri, label_map)
         _, masks = gt_regions(gt, ignore_index)
         labels = model.assign(f) + 1 if len(f) else np.zeros(0, np.int64)
-        counts += confusion(region_labels(masks, labels, gt.shape), gt, cluster.n_clusters + 1,
-                            n_classes, ignore_index)
+        image_counts = confusion(region_labels(masks, labels, gt.shape), gt, cluster.n_clusters + 1,
+                                 n_classes, ignore_index)
+        counts += image_counts
+        for name, ids in parts.items():
+            if image_id in ids:
+                counts_parts[name] += image_counts
     score = hungarian_miou(counts)
+    part_scores = {name: hungarian_miou(c) for name, c in counts_parts.items()}
     return {"seed": cluster.seed, "miou": score.miou, "pixel_accuracy": score.pixel_accuracy,
-            "iou": score.iou.tolist(), "n_regions": model.n_fitted}
+            "iou": score.iou.tolist(), "n_regions": model.n_fitted,
+            "parts": {name: {"miou": p.miou, "pixel_accuracy": p.pixel_accuracy} for name, p in part_scores.items()}}

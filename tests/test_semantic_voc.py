@@ -142,7 +142,10 @@ def _evaluate(root, out, *extra):
 
 def test_voc_protocol_clusters_the_larger_list_and_scores_the_masked_one(voc_tree, tmp_path, offline_weights):
     root, ids = voc_tree
-    report = _evaluate(root, tmp_path / "a")
+    (tmp_path / "both.txt").write_text(f"{ids[0]}\n{ids[3]}\n")
+    (tmp_path / "one.txt").write_text(f"{ids[3]}\n")
+    report = _evaluate(root, tmp_path / "a", "--part", f"both={tmp_path / 'both.txt'}",
+                       "--part", f"one={tmp_path / 'one.txt'}")
     assert report["n_clustered_images"] == 6 and report["n_extracted"] == 6 and report["n_images"] == 2
     assert list(report["per_class_iou"]) == list(VOC_CLASSES)
     assert report["per_class_iou"]["aeroplane"] is None and report["per_class_iou"]["cat"] is not None
@@ -152,8 +155,13 @@ def test_voc_protocol_clusters_the_larger_list_and_scores_the_masked_one(voc_tre
     assert report["oracle_n_regions"] == 2 and report["oracle_per_class_iou"]["background"] == pytest.approx(1.0)
     assert 0.3 < report["oracle_per_class_iou"]["cat"] <= 1
     assert len(list((tmp_path / "a" / "labels" / "JPEGImages").glob("*.png"))) == 2  # scored images only
+    # A part holding every scored image is the whole figure; a part is scored on its own.
+    assert report["parts"]["both"]["miou"] == pytest.approx(report["miou"]) and report["parts"]["one"]["n_images"] == 1
+    assert report["oracle_parts"]["both"]["miou"] == pytest.approx(report["oracle_miou"])
+    assert report["parts"]["one"]["miou"] != pytest.approx(report["miou"]) or report["miou"] == 1
     # Same shards and seeds -> the same figures (the rerun extracts nothing and re-clusters).
-    again = _evaluate(root, tmp_path / "a")
+    again = _evaluate(root, tmp_path / "a", "--part", f"both={tmp_path / 'both.txt'}",
+                      "--part", f"one={tmp_path / 'one.txt'}")
     assert again["n_extracted"] == 0 and again["per_seed"] == report["per_seed"]
     # Clustering over the larger list changes the clusters: the segments of the unlabeled
     # images were fitted (counted in n_segments), not only the scored ones'.
