@@ -205,3 +205,24 @@ def test_segments_added_to_stored_rows_equal_a_fresh_extraction(voc_tree, tmp_pa
 def _extract(root, out, cfg):
     run_extract(str(root / "JPEGImages"), str(out), cfg, RuntimeConfig(batch_size=4), local=True)
     return out
+
+
+def test_a_changed_or_missing_stored_row_becomes_an_error_row(voc_tree, tmp_path, offline_weights):
+    from pipeline.batch.extractor import SpectralExtractor
+    from pipeline.io.sources import ImageRef
+
+    root, ids = voc_tree
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
+                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="crop", crop_size=56))
+    base = _extract(root, tmp_path / "base", segments_source(cfg))
+    stored = {r["image_id"]: r for r in read_table(str(base)).to_pylist()}
+    extractor = SpectralExtractor(cfg)
+    name = f"{ids[0]}.jpg"
+    ref = ImageRef(name, str(root / "JPEGImages" / name))
+    rows, errors = extractor.from_stored([(ref, stored[name]),
+                                          (ref, {**stored[name], "image_sha256": "0" * 64}),
+                                          (ImageRef("gone.jpg", str(root / "gone.jpg")), None)])
+    assert len(rows) == 1 and rows[0]["segment_dim"] == 384 and rows[0]["features"] is None  # not stored
+    assert rows[0]["n_segments"] == len(segments_of(rows[0])[2]) > 0
+    assert [e["stage"] for e in errors] == ["segments", "segments"]
+    assert "changed" in errors[0]["reason"] and "no row" in errors[1]["reason"]
