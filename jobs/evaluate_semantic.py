@@ -246,7 +246,9 @@ def run(args: argparse.Namespace) -> dict:
         "seconds_per_image": round((extract_seconds + evaluate_seconds) / max(len(scored), 1), 4),
         "n_extracted": summary["processed"] + summary["failed"],
         "extract_seconds": round(extract_seconds, 2),
-        "extract_seconds_per_image": round(extract_seconds / max(summary["processed"] + summary["failed"], 1), 4),
+        # None when every image was already in the shards (a rerun: nothing was extracted).
+        "extract_seconds_per_image": (round(extract_seconds / (summary["processed"] + summary["failed"]), 4)
+                                      if summary["processed"] + summary["failed"] else None),
         "evaluate_seconds": round(evaluate_seconds, 2),
         "backbone": cfg.backbone.name,
         "config_digest": cfg.digest(),

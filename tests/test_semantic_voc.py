@@ -163,6 +163,7 @@ def test_voc_protocol_clusters_the_larger_list_and_scores_the_masked_one(voc_tre
     again = _evaluate(root, tmp_path / "a", "--part", f"both={tmp_path / 'both.txt'}",
                       "--part", f"one={tmp_path / 'one.txt'}")
     assert again["n_extracted"] == 0 and again["per_seed"] == report["per_seed"]
+    assert report["extract_seconds_per_image"] > 0 and again["extract_seconds_per_image"] is None
     # Clustering over the larger list changes the clusters: the segments of the unlabeled
     # images were fitted (counted in n_segments), not only the scored ones'.
     rows = read_table(str(tmp_path / "a" / "spectral")).to_pylist()
