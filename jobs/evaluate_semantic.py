@@ -3,12 +3,22 @@
     deep-spectral evaluate semantic --images coco128/images --masks coco128/semantic_masks \\
         --label-map coco128/semantic_eval_map.json --out OUT --local
     deep-spectral evaluate semantic --voc-root VOCdevkit/VOC2012 --split val --out OUT
+    deep-spectral evaluate semantic --voc-root VOCdevkit/VOC2007 --split Segmentation/trainval \
+        --cluster-split trainval --oracle-segments --out OUT      # the paper's VOC protocol
 
 Extraction with segments (the same actors and shards as `extract --segments N`), then per
 seed: dataset-wide k-means of the segment features, pseudo-labels, and mIoU after one
 Hungarian matching of labels to classes over the whole dataset (background included).
 k-means runs vary widely, so the report is mean ± std (population) over --seeds runs; the
 first seed's pseudo-labels are written as palette PNGs to OUT/labels.
+
+--cluster-split S (VOC) extracts and clusters every image of ImageSets/Main/S.txt as well
+(unlabeled: no mask is read for them) and still scores only the masked --split, as the
+paper clusters a whole dataset's segments. --oracle-segments adds the ceiling: the same
+features, clustering and matching with ground-truth regions as the segments
+(jobs.semantic_oracle). --score-list FILE scores only the listed masked images; --part
+NAME=FILE also scores a part (tune, check) on its own with its own matching, in the same run
+and the same clusters, while clustering stays over everything.
 """
 from __future__ import annotations
 
@@ -22,9 +32,10 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
+from jobs.semantic_oracle import region_features, score_oracle
 from jobs.tasks import data_flags, extract_samples
 from pipeline.semantic.clustering import ClusterConfig
-from pipeline.io.ground_truth import Sample, folder_pairs
+from pipeline.io.ground_truth import Sample, folder_pairs, voc_split_ids
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
 from pipeline.semantic.self_training import SelfTrainConfig
 from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_rows,
@@ -47,6 +58,17 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="pseudo-labels at pixel level: cell classes, or guided-filter edges")
     group.add_argument("--self-train", action="store_true",
                        help="also score a linear head trained on the pseudo-labels (needs --store-features)")
+    group.add_argument("--cluster-split", default=None,
+                       help="VOC: also extract and cluster every image of ImageSets/Main/SPLIT.txt "
+                            "(unlabeled), scoring only the masked --split")
+    group.add_argument("--oracle-segments", action="store_true",
+                       help="also score ground-truth regions as the segments (same features, "
+                            "clustering and matching): the backbone's ceiling")
+    group.add_argument("--score-list", default=None,
+                       help="text file of image stems: score only these masked images")
+    group.add_argument("--part", action="append", default=[], metavar="NAME=FILE",
+                       help="also score the listed masked images (stems) on their own, with their "
+                            "own matching: a tune or check part of one run (repeatable)")
 
 
 def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, ...], LabelMap | None]:
@@ -62,7 +84,44 @@ def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, ...], L
         classes = label_map.classes
     if classes is None:
         raise SystemExit("--images/--masks need --label-map FILE to name the classes")
-    return samples[:args.limit] if args.limit else samples, tuple(classes), label_map
+    samples = samples[:args.limit] if args.limit else samples
+    if args.score_list:
+        wanted = _stems(args.score_list)
+        samples = [s for s in samples if _stem(s.image_id) in wanted]
+        if not samples:
+            raise SystemExit(f"--score-list {args.score_list} names none of the masked images")
+    return samples, tuple(classes), label_map
+
+
+def _stems(path: str) -> set[str]:
+    with open(path) as f:
+        return {line.split()[0] for line in f if line.strip()}
+
+
+def _stem(image_id: str) -> str:
+    return os.path.splitext(os.path.basename(image_id))[0]
+
+
+def _parts(args: argparse.Namespace) -> dict[str, set[str]]:
+    """--part NAME=FILE flags -> {NAME: image stems}."""
+    parts = {}
+    for flag in args.part:
+        name, sep, path = flag.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--part needs NAME=FILE, got {flag!r}")
+        parts[name] = _stems(path)
+    return parts
+
+
+def _cluster_only(args: argparse.Namespace, scored: list[Sample]) -> list[Sample]:
+    """The --cluster-split images that are not scored (no mask read), in split order."""
+    if not args.cluster_split:
+        return []
+    if not args.voc_root:
+        raise SystemExit("--cluster-split needs --voc-root (an ImageSets/Main list)")
+    root, have = args.voc_root.rstrip("/"), {s.image_id for s in scored}
+    extra = [Sample(f"JPEGImages/{i}.jpg", f"{root}/JPEGImages/{i}.jpg") for i in voc_split_ids(root, args.cluster_split)]
+    return [s for s in extra if s.image_id not in have]
 
 
 def _extract_config(args: argparse.Namespace):
@@ -74,13 +133,17 @@ def _extract_config(args: argparse.Namespace):
 
 def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: tuple[str, ...],
                 label_map: LabelMap | None, labels_cfg: PseudoLabelConfig, long_side: int | None,
-                ignore_index: int, png_dir: str | None, self_training: bool) -> tuple[dict, list[str]]:
-    model = fit_segment_clusters(shards, digest, labels_cfg.cluster, image_ids=list(samples))
+                ignore_index: int, png_dir: str | None, self_training: bool,
+                cluster_ids: list[str], parts: dict[str, set[str]]) -> tuple[dict, list[str]]:
+    """Fit over `cluster_ids` (the scored images and any unlabeled ones), score `samples`
+    (and each part of them on its own)."""
+    model = fit_segment_clusters(shards, digest, labels_cfg.cluster, image_ids=cluster_ids)
     head = self_train(shards, digest, model, labels_cfg.self_train or SelfTrainConfig(seed=labels_cfg.cluster.seed),
-                      list(samples)) if self_training else None
+                      cluster_ids) if self_training else None
     n_labels = labels_cfg.cluster.n_clusters + 1
     counts = np.zeros((n_labels, len(classes)), np.int64)
     counts_self = counts.copy()
+    counts_parts = {name: counts.copy() for name in parts}
     scored = []
     for row in segment_rows(shards, digest, image_ids=list(samples), with_features=self_training):
         try:  # one unreadable or mismatched mask must not cost the benchmark
@@ -94,6 +157,9 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
             print(f"  failed {row['image_id']}: {type(exc).__name__}: {exc}")
             continue
         counts += image_counts
+        for name, stems in parts.items():
+            if _stem(row["image_id"]) in stems:
+                counts_parts[name] += image_counts
         scored.append(row["image_id"])
         if png_dir:
             path = f"{png_dir}/{os.path.splitext(row['image_id'])[0]}.png"
@@ -106,7 +172,22 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
               "n_segments": model.n_fitted, "lloyd_passes": model.n_passes}
     if head is not None:
         result["self_trained_miou"] = hungarian_miou(counts_self).miou
+    result["parts"] = {name: _part_score(c) for name, c in counts_parts.items()}
     return result, scored
+
+
+def _part_score(counts: np.ndarray) -> dict:
+    score = hungarian_miou(counts)
+    return {"miou": score.miou, "pixel_accuracy": score.pixel_accuracy, "iou": score.iou.tolist()}
+
+
+def _summarise_parts(runs: list[dict]) -> dict:
+    """Per-seed part scores -> {part: {miou, miou_std, pixel_accuracy}} over the seeds."""
+    names = runs[0]["parts"] if runs else {}
+    return {name: {"miou": float(np.mean([r["parts"][name]["miou"] for r in runs])),
+                   "miou_std": float(np.std([r["parts"][name]["miou"] for r in runs])),
+                   "pixel_accuracy": float(np.mean([r["parts"][name]["pixel_accuracy"] for r in runs]))}
+            for name in names}
 
 
 def _at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -121,10 +202,13 @@ def run(args: argparse.Namespace) -> dict:
     if not samples:
         raise SystemExit("no images found for these dataset flags")
     cfg, runtime = _extract_config(args)
-    out, shards, summary, extract_seconds = extract_samples(args, cfg, runtime, samples)
+    unlabeled = _cluster_only(args, samples)
+    out, shards, summary, extract_seconds = extract_samples(args, cfg, runtime, samples + unlabeled)
 
     started = time.time()
     by_id = {s.image_id: s for s in samples}
+    parts = _parts(args)
+    cluster_ids = list(by_id) + [s.image_id for s in unlabeled]
     clusters = args.clusters or len(classes) - 1
     per_seed, scored = [], []
     for seed in range(args.seeds):
@@ -132,11 +216,12 @@ def run(args: argparse.Namespace) -> dict:
                                        refine=args.label_refine)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
-                                     f"{out}/labels" if seed == 0 else None, args.self_train)
+                                     f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids, parts)
         print(f"  seed {seed}: mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f}"
               + (f", self-trained mIoU {result['self_trained_miou']:.4f}" if args.self_train else ""))
         per_seed.append(result)
     evaluate_seconds = time.time() - started
+    oracle = _oracle(args, shards, cfg, by_id, classes, label_map, clusters, parts) if args.oracle_segments else {}
 
     mious = np.array([r["miou"] for r in per_seed])
     ious = np.array([r["iou"] for r in per_seed], dtype=float)
@@ -151,12 +236,19 @@ def run(args: argparse.Namespace) -> dict:
            if args.self_train else {}),
         "per_class_iou": {c: (None if np.isnan(v) else round(float(v), 4))
                           for c, v in zip(classes, ious.mean(axis=0))},
+        "parts": {name: {**score, "n_images": sum(_stem(i) in parts[name] for i in scored)}
+                  for name, score in _summarise_parts(per_seed).items()},
         "per_seed": per_seed,
+        **oracle,
         "n_images": len(scored),
+        "n_clustered_images": len(cluster_ids),
         "n_failed": len(failed),
         "seconds_per_image": round((extract_seconds + evaluate_seconds) / max(len(scored), 1), 4),
         "n_extracted": summary["processed"] + summary["failed"],
         "extract_seconds": round(extract_seconds, 2),
+        # None when every image was already in the shards (a rerun: nothing was extracted).
+        "extract_seconds_per_image": (round(extract_seconds / (summary["processed"] + summary["failed"]), 4)
+                                      if summary["processed"] + summary["failed"] else None),
         "evaluate_seconds": round(evaluate_seconds, 2),
         "backbone": cfg.backbone.name,
         "config_digest": cfg.digest(),
@@ -165,7 +257,9 @@ def run(args: argparse.Namespace) -> dict:
                                                    refine=args.label_refine).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
                        "self_train": dataclasses.asdict(SelfTrainConfig()) if args.self_train else None,
-                       "label_map": args.label_map, "ignore_index": args.ignore_index},
+                       "label_map": args.label_map, "ignore_index": args.ignore_index,
+                       "cluster_split": args.cluster_split, "oracle_segments": args.oracle_segments,
+                       "score_list": args.score_list, "parts": args.part, "reuse_shards": args.reuse_shards},
                    "data": data_flags(args),
                    "limit": args.limit, "local": args.local, "shards": shards},
         "failed": failed,
@@ -176,4 +270,31 @@ def run(args: argparse.Namespace) -> dict:
     print(f"semantic  mIoU {report['miou']:.4f} ± {report['miou_std']:.4f} over {args.seeds} seeds  "
           f"pixel accuracy {report['pixel_accuracy']:.4f}  n_images {len(scored)}  "
           f"n_failed {len(failed)}  backbone {cfg.backbone.name}")
+    for name, part in report["parts"].items():
+        ceiling = oracle.get("oracle_parts", {}).get(name)
+        print(f"  part {name} ({part['n_images']} images): mIoU {part['miou']:.4f} ± {part['miou_std']:.4f}"
+              + (f", oracle {ceiling['miou']:.4f} ± {ceiling['miou_std']:.4f}" if ceiling else ""))
+    if oracle:
+        print(f"oracle segments  mIoU {oracle['oracle_miou']:.4f} ± {oracle['oracle_miou_std']:.4f}  "
+              f"pixel accuracy {oracle['oracle_pixel_accuracy']:.4f}  regions {oracle['oracle_n_regions']}")
     return report
+
+
+def _oracle(args: argparse.Namespace, shards: str, cfg, by_id: dict[str, Sample], classes: tuple[str, ...],
+            label_map: LabelMap | None, clusters: int, parts: dict[str, set[str]]) -> dict:
+    """The report's oracle_* keys: every seed with ground-truth regions as the segments."""
+    started = time.time()
+    features, failed = region_features(shards, cfg, by_id, label_map, args.ignore_index)
+    runs = [score_oracle(features, by_id, label_map, len(classes),
+                         ClusterConfig(n_clusters=clusters, seed=seed, pca_dim=args.pca), args.ignore_index,
+                         {name: {i for i in by_id if _stem(i) in stems} for name, stems in parts.items()})
+            for seed in range(args.seeds)]
+    for r in runs:
+        print(f"  oracle seed {r['seed']}: mIoU {r['miou']:.4f}")
+    mious, ious = np.array([r["miou"] for r in runs]), np.array([r["iou"] for r in runs], dtype=float)
+    return {"oracle_miou": float(mious.mean()), "oracle_miou_std": float(mious.std()),
+            "oracle_pixel_accuracy": float(np.mean([r["pixel_accuracy"] for r in runs])),
+            "oracle_per_class_iou": {c: (None if np.isnan(v) else round(float(v), 4))
+                                     for c, v in zip(classes, ious.mean(axis=0))},
+            "oracle_parts": _summarise_parts(runs), "oracle_per_seed": runs, "oracle_n_regions": runs[0]["n_regions"] if runs else 0,
+            "oracle_failed": failed, "oracle_seconds": round(time.time() - started, 2)}

@@ -24,13 +24,13 @@ from typing import Iterator
 
 from pipeline.spectral.affinity import GRAPH_BUILDERS
 from pipeline.config import (SPARSE_DEFAULT_TOPK, BackboneConfig, EigenConfig, ExtractConfig, GraphConfig,
-                             RuntimeConfig, SegmentsConfig)
+                             RuntimeConfig, SegmentsConfig, segments_source)
 from pipeline.io.schema import eigen_table, error_table
 from pipeline.io.progress import Progress
 from pipeline.io.runlog import write_run_summary
 from pipeline.io.attempts import Attempts, unit_key
 from pipeline.io.lease import RunLease, lease_owner
-from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids, rows_by_id, shard_files
 from pipeline.io.sources import ImageRef, list_images
 from pipeline.io.storage import with_retries
 from pipeline.io.dataset_listing import DATASETS, dataset_images
@@ -55,14 +55,22 @@ class ExtractActor:
         self.cfg = ExtractConfig.from_dict(json.loads(config_json))
         self.out, self.run_id, self.max_deaths = out, run_id, max_worker_deaths
         self.extractor = SpectralExtractor(self.cfg, device=device, batch_size=batch_size)
+        self.source_digest = segments_source(self.cfg).digest()
         self.attempts = Attempts(out)
 
     def __call__(self, batch: dict) -> dict:
         refs = [ImageRef(str(i), str(u)) for i, u in zip(batch["image_id"], batch["uri"])]
         digest = self.extractor.config_digest
+        # With run_extract(reuse=...): the shard holding each image's segments_source row.
+        stored = dict(zip(batch["image_id"], batch.get("stored") or [""] * len(refs)))
 
         def extract(part: list[ImageRef]) -> dict:
-            rows, errors = self.extractor(part)
+            rows, errors = self.extractor([r for r in part if not stored[r.image_id]])
+            reused = [r for r in part if stored[r.image_id]]
+            if reused:
+                found = rows_by_id([(r.image_id, stored[r.image_id]) for r in reused], self.source_digest)
+                more, failed = self.extractor.from_stored([(r, found.get(r.image_id)) for r in reused])
+                rows, errors = rows + more, errors + failed
             return {"rows": rows, "errors": errors}
 
         def commit(result: dict) -> None:
@@ -239,13 +247,16 @@ def finish_summary(summary: dict, outcome: dict[str, str | None], started: datet
 
 
 def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: RuntimeConfig,
-                refs: list[ImageRef] | None = None, local: bool = False) -> dict:
+                refs: list[ImageRef] | None = None, local: bool = False, reuse: str | None = None) -> dict:
     """Process every pending image; prints progress, returns a summary and writes it to
     OUT/runs/ (pipeline.io.runlog) unless there was nothing to do. Listing and the whole run
     happen under OUT's run lease.
 
     refs: the images to do instead of listing SOURCE. local: run the same ExtractActor in
-    this process instead of on Ray (no cluster; one model on all cores).
+    this process instead of on Ray (no cluster; one model on all cores). reuse: another
+    output holding rows of segments_source(cfg) (the same extraction without segments, with
+    stored features): images found there get segments added to that row instead of a forward
+    pass; the others are extracted as usual.
     """
     started, clock = datetime.now(timezone.utc), time.monotonic()
 
@@ -257,7 +268,14 @@ def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: Runti
             print(f"nothing to do: all {skipped} images already in {out} for config {cfg.digest()}")
             return summary
         print(f"{len(todo)} images to do, {skipped} already done for config {cfg.digest()}")
-        outcome = drive(cut_batches(todo, runtime.batch_size), len(todo), ExtractActor,
+        batches = cut_batches(todo, runtime.batch_size)
+        if reuse:
+            stored = shard_files(reuse, segments_source(cfg).digest())
+            print(f"reusing the rows of {sum(r.image_id in stored for r in todo)} of them from {reuse} "
+                  f"(config {segments_source(cfg).digest()})")
+            batches = [{**b, "stored": [stored.get(i, "") for i in b["image_id"]]} for b in batches]
+            summary["reused_from"] = reuse
+        outcome = drive(batches, len(todo), ExtractActor,
                         {"config_json": cfg.to_json(), "out": out}, runtime, local, "deep-spectral-extract",
                         lease.owner)
         summary = finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
@@ -384,6 +402,14 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
                         help="background segments: the Fiedler vector's background side, or only "
                              "the segment covering most of the border (the reference)")
     parser.add_argument("--segment-seed", type=int, default=sg.seed)
+    parser.add_argument("--segment-erode", type=int, default=sg.erode,
+                        help="patch-level erosions of each segment before its box is taken")
+    parser.add_argument("--segment-dilate", type=int, default=sg.dilate,
+                        help="patch-level dilations after the erosion (the reference's semantic "
+                             "recipe: 5)")
+    parser.add_argument("--reuse-shards", default=None,
+                        help="an output holding this extraction without segments but with "
+                             "--store-features: add segments to its rows instead of a forward pass")
     parser.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size)
     parser.add_argument("--num-actors", type=int, default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -411,7 +437,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeC
                           storage_dtype="float16" if args.float16 else "float32"),
         segments=SegmentsConfig(n_segments=args.segments, n_eigenvectors=args.segment_eigenvectors,
                                 features=args.segment_features, background=args.segment_background,
-                                seed=args.segment_seed),
+                                seed=args.segment_seed, erode=args.segment_erode, dilate=args.segment_dilate),
         store_features=args.store_features,
     )
     runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors,
@@ -428,7 +454,7 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = run_extract(source, args.out, cfg, runtime, refs=refs)
+    summary = run_extract(source, args.out, cfg, runtime, refs=refs, reuse=args.reuse_shards)
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(summary, f, indent=2)

@@ -69,7 +69,8 @@ def extract_samples(args: argparse.Namespace, cfg: ExtractConfig, runtime: Runti
     os.makedirs(out, exist_ok=True)
     started = time.time()
     summary = extract.run_extract(None, shards, cfg, runtime, local=args.local,
-                                  refs=[ImageRef(s.image_id, s.uri) for s in samples])
+                                  refs=[ImageRef(s.image_id, s.uri) for s in samples],
+                                  reuse=getattr(args, "reuse_shards", None))
     return out, shards, summary, time.time() - started
 
 

@@ -139,6 +139,16 @@ class ExtractConfig:
         )
 
 
+def segments_source(cfg: ExtractConfig) -> ExtractConfig:
+    """The extraction whose rows hold all that `cfg`'s rows need but the segments: the same
+    backbone, graph and eigenvectors, no segments, patch features stored. Segments are computed
+    after the eigensolve from the eigenvectors (and the features or the image), so adding them
+    to such a row gives the row an extraction with `cfg` writes (up to the segments' k-means
+    seeing the stored float32 eigenvectors), without a forward pass for pooled features
+    (pipeline.batch.extractor.SpectralExtractor.from_stored)."""
+    return dataclasses.replace(cfg, segments=SegmentsConfig(), store_features=True)
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """How the work is scheduled; never changes the results, so not part of the digest."""

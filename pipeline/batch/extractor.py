@@ -19,7 +19,7 @@ from pipeline.features.backbones import create_backbone
 from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import ImageError, check_min_size, decode_image
-from pipeline.io.schema import eigen_row
+from pipeline.io.schema import OPTIONAL_DEFAULTS, eigen_row, eigenvectors_of, features_of
 from pipeline.semantic.segments import pooled_features, segment_boxes, segment_crops, segment_map
 from pipeline.io.sources import ImageRef, read_bytes
 from pipeline.spectral.spectrum import Spectrum, graph_spectrum, grid_size
@@ -148,17 +148,21 @@ class SpectralExtractor:
             eigensolver=spectrum.method,
             max_residual=spectrum.max_residual,
         )
+        # On the eigenvectors' grid, so one (grid_h, grid_w) describes both.
+        def grid_features():
+            return upsample_features(output.features, self.cfg.graph.upsample)
+
         if self.cfg.segments.n_segments:
-            row.update(self._segments(image, output, spectrum.eigenvectors, row))
+            row.update(self._segments(image, grid_features, spectrum.eigenvectors, row))
         if self.cfg.store_features:
-            # Stored on the eigenvectors' grid, so one (grid_h, grid_w) describes both.
-            features = upsample_features(output.features, self.cfg.graph.upsample)
+            features = grid_features()
             row["feature_dim"] = features.shape[-1]
             row["features"] = features.astype(np.float32).ravel()
         return row
 
-    def _segments(self, image: np.ndarray, output, eigenvectors: np.ndarray, row: dict) -> dict:
-        """The row's segment columns (pipeline.io.schema): map, boxes and one feature per segment."""
+    def _segments(self, image: np.ndarray, grid_features, eigenvectors: np.ndarray, row: dict) -> dict:
+        """The row's segment columns (pipeline.io.schema): map, boxes and one feature per segment.
+        `grid_features()` -> (grid_h, grid_w, C) patch features, called only for pooling."""
         cfg = self.cfg.segments
         labels = segment_map(eigenvectors, cfg)
         n = int(labels.max())
@@ -169,9 +173,39 @@ class SpectralExtractor:
             crops = segment_crops(image, boxes, cfg.crop_size)
             features = self.backbone.cls_embeddings(crops, resize="crop")
         else:
-            features = pooled_features(upsample_features(output.features, self.cfg.graph.upsample), labels, n)
+            features = pooled_features(grid_features(), labels, n)
         return {"n_segments": n, "segment_map": labels.ravel(), "segment_boxes": boxes.ravel(),
                 "segment_dim": features.shape[1], "segment_features": features.astype(np.float32).ravel()}
+
+    def from_stored(self, items: list[tuple[ImageRef, dict | None]]) -> tuple[list[dict], list[dict]]:
+        """(ref, its row from an extraction with config segments_source(cfg), or None) pairs ->
+        (this config's rows, error rows), like __call__ but without the graph's forward pass:
+        the stored eigenvectors and patch features give the segments (crop features still
+        re-embed each crop). An image whose bytes changed since its row was written, or that
+        has no such row, becomes an error row rather than a row that mixes two images."""
+        rows, errors = [], []
+        for ref, stored in items:
+            try:
+                if stored is None:
+                    raise ValueError(f"{ref.image_id}: no row of the reused extraction")
+                image = None
+                if self.cfg.segments.features == "crop":
+                    decoded = next(iter(self.decode([ref])))
+                    if isinstance(decoded, dict):
+                        errors.append(decoded)
+                        continue
+                    _, image, sha = decoded
+                    if sha != stored["image_sha256"]:
+                        raise ValueError(f"{ref.image_id}: image changed since the reused row was written")
+                row = {**stored, "config_digest": self.config_digest, **OPTIONAL_DEFAULTS}
+                if self.cfg.store_features:
+                    row.update(feature_dim=stored["feature_dim"], features=stored["features"])
+                if self.cfg.segments.n_segments:
+                    row.update(self._segments(image, lambda: features_of(stored), eigenvectors_of(stored), row))
+                rows.append(row)
+            except Exception as exc:
+                errors.append(self.error_row(ref, "segments", exc))
+        return rows, errors
 
     def error_row(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
         # The stage has its own column: an ImageError's reason without its "stage: " prefix.

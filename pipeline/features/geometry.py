@@ -80,3 +80,10 @@ def grid_to_pixels(values: np.ndarray, geom: GridGeometry, bilinear: bool = True
     rows = _axis_weights(geom.height, geom.grid_h, geom.cell_h, geom.scale_y, bilinear)
     cols = _axis_weights(geom.width, geom.grid_w, geom.cell_w, geom.scale_x, bilinear)
     return rows @ np.asarray(values, dtype=np.float64) @ cols.T
+
+
+def pixel_cells(geom: GridGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (height, grid_h), cols (width, grid_w)) one-hot: the cell each original pixel row
+    and column falls in (grid_to_pixels' nearest-cell rule), to bring pixel masks to the grid."""
+    return (_axis_weights(geom.height, geom.grid_h, geom.cell_h, geom.scale_y, False),
+            _axis_weights(geom.width, geom.grid_w, geom.cell_w, geom.scale_x, False))

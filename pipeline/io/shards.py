@@ -190,3 +190,18 @@ def shard_files(out: str, config_digest: str, kind: str = EIGEN_DIR) -> dict[str
         table = fragment.to_table(columns=["image_id"], filter=ds.field("config_digest") == config_digest)
         found.update(dict.fromkeys(table.column("image_id").to_pylist(), fs.unstrip_protocol(fragment.path)))
     return found
+
+
+def rows_by_id(items: list[tuple[str, str]], config_digest: str) -> dict[str, dict]:
+    """(image_id, shard URI) pairs (from shard_files) -> {image_id: its row of this config},
+    each shard read once."""
+    by_shard: dict[str, list[str]] = {}
+    for image_id, uri in items:
+        by_shard.setdefault(uri, []).append(image_id)
+    rows: dict[str, dict] = {}
+    for uri, ids in by_shard.items():
+        with fsspec.open(uri, "rb") as f:
+            table = pq.read_table(f, filters=(ds.field("image_id").isin(ids)
+                                              & (ds.field("config_digest") == config_digest)))
+        rows.update({r["image_id"]: r for r in table.to_pylist()})
+    return rows

@@ -1,0 +1,94 @@
+"""`evaluate semantic --oracle-segments`: the same features, clustering and matching with the
+ground-truth regions as the segments (pipeline.semantic.oracle), so every figure comes with
+the ceiling its backbone allows.
+
+Region features follow the extraction's --segment-features: "pool" averages the stored patch
+features over each region (coverage-weighted; needs --store-features), "crop" re-embeds the
+box around each region with the backbone's CLS token at --crop-size, as segments are. Only
+the scored images have ground truth, so the oracle clusters their regions alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from pipeline.config import ExtractConfig
+from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
+from pipeline.features.geometry import geometry_of
+from pipeline.io.ground_truth import Sample
+from pipeline.io.images import decode_image
+from pipeline.io.schema import features_of
+from pipeline.io.semantic_masks import LabelMap, read_class_mask
+from pipeline.io.sources import read_bytes
+from pipeline.semantic.clustering import ClusterConfig, fit_clusters
+from pipeline.semantic.labelling import segment_rows
+from pipeline.semantic.oracle import cell_weights, gt_regions, region_boxes, region_labels, region_pooled
+from pipeline.semantic.segments import segment_crops
+
+
+def _at_image_size(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(n, h, w) masks -> (n, H, W) at the image's size (a mask may be saved at another size)."""
+    if masks.shape[1:] == shape:
+        return masks
+    return np.stack([np.asarray(Image.fromarray(m).resize(shape[::-1], Image.NEAREST)) for m in masks])
+
+
+def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
+                    label_map: LabelMap | None, ignore_index: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """-> ({image_id: (n, D) features of its ground-truth regions}, images that failed)."""
+    pool = cfg.segments.features == "pool"
+    if pool and not cfg.store_features:
+        raise SystemExit("--oracle-segments with --segment-features pool needs --store-features "
+                         "(the regions' features are pooled from the stored patch features)")
+    backbone = None
+    if not pool:
+        from pipeline.features.backbones import create_backbone  # torch only when crops need it
+
+        backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights,
+                                   features=cfg.backbone.features, resize="crop")
+    found, failed = {}, []
+    for row in segment_rows(shards, cfg.digest(), image_ids=list(samples), with_features=pool):
+        try:
+            gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
+            _, masks = gt_regions(gt, ignore_index)
+            masks = _at_image_size(masks, (row["height"], row["width"]))
+            if not len(masks):
+                found[row["image_id"]] = np.zeros((0, row["segment_dim"] or 0), np.float32)
+            elif pool:
+                weights = cell_weights(masks, geometry_of(row, cfg.backbone.long_side))
+                found[row["image_id"]] = region_pooled(features_of(row), weights)
+            else:
+                image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
+                crops = segment_crops(image, region_boxes(masks), cfg.segments.crop_size)
+                found[row["image_id"]] = backbone.cls_embeddings(crops, resize="crop")
+        except Exception as exc:
+            print(f"  oracle failed {row['image_id']}: {type(exc).__name__}: {exc}")
+            failed.append(row["image_id"])
+    return found, failed
+
+
+def score_oracle(features: dict[str, np.ndarray], samples: dict[str, Sample], label_map: LabelMap | None,
+                 n_classes: int, cluster: ClusterConfig, ignore_index: int,
+                 parts: dict[str, set[str]] | None = None) -> dict:
+    """One seed: k-means of every region feature, each region labelled cluster + 1, scored at
+    the ground truth's pixels with one Hungarian matching -> {miou, pixel_accuracy, iou, parts}
+    (`parts`: {name: image ids} scored on their own, each with its own matching)."""
+    parts = parts or {}
+    model = fit_clusters(lambda: (f for f in features.values() if len(f)), cluster)
+    counts = np.zeros((cluster.n_clusters + 1, n_classes), np.int64)
+    counts_parts = {name: counts.copy() for name in parts}
+    for image_id, f in features.items():
+        gt = read_class_mask(samples[image_id].mask_uri, label_map)
+        _, masks = gt_regions(gt, ignore_index)
+        labels = model.assign(f) + 1 if len(f) else np.zeros(0, np.int64)
+        image_counts = confusion(region_labels(masks, labels, gt.shape), gt, cluster.n_clusters + 1,
+                                 n_classes, ignore_index)
+        counts += image_counts
+        for name, ids in parts.items():
+            if image_id in ids:
+                counts_parts[name] += image_counts
+    score = hungarian_miou(counts)
+    part_scores = {name: hungarian_miou(c) for name, c in counts_parts.items()}
+    return {"seed": cluster.seed, "miou": score.miou, "pixel_accuracy": score.pixel_accuracy,
+            "iou": score.iou.tolist(), "n_regions": model.n_fitted,
+            "parts": {name: {"miou": p.miou, "pixel_accuracy": p.pixel_accuracy} for name, p in part_scores.items()}}

@@ -1,0 +1,229 @@
+"""The VOC semantic protocol: clustering over a larger unlabeled list than the scored one, void
+ignored, ground-truth regions as oracle segments, and segments added to stored rows; on a
+tiny synthetic VOC tree (real backbone, real shards) and on planted features whose answer is
+known."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jobs.extract import run_extract
+from jobs.semantic_oracle import region_features, score_oracle
+from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig, SegmentsConfig, segments_source
+from pipeline.evaluation.semantic_metrics import confusion
+from pipeline.features.geometry import GridGeometry
+from pipeline.io.ground_truth import Sample
+from pipeline.io.schema import segments_of
+from pipeline.io.semantic_masks import VOC_CLASSES
+from pipeline.io.shards import read_table
+from pipeline.semantic.clustering import ClusterConfig
+from pipeline.semantic.oracle import cell_weights, gt_regions, region_labels, region_pooled
+from tests.conftest import SAMPLES
+
+
+def _save_mask(path, mask):
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    img.putpalette([0] * 768)
+    img.save(path)
+
+
+def _planted_masks(tmp_path, n_images=6):
+    """Masks with one or two of classes 3, 8, 12 and a void (255) band round each object."""
+    rng = np.random.default_rng(0)
+    samples = {}
+    for i in range(n_images):
+        mask = np.zeros((40, 60), np.uint8)
+        for j, c in enumerate(rng.choice([3, 8, 12], size=1 + i % 2, replace=False)):
+            x0 = 5 + 28 * j
+            mask[7:33, x0 - 1:x0 + 21] = 255
+            mask[8:32, x0:x0 + 20] = c
+        path = tmp_path / f"{i}.png"
+        _save_mask(path, mask)
+        samples[f"img{i}"] = Sample(f"img{i}", "", mask_uri=str(path))
+    return samples
+
+
+def test_oracle_scores_planted_separable_region_features_as_100(tmp_path):
+    samples = _planted_masks(tmp_path)
+    basis = np.eye(21, 16, dtype=np.float32)
+    rng = np.random.default_rng(1)
+    features, shuffled = {}, {}
+    for image_id, sample in samples.items():
+        classes, _ = gt_regions(np.asarray(Image.open(sample.mask_uri)).astype(np.int64))
+        features[image_id] = basis[classes] + 0.01 * rng.standard_normal((len(classes), 16)).astype(np.float32)
+        shuffled[image_id] = basis[(classes + 5) % 13] if image_id == "img1" else features[image_id]
+    result = score_oracle(features, samples, None, len(VOC_CLASSES), ClusterConfig(n_clusters=3, seed=0), 255)
+    assert result["miou"] == pytest.approx(1.0) and result["pixel_accuracy"] == pytest.approx(1.0)
+    present = [i for i, v in enumerate(result["iou"]) if not np.isnan(v)]
+    assert present == [0, 3, 8, 12] and result["n_regions"] == 9
+    # The same regions with one image's features moved to other classes' directions score less.
+    wrong = score_oracle(shuffled, samples, None, len(VOC_CLASSES), ClusterConfig(n_clusters=3, seed=0), 255)
+    assert wrong["miou"] < 0.95
+
+
+def test_void_pixels_are_not_scored_and_a_perfect_labelling_is_100(tmp_path):
+    samples = _planted_masks(tmp_path, 2)
+    gt = np.asarray(Image.open(samples["img1"].mask_uri)).astype(np.int64)
+    classes, masks = gt_regions(gt)
+    assert 255 not in classes and 0 not in classes and len(classes) == 2
+    labels = region_labels(masks, np.arange(1, len(classes) + 1), gt.shape)  # void pixels get 0
+    counts = confusion(labels, gt, 3, 21, 255)
+    assert counts.sum() == np.sum(gt != 255)  # the band is left out, not counted as background
+    assert counts[0, 0] == np.sum(gt == 0) and counts[1, classes[0]] == np.sum(gt == classes[0])
+    with pytest.raises(ValueError, match="outside"):
+        confusion(labels, gt, 3, 21, None)  # without the ignore index, 255 is an unknown class
+
+
+def test_cell_weights_and_coverage_weighted_pooling():
+    # 2 x 3 cells of 10 x 10 input pixels, the original image at half the input size
+    geom = GridGeometry(grid_h=2, grid_w=3, height=10, width=15, cell_h=10, cell_w=10, scale_y=2, scale_x=2)
+    masks = np.zeros((2, 10, 15), bool)
+    masks[0, 0:5, 0:5] = True  # exactly cell (0, 0)
+    masks[1, 5:10, 10:15] = True  # cell (1, 2) ...
+    masks[1, 5:10, 5:7] = True  # ... and 2 of cell (1, 1)'s 5 pixel columns
+    w = cell_weights(masks, geom)
+    assert w[0, 0, 0] == 1 and w[0].sum() == 1
+    assert w[1, 1, 2] == 1 and w[1, 1, 1] == pytest.approx(0.4) and w[1].sum() == pytest.approx(1.4)
+    features = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    pooled = region_pooled(features, w)
+    np.testing.assert_allclose(pooled[0], features[0, 0])
+    np.testing.assert_allclose(pooled[1], (features[1, 2] + 0.4 * features[1, 1]) / 1.4, rtol=1e-6)
+    with pytest.raises(ValueError, match="size"):
+        cell_weights(masks[:, :9], geom)
+
+
+def test_oracle_pool_without_stored_features_is_a_clear_error():
+    cfg = ExtractConfig(segments=SegmentsConfig(n_segments=4, features="pool"))
+    with pytest.raises(SystemExit, match="--store-features"):
+        region_features("nowhere", cfg, {}, None, 255)
+
+
+@pytest.fixture(scope="module")
+def voc_tree(tmp_path_factory):
+    """Six images in Main/trainval (the samples and their mirror images), two of them in
+    Segmentation/trainval with masks: a cat box ringed by void."""
+    root = tmp_path_factory.mktemp("voc") / "VOC2007"
+    for d in ("ImageSets/Main", "ImageSets/Segmentation", "JPEGImages", "SegmentationClass"):
+        (root / d).mkdir(parents=True)
+    ids = []
+    for n, path in enumerate(sorted(SAMPLES.glob("*.jpg"))[:3]):
+        image = Image.open(path).convert("RGB")
+        for flip in (False, True):
+            i = f"00{n}{int(flip)}00"
+            (image.transpose(Image.FLIP_LEFT_RIGHT) if flip else image).save(root / "JPEGImages" / f"{i}.jpg")
+            ids.append(i)
+    (root / "ImageSets/Main/trainval.txt").write_text("\n".join(ids) + "\n")
+    (root / "ImageSets/Segmentation/trainval.txt").write_text(f"{ids[0]}\n{ids[3]}\n")
+    for i in (ids[0], ids[3]):
+        w, h = Image.open(root / "JPEGImages" / f"{i}.jpg").size
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4 - 2:3 * h // 4 + 2, w // 4 - 2:3 * w // 4 + 2] = 255
+        mask[h // 4:3 * h // 4, w // 4:3 * w // 4] = 8
+        _save_mask(root / "SegmentationClass" / f"{i}.png", mask)
+    return root, ids
+
+
+SMALL = ["--long-side", "112", "--k", "6", "--segments", "4", "--segment-eigenvectors", "5",
+         "--segment-features", "pool", "--store-features", "--seeds", "2", "--clusters", "2", "--local"]
+
+
+def _evaluate(root, out, *extra):
+    from jobs.cli import main
+
+    metrics = out.parent / f"{out.name}.json"
+    code = main(["evaluate", "semantic", "--voc-root", str(root), "--split", "Segmentation/trainval",
+                 "--cluster-split", "trainval", "--oracle-segments", *SMALL, *extra,
+                 "--out", str(out), "--json", str(metrics)])
+    assert code == 0
+    return json.loads(metrics.read_text())
+
+
+def test_voc_protocol_clusters_the_larger_list_and_scores_the_masked_one(voc_tree, tmp_path, offline_weights):
+    root, ids = voc_tree
+    (tmp_path / "both.txt").write_text(f"{ids[0]}\n{ids[3]}\n")
+    (tmp_path / "one.txt").write_text(f"{ids[3]}\n")
+    report = _evaluate(root, tmp_path / "a", "--part", f"both={tmp_path / 'both.txt'}",
+                       "--part", f"one={tmp_path / 'one.txt'}")
+    assert report["n_clustered_images"] == 6 and report["n_extracted"] == 6 and report["n_images"] == 2
+    assert list(report["per_class_iou"]) == list(VOC_CLASSES)
+    assert report["per_class_iou"]["aeroplane"] is None and report["per_class_iou"]["cat"] is not None
+    assert report["config"]["task"]["cluster_split"] == "trainval"
+    # Oracle segments: one region per image (the cat); background and void are exact, so
+    # background IoU is 1 whatever the clusters, and the cat is matched to one of them.
+    assert report["oracle_n_regions"] == 2 and report["oracle_per_class_iou"]["background"] == pytest.approx(1.0)
+    assert 0.3 < report["oracle_per_class_iou"]["cat"] <= 1
+    assert len(list((tmp_path / "a" / "labels" / "JPEGImages").glob("*.png"))) == 2  # scored images only
+    # A part holding every scored image is the whole figure; a part is scored on its own.
+    assert report["parts"]["both"]["miou"] == pytest.approx(report["miou"]) and report["parts"]["one"]["n_images"] == 1
+    assert report["oracle_parts"]["both"]["miou"] == pytest.approx(report["oracle_miou"])
+    assert report["parts"]["one"]["miou"] != pytest.approx(report["miou"]) or report["miou"] == 1
+    # Same shards and seeds -> the same figures (the rerun extracts nothing and re-clusters).
+    again = _evaluate(root, tmp_path / "a", "--part", f"both={tmp_path / 'both.txt'}",
+                      "--part", f"one={tmp_path / 'one.txt'}")
+    assert again["n_extracted"] == 0 and again["per_seed"] == report["per_seed"]
+    assert report["extract_seconds_per_image"] > 0 and again["extract_seconds_per_image"] is None
+    # Clustering over the larger list changes the clusters: the segments of the unlabeled
+    # images were fitted (counted in n_segments), not only the scored ones'.
+    rows = read_table(str(tmp_path / "a" / "spectral")).to_pylist()
+    assert report["per_seed"][0]["n_segments"] == sum(r["n_segments"] for r in rows)
+    scored = {f"JPEGImages/{ids[0]}.jpg", f"JPEGImages/{ids[3]}.jpg"}
+    assert sum(r["n_segments"] for r in rows if r["image_id"] in scored) < report["per_seed"][0]["n_segments"]
+
+
+def test_segments_added_to_stored_rows_equal_a_fresh_extraction(voc_tree, tmp_path, offline_weights):
+    root, ids = voc_tree
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
+                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="pool"),
+                        store_features=True)
+    base = tmp_path / "base"
+    run_extract(str(root / "JPEGImages"), str(base), segments_source(cfg), RuntimeConfig(batch_size=4), local=True)
+    fresh = {r["image_id"]: r for r in read_table(str(_extract(root, tmp_path / "fresh", cfg))).to_pylist()}
+    summary = run_extract(str(root / "JPEGImages"), str(tmp_path / "reused"), cfg, RuntimeConfig(batch_size=4),
+                          local=True, reuse=str(base))
+    assert summary["reused_from"] == str(base) and summary["processed"] == 6
+    reused = read_table(str(tmp_path / "reused")).to_pylist()
+    assert len(reused) == 6
+    for row in reused:
+        want = fresh[row["image_id"]]
+        assert row["config_digest"] == cfg.digest() == want["config_digest"]
+        labels, boxes, features = segments_of(row)
+        labels_f, boxes_f, features_f = segments_of(want)
+        np.testing.assert_array_equal(labels, labels_f)
+        np.testing.assert_allclose(boxes, boxes_f)
+        np.testing.assert_allclose(features, features_f, rtol=1e-5, atol=1e-6)
+    # An image the reused output lacks is extracted as usual.
+    shutil.copy(root / "JPEGImages" / f"{ids[0]}.jpg", root / "JPEGImages" / "new.jpg")
+    try:
+        more = run_extract(str(root / "JPEGImages"), str(tmp_path / "reused"), cfg, RuntimeConfig(batch_size=4),
+                           local=True, reuse=str(base))
+    finally:
+        (root / "JPEGImages" / "new.jpg").unlink()
+    assert more["processed"] == 1 and more["failed"] == 0
+
+
+def _extract(root, out, cfg):
+    run_extract(str(root / "JPEGImages"), str(out), cfg, RuntimeConfig(batch_size=4), local=True)
+    return out
+
+
+def test_a_changed_or_missing_stored_row_becomes_an_error_row(voc_tree, tmp_path, offline_weights):
+    from pipeline.batch.extractor import SpectralExtractor
+    from pipeline.io.sources import ImageRef
+
+    root, ids = voc_tree
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
+                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="crop", crop_size=56))
+    base = _extract(root, tmp_path / "base", segments_source(cfg))
+    stored = {r["image_id"]: r for r in read_table(str(base)).to_pylist()}
+    extractor = SpectralExtractor(cfg)
+    name = f"{ids[0]}.jpg"
+    ref = ImageRef(name, str(root / "JPEGImages" / name))
+    rows, errors = extractor.from_stored([(ref, stored[name]),
+                                          (ref, {**stored[name], "image_sha256": "0" * 64}),
+                                          (ImageRef("gone.jpg", str(root / "gone.jpg")), None)])
+    assert len(rows) == 1 and rows[0]["segment_dim"] == 384 and rows[0]["features"] is None  # not stored
+    assert rows[0]["n_segments"] == len(segments_of(rows[0])[2]) > 0
+    assert [e["stage"] for e in errors] == ["segments", "segments"]
+    assert "changed" in errors[0]["reason"] and "no row" in errors[1]["reason"]
