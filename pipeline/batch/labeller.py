@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from pipeline.batch.extractor import SpectralExtractor
 from pipeline.config import ExtractConfig
@@ -23,6 +21,7 @@ from pipeline.evaluation.panels import GALLERY_DIR, panel_name, render_panel
 from pipeline.features.geometry import geometry_of
 from pipeline.io.coco_instances import encode_mask
 from pipeline.io.schema import eigenvectors_of, features_of
+from pipeline.io.shards import rows_by_id
 from pipeline.io.soft_masks import encode_soft
 from pipeline.io.sources import ImageRef
 from pipeline.objects.instances import ImageObject, LabelConfig, image_objects, label_digest
@@ -108,15 +107,7 @@ class ObjectLabeller:
 
     def _stored_rows(self, stored: list[LabelRef]) -> list[dict]:
         """The shard rows of `stored`, in order, each shard read once."""
-        by_shard: dict[str, list[str]] = {}
-        for item in stored:
-            by_shard.setdefault(item.features_shard, []).append(item.ref.image_id)
-        rows: dict[str, dict] = {}
-        for uri, ids in by_shard.items():
-            with fsspec.open(uri, "rb") as f:
-                table = pq.read_table(f, filters=(ds.field("image_id").isin(ids)
-                                                  & (ds.field("config_digest") == self.extract_digest)))
-            rows.update({r["image_id"]: r for r in table.to_pylist()})
+        rows = rows_by_id([(i.ref.image_id, i.features_shard) for i in stored], self.extract_digest)
         return [rows[item.ref.image_id] for item in stored]
 
     def _panel(self, image_id: str, image: np.ndarray, eigenvectors: np.ndarray, geom, objects) -> None:
