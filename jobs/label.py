@@ -221,7 +221,8 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-border", type=float, default=dd.max_border,
                        help="iterative: stop at an object covering more of the grid border than this")
     group.add_argument("--score", choices=sorted(SCORES), default=d.score)
-    group.add_argument("--object-refine", choices=["guided", "none"], default=d.refine)
+    group.add_argument("--object-refine", choices=["guided", "bilateral", "none"], default=d.refine,
+                       help="pixel refinement of each mask: colour guided filter, TokenCut's bilateral solver, none")
     group.add_argument("--categories", default=None, metavar="CLUSTER_OUT",
                        help="categories of instances.json from a `deep-spectral cluster` output folder "
                             "(the cluster covering most of each object); default one class-agnostic category")

@@ -2,21 +2,22 @@
 
 `LabelConfig` is what `deep-spectral label` records in its shards: the discovery method, the
 score, and the pixel refinement. Masks are refined as single-object masks are
-(pipeline.objects.masks: nearest-cell upsampling, then the colour guided filter, > 0.5), all
-objects of an image in one stacked filter pass; each box encloses its refined mask.
+(pipeline.objects.masks: nearest-cell upsampling, then the colour guided filter or the
+bilateral solver, > 0.5), all objects of an image in one stacked pass; each box encloses its refined mask.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.config import canonical_json, digest_of
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
 from pipeline.objects.discovery import Candidate, DiscoveryConfig, discover
 from pipeline.objects.localize import mask_box
-from pipeline.objects.masks import SegmentConfig, refine_guided
+from pipeline.objects.masks import PIXEL_REFINERS, SegmentConfig
 
 # How a candidate's score is made from what discovery measured (docs/objects.md compares them
 # by AP). Scores rank objects across the whole dataset, so they must be comparable between
@@ -33,19 +34,36 @@ SCORES = {
 class LabelConfig:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     score: str = "cut"  # a SCORES name ("cut" beat "rank" on tune and check: docs/objects.md)
-    refine: str = "guided"  # "guided" or "none" (nearest-cell upsampling of the patch mask)
+    # "guided", "bilateral" (pipeline.objects.masks.PIXEL_REFINERS) or "none" (nearest-cell
+    # upsampling of the patch mask)
+    refine: str = "guided"
     radius: int = 16
     eps: float = 1e-3
     max_side: int = 1024
+    # Bilateral solver (refine="bilateral"), as SegmentConfig.
+    sigma_spatial: float = 16.0
+    sigma_luma: float = 16.0
+    sigma_chroma: float = 8.0
+    lam: float = 128.0
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for key, value in _OMITTED_AT_DEFAULT.items():
+            if data[key] == value:
+                del data[key]
+        return data
 
     def to_json(self) -> str:
-        return canonical_json(self)
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
-        return digest_of(self)
+        return _hash(self.to_dict())
+
+    def segment_config(self) -> SegmentConfig:
+        """The single-object refinement settings these options mean."""
+        return SegmentConfig(radius=self.radius, eps=self.eps, max_side=self.max_side,
+                             sigma_spatial=self.sigma_spatial, sigma_luma=self.sigma_luma,
+                             sigma_chroma=self.sigma_chroma, lam=self.lam)
 
     @classmethod
     def from_dict(cls, data: dict) -> "LabelConfig":
@@ -53,15 +71,18 @@ class LabelConfig:
                    **{k: v for k, v in data.items() if k != "discovery"})
 
 
+# Fields added after label runs were stored, left out of the JSON (and so the digest) while at
+# these defaults, as pipeline.config does for ExtractConfig: a default run keeps its digest.
+_OMITTED_AT_DEFAULT = {"sigma_spatial": 16.0, "sigma_luma": 16.0, "sigma_chroma": 8.0, "lam": 128.0}
+
+
+def _hash(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def label_digest(extract_digest: str, cfg: LabelConfig) -> str:
     """The digest of a label run: its own config and the extraction it labels."""
-    return digest_of(_Pair(extract_digest, cfg))
-
-
-@dataclass(frozen=True)
-class _Pair:
-    extract_digest: str
-    label: LabelConfig
+    return _hash({"extract_digest": extract_digest, "label": cfg.to_dict()})
 
 
 @dataclass(frozen=True)
@@ -97,10 +118,9 @@ def pixel_masks(cells: list[np.ndarray], image: np.ndarray, geom: GridGeometry, 
     coarse = np.stack([grid_to_pixels(c, geom, bilinear=False) for c in cells])
     if cfg.refine == "none":
         return list(coarse > 0.5)
-    if cfg.refine != "guided":
-        raise ValueError(f"refine must be 'guided' or 'none', got {cfg.refine!r}")
-    seg = SegmentConfig(radius=cfg.radius, eps=cfg.eps, max_side=cfg.max_side)
-    return list(refine_guided(image, coarse, seg) > 0.5)
+    if cfg.refine not in PIXEL_REFINERS:
+        raise ValueError(f"refine must be one of {['none', *PIXEL_REFINERS]}, got {cfg.refine!r}")
+    return list(PIXEL_REFINERS[cfg.refine](image, coarse, cfg.segment_config()) > 0.5)
 
 
 def pixel_box(mask: np.ndarray) -> np.ndarray:
