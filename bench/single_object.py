@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from dataclasses import dataclass, replace
 
@@ -124,13 +125,14 @@ def _part(samples, rule: str) -> dict[str, str]:
     raise SystemExit(f"--split must be half, parity or name, got {rule!r}")
 
 
-def _items(shards: str, digest: str, samples: dict, long_side: int, ids=None):
+def _items(shards: str, digest: str, samples: dict, long_side: int, ids=None, images: bool = True):
+    """Items of the stored rows of `ids`; the image is decoded only when `images` (refiners)."""
     columns = [n for n in EIGEN_SCHEMA.names if not n.startswith("segment")]
     for batch in scan_batches(shards, EIGEN_DIR, columns, config_digest=digest, batch_rows=32, image_ids=ids):
         for row in batch.to_pylist():
             if row["image_id"] not in samples:
                 continue
-            image = decode_image(read_bytes(samples[row["image_id"]].uri))
+            image = decode_image(read_bytes(samples[row["image_id"]].uri)) if images else None
             yield Item(row, eigenvectors_of(row), features_of(row), image, geometry_of(row, long_side))
 
 
@@ -171,7 +173,7 @@ def main() -> None:
         ids = sorted(parts)
         pick = sorted(rng.choice(len(ids), min(a.head_images, len(ids)), replace=False))
         feats, targets = [], []
-        for item in _items(a.shards, cfg.digest(), samples, cfg.backbone.long_side, [ids[i] for i in pick]):
+        for item in _items(a.shards, cfg.digest(), samples, cfg.backbone.long_side, [ids[i] for i in pick], False):
             mask, fallback = patch_mask(item.eigenvectors, SegmentConfig())
             if not fallback:
                 feats.append(item.features)
@@ -184,7 +186,11 @@ def main() -> None:
         del feats, targets
     scores = {(c, r): {"tune": [], "check": []} for c, r in levers}
     seconds = {(c, r): [] for c, r in levers}
-    for item in _items(a.shards, cfg.digest(), samples, cfg.backbone.long_side, sorted(parts)):
+    started = time.time()
+    for done, item in enumerate(_items(a.shards, cfg.digest(), samples, cfg.backbone.long_side, sorted(parts),
+                                       not boxes)):
+        if done % 50 == 0:
+            print(f"{done}/{len(parts)} images, {time.time() - started:.0f} s", file=sys.stderr, flush=True)
         s = samples[item.row["image_id"]]
         part = parts[s.image_id]
         gt = None if boxes else read_mask(s.mask_uri)
