@@ -59,3 +59,15 @@ def test_head_refuses_targets_of_one_class_and_mismatched_lists():
         fit_head(feats, [np.zeros(f.shape[:2], bool) for f in feats])
     with pytest.raises(ValueError, match="as many target masks"):
         fit_head(feats, [])
+
+
+def test_head_and_segment_options_round_trip_through_their_json():
+    import dataclasses
+    import json
+
+    from pipeline.objects.masks import SegmentConfig
+
+    head = HeadConfig(patches_per_image=64, C=0.1, balanced=True, rounds=2, threshold=0.4, seed=3)
+    assert HeadConfig(**json.loads(json.dumps(dataclasses.asdict(head)))) == head
+    seg = SegmentConfig(refine="bilateral", sigma_spatial=8.0, sigma_luma=12.0, sigma_chroma=4.0, lam=64.0)
+    assert SegmentConfig(**json.loads(json.dumps(dataclasses.asdict(seg)))) == seg
