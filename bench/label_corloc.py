@@ -5,11 +5,13 @@
 
 For each image, the top-scored object's box (and, for comparison, the best of its objects:
 the ceiling a better ranking could reach) against every ground-truth box; images without a
-box are left out, as CorLoc does. Tune = even image index in the sorted listing, check = odd.
+box are left out, as CorLoc does. --parts position (VOC07): tune = even index in the sorted
+listing, check = odd; --parts name (COCO128): tune = even number in the file name, check = odd.
 """
 from __future__ import annotations
 
 import argparse
+import re
 
 import numpy as np
 
@@ -27,6 +29,7 @@ def main() -> None:
     p.add_argument("--images")
     p.add_argument("--annotations")
     p.add_argument("--box", default="box", choices=["box", "patch_box"])
+    p.add_argument("--parts", default="position", choices=["position", "name"])
     a = p.parse_args()
     samples = voc_boxes(a.voc_root, a.split) if a.voc_root else coco_boxes(a.images, a.annotations)
     objects: dict[str, list[dict]] = {}
@@ -35,7 +38,8 @@ def main() -> None:
     parts = {"tune": [], "check": []}
     for index, s in enumerate(sorted(samples, key=lambda s: s.image_id)):
         if len(s.boxes) and s.image_id in objects:
-            parts["tune" if index % 2 == 0 else "check"].append(s)
+            key = index if a.parts == "position" else int(re.findall(r"\d+", s.image_id)[-1])
+            parts["tune" if key % 2 == 0 else "check"].append(s)
     print(f"{sum(map(len, parts.values()))} images with boxes and labels; boxes from {a.box}")
     print("| part | images | CorLoc top box | CorLoc Fiedler object | any object (ceiling) | objects per image |")
     print("|---|---|---|---|---|---|")

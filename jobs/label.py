@@ -247,7 +247,8 @@ def add_label_options(parser: argparse.ArgumentParser, running: bool = True) -> 
                        help="iterative: stop at an object covering more of the grid border than this")
     group.add_argument("--score", choices=sorted(SCORES), default=d.score)
     group.add_argument("--object-refine", choices=list(REFINERS), default=d.refine,
-                       help="pixel refinement of each object's mask (matting: pymatting, slow)")
+                       help="pixel refinement of each object's mask: colour guided filter, TokenCut's "
+                            "bilateral solver, pymatting closed-form (slow), none")
     group.add_argument("--soft-masks", action="store_true",
                        help="also store each object's soft mask (8-bit PNG column `soft` of the labels table)")
     group.add_argument("--categories", default=None, metavar="CLUSTER_OUT",

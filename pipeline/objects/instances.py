@@ -2,9 +2,10 @@
 
 `LabelConfig` is what `deep-spectral label` records in its shards: the discovery method, the
 score, and the pixel refinement. Masks are refined as single-object masks are
-(pipeline.objects.masks: nearest-cell upsampling, then the colour guided filter, > 0.5), all
-objects of an image in one stacked filter pass; each box encloses its refined mask. The map
-before the threshold is each object's soft mask (stored when `soft_masks` asks).
+(pipeline.objects.masks: nearest-cell upsampling, then the colour guided filter or the
+bilateral solver, > 0.5), all objects of an image in one stacked pass; each box encloses its
+refined mask. The map before the threshold is each object's soft mask (stored when
+`soft_masks` asks).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
 from pipeline.objects.discovery import Candidate, DiscoveryConfig, discover
 from pipeline.objects.localize import mask_box
-from pipeline.objects.masks import REFINERS, SegmentConfig, refine_guided, refine_matting
+from pipeline.objects.masks import PIXEL_REFINERS, REFINERS, SegmentConfig, refine_matting
 
 # How a candidate's score is made from what discovery measured (docs/objects.md compares them
 # by AP). Scores rank objects across the whole dataset, so they must be comparable between
@@ -35,12 +36,17 @@ SCORES = {
 class LabelConfig:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     score: str = "cut"  # a SCORES name ("cut" beat "rank" on tune and check: docs/objects.md)
-    # "guided", "matting" (pymatting closed-form alpha near the edge, slow) or "none"
-    # (nearest-cell upsampling of the patch mask): pipeline.objects.masks.REFINERS.
+    # "guided", "bilateral" (pipeline.objects.masks.PIXEL_REFINERS), "matting" (pymatting
+    # closed-form alpha near the edge, slow) or "none" (nearest-cell upsampling of the patch mask)
     refine: str = "guided"
     radius: int = 16
     eps: float = 1e-3
     max_side: int = 1024
+    # Bilateral solver (refine="bilateral"), as SegmentConfig.
+    sigma_spatial: float = 16.0
+    sigma_luma: float = 16.0
+    sigma_chroma: float = 8.0
+    lam: float = 128.0
     # Also store each object's soft mask (8-bit PNG in the labels table): what max-F needs.
     soft_masks: bool = False
 
@@ -55,7 +61,13 @@ class LabelConfig:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        return _hash(self.to_dict())
+
+    def segment_config(self) -> SegmentConfig:
+        """The single-object refinement settings these options mean."""
+        return SegmentConfig(radius=self.radius, eps=self.eps, max_side=self.max_side,
+                             sigma_spatial=self.sigma_spatial, sigma_luma=self.sigma_luma,
+                             sigma_chroma=self.sigma_chroma, lam=self.lam)
 
     @classmethod
     def from_dict(cls, data: dict) -> "LabelConfig":
@@ -63,15 +75,20 @@ class LabelConfig:
                    **{k: v for k, v in data.items() if k != "discovery"})
 
 
-# Fields added after labels were written, left out of the JSON (and so of the digest) while at
-# these defaults: a default run keeps its digest, and its stored labels stay valid.
-_OMITTED_AT_DEFAULT = {"soft_masks": False}
+# Fields added after label runs were stored, left out of the JSON (and so the digest) while at
+# these defaults, as pipeline.config does for ExtractConfig: a default run keeps its digest and
+# its stored labels stay valid.
+_OMITTED_AT_DEFAULT = {"sigma_spatial": 16.0, "sigma_luma": 16.0, "sigma_chroma": 8.0, "lam": 128.0,
+                       "soft_masks": False}
+
+
+def _hash(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def label_digest(extract_digest: str, cfg: LabelConfig) -> str:
     """The digest of a label run: its own config and the extraction it labels."""
-    pair = {"extract_digest": extract_digest, "label": cfg.to_dict()}
-    return hashlib.sha256(json.dumps(pair, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    return _hash({"extract_digest": extract_digest, "label": cfg.to_dict()})
 
 
 @dataclass(frozen=True)
@@ -113,11 +130,11 @@ def soft_masks(cells: list[np.ndarray], image: np.ndarray, geom: GridGeometry, c
     coarse = np.stack([grid_to_pixels(c, geom, bilinear=False) for c in cells])
     if cfg.refine == "none":
         soft = coarse
-    elif cfg.refine == "guided":
-        soft = refine_guided(image, coarse, SegmentConfig(radius=cfg.radius, eps=cfg.eps, max_side=cfg.max_side))
-    else:  # the band pipeline.objects.masks.segment uses: half a patch
+    elif cfg.refine == "matting":  # the band pipeline.objects.masks.segment uses: half a patch
         band = max(1, round(0.5 * geom.cell_h / geom.scale_y))
         soft = np.stack([refine_matting(image, c, band) for c in coarse])
+    else:
+        soft = PIXEL_REFINERS[cfg.refine](image, coarse, cfg.segment_config())
     return list(np.clip(soft, 0, 1).astype(np.float32))
 
 

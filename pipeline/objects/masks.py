@@ -5,6 +5,8 @@ keeping the largest component and refining the upsampled binary mask with a guid
 (> 0.5) is the best measured recipe. With this colour guided filter, eps 1e-3 measured better
 than FINDINGS' 1e-2 on that dev split (mIoU 81.7 vs 80.7; README "Localization and
 segmentation"). The soft map (for max-F) is the refined mask before its 0.5 threshold.
+TokenCut's bilateral solver (refine="bilateral") measured equal to the guided filter within
+noise on the tune/check halves of ECSSD and Horse, at about half its time (docs/results.md).
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
+from pipeline.objects.bilateral_solver import bilateral_solve
 from pipeline.objects.guided_filter import guided_filter
 from pipeline.objects.localize import foreground_mask, largest_component
 
-REFINERS = ("none", "guided", "matting")
+REFINERS = ("none", "guided", "matting", "bilateral")
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,8 @@ class SegmentConfig:
     threshold: float | str = "mean"
     largest_component: bool = True
     # "none": bilinear upsampling of the patch mask; "guided": guided filter of the upsampled
-    # binary mask; "matting": pymatting closed-form alpha in a band around the mask's edge.
+    # binary mask; "matting": pymatting closed-form alpha in a band around the mask's edge;
+    # "bilateral": TokenCut's fast bilateral solver of the upsampled binary mask.
     refine: str = "guided"
     radius: int = 16
     eps: float = 1e-3
@@ -35,6 +39,12 @@ class SegmentConfig:
     # Refinement works on the image resized to at most this long side (memory: the colour
     # guided filter holds 3×3 matrices per pixel); radius is scaled with it.
     max_side: int = 1024
+    # Bilateral solver (TokenCut's values): grid cell sizes in pixels / luma / chroma levels,
+    # smoothness weight; sigma_spatial is scaled with max_side like radius.
+    sigma_spatial: float = 16.0
+    sigma_luma: float = 16.0
+    sigma_chroma: float = 8.0
+    lam: float = 128.0
 
 
 @dataclass(frozen=True)
@@ -63,20 +73,42 @@ def _resized(array: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
     return np.asarray(img.resize(size[::-1], resample))
 
 
-def refine_guided(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
-    """(H, W, 3) uint8, coarse (H, W) {0, 1} map or (L, H, W) stack of them -> soft map(s) in
-    [0, 1], shaped like coarse (a stack shares one filtering pass)."""
+def _refine_stack(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig, refine) -> np.ndarray:
+    """Runs refine(work image (h, w, 3) uint8, maps (h, w, L), scale) at most cfg.max_side
+    long and brings the (h, w, L) result back: (H, W) or (L, H, W) in -> the same, in [0, 1]."""
     stack = coarse if coarse.ndim == 3 else coarse[None]
     h, w = stack.shape[1:]
     s = min(1.0, cfg.max_side / max(h, w))
     work = (max(1, round(h * s)), max(1, round(w * s)))
-    guide = _resized(image, work, Image.BILINEAR).astype(np.float64) / 255.0
-    if cfg.guide == "gray":
-        guide = guide @ np.array([0.299, 0.587, 0.114])
+    small = _resized(image, work, Image.BILINEAR)
     p = np.stack([_resized(c, work, Image.BILINEAR) for c in stack], axis=-1)
-    soft = guided_filter(guide, p, max(1, round(cfg.radius * s)), cfg.eps)
+    soft = refine(small, p, s)
     out = np.stack([np.clip(_resized(soft[..., i], (h, w), Image.BILINEAR), 0, 1) for i in range(len(stack))])
     return out if coarse.ndim == 3 else out[0]
+
+
+def refine_guided(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
+    """(H, W, 3) uint8, coarse (H, W) {0, 1} map or (L, H, W) stack of them -> soft map(s) in
+    [0, 1], shaped like coarse (a stack shares one filtering pass)."""
+    def run(small, p, s):
+        guide = small.astype(np.float64) / 255.0
+        if cfg.guide == "gray":
+            guide = guide @ np.array([0.299, 0.587, 0.114])
+        return guided_filter(guide, p, max(1, round(cfg.radius * s)), cfg.eps)
+    return _refine_stack(image, coarse, cfg, run)
+
+
+def refine_bilateral(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
+    """(H, W, 3) uint8, coarse (H, W) {0, 1} map or (L, H, W) stack -> the bilateral solver's
+    maps (pipeline.objects.bilateral_solver) in [0, 1], shaped like coarse (one grid for all)."""
+    def run(small, p, s):
+        return bilateral_solve(small, p, sigma_spatial=max(1.0, cfg.sigma_spatial * s),
+                               sigma_luma=cfg.sigma_luma, sigma_chroma=cfg.sigma_chroma, lam=cfg.lam)
+    return _refine_stack(image, coarse, cfg, run)
+
+
+# Refiners of an upsampled binary mask (or a stack of them) at image resolution.
+PIXEL_REFINERS = {"guided": refine_guided, "bilateral": refine_bilateral}
 
 
 def refine_matting(image: np.ndarray, coarse: np.ndarray, band: int) -> np.ndarray:
@@ -108,8 +140,8 @@ def segment(eigenvectors: np.ndarray, image: np.ndarray, geom: GridGeometry,
         soft = grid_to_pixels(cells, geom, bilinear=True)
     else:
         coarse = grid_to_pixels(cells, geom, bilinear=False)
-        if cfg.refine == "guided":
-            soft = refine_guided(image, coarse, cfg)
+        if cfg.refine in PIXEL_REFINERS:
+            soft = PIXEL_REFINERS[cfg.refine](image, coarse, cfg)
         else:
             band = max(1, round(0.5 * geom.cell_h / geom.scale_y))
             soft = refine_matting(image, coarse, band)
