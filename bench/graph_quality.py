@@ -1,9 +1,10 @@
 """Graph kinds against each other on ECSSD tune/check subsets, from stored features (no forward).
 
-    python -m bench.graph_quality --shards OUT [--upsample 1|2] [--kinds dense lowrank sparse]
+    python -m bench.graph_quality --shards OUT [--upsample 1|2] [--kinds dense lowrank sparse] [--halves]
 
 OUT holds ECSSD eigen rows written with --store-features (default extraction otherwise).
-Tune = ECSSD 0001-0050, check = 0251-0300 (docs/sparse.md). Per image and graph kind: the
+Tune = ECSSD 0001-0050, check = 0251-0300 (docs/sparse.md); --halves: the whole dev set,
+0001-0250 / 0251-0500 (docs/results.md's split). Per image and graph kind: the
 graph from the stored features, 15 eigenpairs, the Fiedler mask (mean threshold, largest
 component) unrefined and guided-filtered, IoU against the ground truth; prints mean IoU.
 """
@@ -26,7 +27,8 @@ from pipeline.objects.masks import SegmentConfig, segment
 from pipeline.spectral.affinity import image_affinity
 from pipeline.spectral.spectrum import graph_spectrum
 
-PARTS = {"tune": [f"{i:04d}.jpg" for i in range(1, 51)], "check": [f"{i:04d}.jpg" for i in range(251, 301)]}
+SUBSETS = {"tune": [f"{i:04d}.jpg" for i in range(1, 51)], "check": [f"{i:04d}.jpg" for i in range(251, 301)]}
+HALVES = {"tune": [f"{i:04d}.jpg" for i in range(1, 251)], "check": [f"{i:04d}.jpg" for i in range(251, 501)]}
 COLUMNS = ["image_id", "grid_h", "grid_w", "feature_dim", "features", "height", "width", "input_height",
            "input_width", "patch_size", "k"]
 
@@ -38,8 +40,10 @@ def main() -> None:
     p.add_argument("--upsample", type=int, default=1)
     p.add_argument("--kinds", nargs="+", default=["dense", "lowrank"])
     p.add_argument("--knn", type=int, default=20, help="neighbours of the sparse kind")
+    p.add_argument("--halves", action="store_true", help="all 500 images, halves 0001-0250 / 0251-0500")
     a = p.parse_args()
-    u, part_of = a.upsample, {i: name for name, ids in PARTS.items() for i in ids}
+    parts = HALVES if a.halves else SUBSETS
+    u, part_of = a.upsample, {i: name for name, ids in parts.items() for i in ids}
     ious: dict[tuple, list[float]] = {}
     seconds: dict[str, list[float]] = {}
     for batch in scan_batches(a.shards, EIGEN_DIR, COLUMNS, config_digest=ExtractConfig(store_features=True).digest(),
@@ -57,7 +61,8 @@ def main() -> None:
                 for refine in ("none", "guided"):
                     mask = segment(spectrum.eigenvectors, image, geom, SegmentConfig(refine=refine)).mask
                     ious.setdefault((kind, refine, part_of[row["image_id"]]), []).append(mask_iou(mask, gt))
-    print(f"ECSSD, upsample {u}, tune 0001-0050 / check 0251-0300, mean IoU x 100\n")
+    split = "0001-0250 / 0251-0500" if a.halves else "0001-0050 / 0251-0300"
+    print(f"ECSSD, upsample {u}, tune {split}, mean IoU x 100\n")
     print("| graph | refinement | tune | check | graph + eigensolve ms (median) |\n|---|---|---|---|---|")
     for kind in a.kinds:
         for refine in ("none", "guided"):
