@@ -80,7 +80,7 @@ def main() -> None:
     halves = {"tune": [i for i in ids.values() if i % 2 == 0], "check": [i for i in ids.values() if i % 2 == 1]}
     print("| candidates | per image | box AP50 tune | check | box AR100 tune | check |\n|---|---|---|---|---|---|")
     for name, ps in preds.items():
-        m = {h: coco_ap(gt, [{k: v for k, v in q.items()} for q in ps], part) for h, part in halves.items()}
+        m = {h: coco_ap(gt, ps, part) for h, part in halves.items()}
         print(f"| {name} | {len(ps) / len(ids):.1f} | {100 * m['tune']['box_ap50']:.1f} | "
               f"{100 * m['check']['box_ap50']:.1f} | {100 * m['tune']['box_ar100']:.1f} | {100 * m['check']['box_ar100']:.1f} |")
 

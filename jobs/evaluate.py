@@ -40,7 +40,6 @@ from jobs.tasks import TASKS, Result, Task, data_flags
 from pipeline.evaluation.panels import GALLERY_DIR, gallery_html, panel_name
 from pipeline.io.shards import EIGEN_DIR, LABELS_DIR, scan_batches
 from pipeline.io.sources import ImageRef
-from pipeline.objects.instances import label_digest
 
 
 def best_objects(shards: str, digest: str, image_ids: list[str], columns: tuple[str, ...]) -> Iterator[dict]:
@@ -89,7 +88,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
     started = time.time()
     by_id = {s.image_id: s for s in samples}
-    digest = label_digest(cfg.digest(), label_cfg)
+    digest = summary["config_digest"]
     results, per_image, failed, scored = [], [], [], set()
     for obj in best_objects(shards, digest, sorted(by_id), task.columns):
         image_id = obj["image_id"]
@@ -126,7 +125,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         "extract_digest": cfg.digest(),
         "config": {"extract": cfg.to_dict(), "label": label_cfg.to_dict(), "data": data_flags(args),
                    "limit": args.limit, "local": args.local, "shards": shards},
-        "instances": f"{shards}/{label.INSTANCES_FILE}",
+        "instances": summary["instances"]["uri"],
         "failed": failed,
     }
     with open(f"{out}/per_image.jsonl", "w") as f:

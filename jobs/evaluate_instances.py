@@ -48,8 +48,6 @@ def run(args: argparse.Namespace) -> dict:
     started = time.time()
     summary = label.run_label(None, shards, cfg, label_cfg, runtime, [ImageRef(s.image_id, s.uri) for s in samples],
                               local=args.local, gallery=0, coco_annotations=args.annotations)
-    if not summary.get("instances"):  # nothing new to label: the file is already there
-        summary["instances"] = {"uri": f"{shards}/{label.INSTANCES_FILE}"}
     with fsspec.open(summary["instances"]["uri"]) as f:
         predictions = json.load(f)["annotations"]
     with fsspec.open(args.annotations) as f:

@@ -106,6 +106,7 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
                    "skipped": skipped, "processed": 0, "failed": 0, "errors": []}
         if not todo:
             print(f"nothing to do: all {len(refs)} images already labelled in {out} for config {digest}")
+            summary["instances"] = {"uri": f"{out}/{INSTANCES_FILE}"}
             if instances_source(out) != _source(digest, coco_annotations, clusters_dir):
                 # OUT's instances.json was written by another config (or is missing): this run's.
                 summary["instances"] = write_dataset_instances(out, digest, coco_annotations, clusters_dir)

@@ -35,10 +35,6 @@ class LowRankGraph:
         n = self.factors.shape[0]
         return n, n
 
-    @property
-    def ndim(self) -> int:
-        return 2
-
     def degrees(self):
         """(N,) row sums of W, float64."""
         xp = array_module(self.factors)

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
-def canonical_json(config) -> str:
-    """A config dataclass -> its JSON with sorted keys and no spaces (what digests hash)."""
-    return json.dumps(dataclasses.asdict(config), sort_keys=True, separators=(",", ":"))
+def canonical_json(data: dict) -> str:
+    """A config's dict -> its JSON with sorted keys and no spaces (what digests hash)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def digest_of(config) -> str:
-    """First 16 hex digits of the SHA-256 of the canonical JSON."""
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+def digest_of(data: dict) -> str:
+    """First 16 hex digits of the SHA-256 of the canonical JSON of a config's dict."""
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -117,12 +117,11 @@ class ExtractConfig:
         return data
 
     def to_json(self) -> str:
-        # to_dict, not canonical_json's asdict: fields at their _OMITTED_AT_DEFAULT stay out.
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        # to_dict, not dataclasses.asdict: fields at their _OMITTED_AT_DEFAULT stay out.
+        return canonical_json(self.to_dict())
 
     def digest(self) -> str:
-        """First 16 hex digits of the SHA-256 of to_json() (digest_of's rule)."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        return digest_of(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExtractConfig":

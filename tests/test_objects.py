@@ -33,10 +33,20 @@ def affinity(feats):
     return np.maximum(f @ f.T, 0).astype(np.float32)
 
 
-def test_iterative_cut_finds_both_objects_of_a_two_object_graph():
+# The scene's grid at 10 px cells of a 160 x 120 image.
+SCENE_GEOM = GridGeometry(grid_h=12, grid_w=16, height=120, width=160, cell_h=10.0, cell_w=10.0,
+                          scale_y=1.0, scale_x=1.0)
+
+
+def scene_graph():
+    """The two-object scene's graph -> (W, its Spectrum with k = 6, mask A, mask B)."""
     feats, a, b = two_object_scene()
     W = affinity(feats)
-    spec = graph_spectrum(W, a.shape, EigenConfig(k=6))
+    return W, graph_spectrum(W, a.shape, EigenConfig(k=6)), a, b
+
+
+def test_iterative_cut_finds_both_objects_of_a_two_object_graph():
+    W, spec, a, b = scene_graph()
     found = discover(spec.eigenvectors, spec.eigenvalues, W, DiscoveryConfig(method="iterative", max_objects=4))
     masks = [c.mask for c in found]
     ious = [[(m & t).sum() / (m | t).sum() for m in masks] for t in (a, b)]
@@ -48,14 +58,10 @@ def test_iterative_cut_finds_both_objects_of_a_two_object_graph():
 
 
 def test_objects_are_refined_boxed_and_scored():
-    feats, a, b = two_object_scene()
-    W = affinity(feats)
-    spec = graph_spectrum(W, a.shape, EigenConfig(k=6))
-    geom = GridGeometry(grid_h=12, grid_w=16, height=120, width=160, cell_h=10.0, cell_w=10.0,
-                        scale_y=1.0, scale_x=1.0)
+    W, spec, a, b = scene_graph()
     image = np.zeros((120, 160, 3), np.uint8)
     cfg = LabelConfig(discovery=DiscoveryConfig(max_objects=3, threshold=0.0), score="rank", refine="none")
-    objects = image_objects(spec.eigenvectors, spec.eigenvalues, W, image, geom, cfg)
+    objects = image_objects(spec.eigenvectors, spec.eigenvalues, W, image, SCENE_GEOM, cfg)
     boxes = {tuple(o.box) for o in objects}
     assert (20.0, 30.0, 70.0, 90.0) in boxes  # object A: columns 2..6, rows 3..8 at 10 px cells
     assert (100.0, 40.0, 130.0, 70.0) in boxes  # object B
@@ -80,13 +86,9 @@ def test_default_label_digest_is_the_one_stored_labels_carry():
 
 
 def test_soft_masks_threshold_to_the_masks_and_round_trip_at_8_bits():
-    feats, a, b = two_object_scene()
-    W = affinity(feats)
-    spec = graph_spectrum(W, a.shape, EigenConfig(k=6))
-    geom = GridGeometry(grid_h=12, grid_w=16, height=120, width=160, cell_h=10.0, cell_w=10.0,
-                        scale_y=1.0, scale_x=1.0)
+    W, spec, a, b = scene_graph()
     image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    objects = image_objects(spec.eigenvectors, spec.eigenvalues, W, image, geom, LabelConfig())
+    objects = image_objects(spec.eigenvectors, spec.eigenvalues, W, image, SCENE_GEOM, LabelConfig())
     for obj in objects:
         assert obj.soft.shape == (120, 160) and np.array_equal(obj.mask, obj.soft > 0.5)
         assert 0 < obj.soft.min() + 1e-6 and obj.soft.max() <= 1  # guided: a soft map, not 0/1

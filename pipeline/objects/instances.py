@@ -10,12 +10,11 @@ refined mask. The map before the threshold is each object's soft mask (stored wh
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.config import canonical_json, digest_of
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
 from pipeline.objects.discovery import Candidate, DiscoveryConfig, discover
 from pipeline.objects.localize import mask_box
@@ -58,10 +57,10 @@ class LabelConfig:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self.to_dict())
 
     def digest(self) -> str:
-        return _hash(self.to_dict())
+        return digest_of(self.to_dict())
 
     def segment_config(self) -> SegmentConfig:
         """The single-object refinement settings these options mean."""
@@ -82,13 +81,9 @@ _OMITTED_AT_DEFAULT = {"sigma_spatial": 16.0, "sigma_luma": 16.0, "sigma_chroma"
                        "soft_masks": False}
 
 
-def _hash(data: dict) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
 def label_digest(extract_digest: str, cfg: LabelConfig) -> str:
     """The digest of a label run: its own config and the extraction it labels."""
-    return _hash({"extract_digest": extract_digest, "label": cfg.to_dict()})
+    return digest_of({"extract_digest": extract_digest, "label": cfg.to_dict()})
 
 
 @dataclass(frozen=True)
