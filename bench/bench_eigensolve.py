@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="add the N ~ 12,000 / 50,000 section")
     parser.add_argument("--large-sizes", type=int, nargs="+", default=list(LARGE_IMAGES))
     parser.add_argument("--only-large", action="store_true", help="skip the small sections")
+    parser.add_argument("--timeout", type=int, default=LARGE_TIMEOUT_S, help="seconds per large candidate")
     parser.add_argument("--one", nargs=3, metavar=("CANDIDATE", "IMAGE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -152,7 +153,7 @@ def main() -> None:
         print(json.dumps(run_large(label, name, int(n), args.k, args.knn)))
         return
     if args.only_large:
-        report_large(args.large_sizes, args.k, args.knn)
+        report_large(args.large_sizes, args.k, args.knn, args.timeout)
         return
     try:
         import torch  # noqa: F401
@@ -166,7 +167,7 @@ def main() -> None:
     for title, graphs, candidates in sections:
         report(title, graphs, candidates, args.k)
     if args.large:
-        report_large(args.large_sizes, args.k, args.knn)
+        report_large(args.large_sizes, args.k, args.knn, args.timeout)
 
 
 def peak_rss_mb() -> float:
@@ -189,7 +190,7 @@ def run_large(label, name, n, k, knn) -> dict:
                 rss_graph_mb=rss_graph, peak_rss_mb=peak_rss_mb(), vals=[float(v) for v in vals], note=note)
 
 
-def report_large(sizes, k, knn) -> None:
+def report_large(sizes, k, knn, timeout=LARGE_TIMEOUT_S) -> None:
     print(f"\nLarge KNN graphs (top {knn} per row, symmetrised, built in row blocks), one photo per size, "
           f"k = {k}; one cold run per candidate in its own process")
     print("| N | candidate | s / solve | reference / it | max abs eigenvalue diff vs dense eigh "
@@ -204,9 +205,9 @@ def report_large(sizes, k, knn) -> None:
             try:
                 out = subprocess.run([sys.executable, "-m", "bench.bench_eigensolve", "--k", str(k), "--knn",
                                       str(knn), "--one", label, name, str(size)], capture_output=True, text=True,
-                                     timeout=LARGE_TIMEOUT_S)
+                                     timeout=timeout)
             except subprocess.TimeoutExpired:
-                results[label] = dict(error=f"timed out after {LARGE_TIMEOUT_S} s")
+                results[label] = dict(error=f"timed out after {timeout} s")
                 continue
             if out.returncode != 0:
                 results[label] = dict(error=out.stderr.strip().splitlines()[-1][:80])

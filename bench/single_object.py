@@ -8,6 +8,7 @@
     python -m bench.single_object --shards /work/out12/coco128 --images $D/coco128/images \\
         --annotations $D/coco128/instances_train2017.json --split name --levers fiedler0,head
     python -m bench.single_object --shards /work/out/voc07 --voc-root $D/voc2007/VOC2007 --split parity
+    python -m bench.single_object --shards /work/out/voc07 --voc-root $D/voc2007/VOC2007 --split parity --graph lowrank
 
 Reads the shards of one extraction that stored its patch features (no forward pass). A lever
 is CELLS[/REFINE]: how the patch mask is chosen (CELLS) and, for mask benchmarks, how it is
@@ -21,7 +22,9 @@ on the tune and check parts of --split:
 
 Heads (pipeline.objects.self_training) are fitted once, before scoring, on the Fiedler masks
 of a fixed-seed sample of --head-images images of the whole set (tune and check alike: no
-label is read), and their seconds are printed apart from the per-image seconds.
+label is read), and their seconds are printed apart from the per-image seconds. --graph lowrank
+recomputes every image's eigenvectors from its stored features on the low-rank graph
+(docs/sparse.md) instead of reading the stored dense-graph ones.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from pipeline.config import ExtractConfig
+from pipeline.config import EigenConfig, ExtractConfig, GraphConfig
 from pipeline.evaluation.object_metrics import best_box_iou, mask_iou
 from pipeline.features.geometry import geometry_of, grid_to_pixels
 from pipeline.io.ground_truth import coco_boxes, folder_pairs, read_mask, voc_boxes
@@ -45,7 +48,8 @@ from pipeline.io.sources import read_bytes
 from pipeline.objects.localize import foreground_mask, largest_component, localize, mask_box
 from pipeline.objects.masks import PIXEL_REFINERS, SegmentConfig, patch_mask
 from pipeline.objects.self_training import HeadConfig, fit_head, head_probability
-from pipeline.spectral.spectrum import border_mask
+from pipeline.spectral.affinity import image_affinity
+from pipeline.spectral.spectrum import border_mask, graph_spectrum
 
 HEADS = {"head": HeadConfig(), "head2": HeadConfig(rounds=2), "headb": HeadConfig(balanced=True),
          "headC01": HeadConfig(C=0.1)}
@@ -125,15 +129,22 @@ def _part(samples, rule: str) -> dict[str, str]:
     raise SystemExit(f"--split must be half, parity or name, got {rule!r}")
 
 
-def _items(shards: str, digest: str, samples: dict, long_side: int, ids=None, images: bool = True):
-    """Items of the stored rows of `ids`; the image is decoded only when `images` (refiners)."""
+def _items(shards: str, digest: str, samples: dict, long_side: int, ids=None, images: bool = True,
+           graph: str = "dense"):
+    """Items of the stored rows of `ids`; the image is decoded only when `images` (refiners).
+    With another `graph` kind than the stored (dense) one, the eigenvectors are recomputed
+    from the stored patch features on that graph (pipeline.config.GraphConfig.kind)."""
     columns = [n for n in EIGEN_SCHEMA.names if not n.startswith("segment")]
     for batch in scan_batches(shards, EIGEN_DIR, columns, config_digest=digest, batch_rows=32, image_ids=ids):
         for row in batch.to_pylist():
             if row["image_id"] not in samples:
                 continue
             image = decode_image(read_bytes(samples[row["image_id"]].uri)) if images else None
-            yield Item(row, eigenvectors_of(row), features_of(row), image, geometry_of(row, long_side))
+            features, vectors = features_of(row), eigenvectors_of(row)
+            if graph != "dense":
+                W = image_affinity(features, np.zeros((1, 1, 3), np.uint8), GraphConfig(kind=graph))
+                vectors = graph_spectrum(W, features.shape[:2], EigenConfig(k=len(vectors))).eigenvectors
+            yield Item(row, vectors, features, image, geometry_of(row, long_side))
 
 
 def _soft(item: Item, cells: np.ndarray, refine: str, cfg: SegmentConfig) -> np.ndarray:
@@ -156,6 +167,8 @@ def main() -> None:
     p.add_argument("--lam", type=float, default=SegmentConfig().lam)
     p.add_argument("--sigma-spatial", type=float, default=SegmentConfig().sigma_spatial)
     p.add_argument("--limit", type=int, default=0, help="only the first N images of each part")
+    p.add_argument("--graph", default="dense", choices=("dense", "lowrank"),
+                   help="recompute the eigenvectors on this graph kind from the stored features")
     a = p.parse_args()
     cfg = ExtractConfig(store_features=True)
     seg = replace(SegmentConfig(), lam=a.lam, sigma_spatial=a.sigma_spatial)
@@ -173,7 +186,8 @@ def main() -> None:
         ids = sorted(parts)
         pick = sorted(rng.choice(len(ids), min(a.head_images, len(ids)), replace=False))
         feats, targets = [], []
-        for item in _items(a.shards, cfg.digest(), samples, cfg.backbone.long_side, [ids[i] for i in pick], False):
+        for item in _items(a.shards, cfg.digest(), samples, cfg.backbone.long_side, [ids[i] for i in pick], False,
+                           a.graph):
             mask, fallback = patch_mask(item.eigenvectors, SegmentConfig())
             if not fallback:
                 feats.append(item.features)
@@ -188,7 +202,7 @@ def main() -> None:
     seconds = {(c, r): [] for c, r in levers}
     started = time.time()
     for done, item in enumerate(_items(a.shards, cfg.digest(), samples, cfg.backbone.long_side, sorted(parts),
-                                       not boxes)):
+                                       not boxes, a.graph)):
         if done % 50 == 0:
             print(f"{done}/{len(parts)} images, {time.time() - started:.0f} s", file=sys.stderr, flush=True)
         s = samples[item.row["image_id"]]

@@ -29,7 +29,7 @@ from PIL import Image
 
 from pipeline.config import BackboneConfig
 from pipeline.io.images import decode_image
-from pipeline.matting.matte import DEVICES, SOLVERS, MattingConfig, cutout, matte
+from pipeline.matting.matte import DEVICES, LAYER_GRAPHS, SOLVERS, MattingConfig, cutout, matte
 from pipeline.evaluation.matting_metrics import matting_errors
 from pipeline.io.sources import list_images, read_bytes
 from pipeline.matting.trimap import REFINE, UNITS, TrimapConfig, read_trimap, split
@@ -46,7 +46,7 @@ def config_from_args(args: argparse.Namespace) -> MattingConfig:
         feature_weight=args.fusion, feature_radius=args.feature_radius,
         feature_stride=args.feature_stride, feature_power=args.feature_power,
         solver=args.solver, preconditioner=args.preconditioner, device=args.device,
-        n_layers=args.layers, spectral_max_side=args.spectral_side, max_side=args.max_side or None,
+        n_layers=args.layers, spectral_max_side=args.spectral_side, spectral_graph=args.spectral_graph, max_side=args.max_side or None,
         estimate_foreground=not getattr(args, "no_foreground", False),
         trimap=TrimapConfig(threshold=threshold, fg_width=args.fg_width, bg_width=args.bg_width,
                             unit=args.width_unit, refine=args.refine_trimap),
@@ -232,6 +232,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--feature-power", type=float, default=d.feature_power)
     m.add_argument("--layers", type=int, default=d.n_layers, help="spectral: number of eigenvectors")
     m.add_argument("--spectral-side", type=int, default=d.spectral_max_side, help="spectral: long side they are computed at")
+    m.add_argument("--spectral-graph", choices=tuple(LAYER_GRAPHS), default=d.spectral_graph,
+                   help="spectral: layers of the closed-form Laplacian (cf) or of the KNN colour graph (knn)")
     m.add_argument("--max-side", type=int, default=0, help="solve at this long side at most, upsample alpha (0 = full size)")
     m.add_argument("--preconditioner", choices=("auto", "ichol", "jacobi"), default=d.preconditioner)
     m.add_argument("--device", choices=DEVICES, default=d.device, help="where CG runs (cuda: CuPy)")

@@ -17,7 +17,7 @@ import scipy.sparse
 from bench.pixel_graphs import image_descriptors
 from kernels import normalized_laplacian, smallest_eigenpairs, to_numpy
 from kernels.components import component_labels
-from kernels.knn_affinity import nearest_neighbors
+from kernels.knn_affinity import brute_nearest_neighbors, tree_nearest_neighbors
 from kernels.topk_affinity import topk_cosine_graph
 from pipeline.spectral.affinity import feature_affinity, sparse_feature_affinity, topk_graph
 
@@ -86,7 +86,13 @@ def test_sparse_feature_affinity_equals_dense_builder_upsampled():
 def test_colour_neighbours_blocked_equal_unblocked():
     rng = np.random.default_rng(0)
     points = rng.random((500, 5)).astype(np.float32)
-    np.testing.assert_array_equal(nearest_neighbors(points, 7, chunk=13), nearest_neighbors(points, 7, chunk=500))
+    np.testing.assert_array_equal(brute_nearest_neighbors(points, 7, chunk=13), brute_nearest_neighbors(points, 7, chunk=500))
+
+
+def test_colour_neighbours_tree_equals_brute_force():
+    # Continuous random points have no equidistant neighbours, so the order is the same too.
+    points = np.random.default_rng(1).random((3000, 5))
+    np.testing.assert_array_equal(tree_nearest_neighbors(points, 10), brute_nearest_neighbors(points, 10))
 
 
 def test_topk_bad_input():
