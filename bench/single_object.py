@@ -24,7 +24,8 @@ Heads (pipeline.objects.self_training) are fitted once, before scoring, on the F
 of a fixed-seed sample of --head-images images of the whole set (tune and check alike: no
 label is read), and their seconds are printed apart from the per-image seconds. --graph lowrank
 recomputes every image's eigenvectors from its stored features on the low-rank graph
-(docs/sparse.md) instead of reading the stored dense-graph ones.
+(docs/sparse.md), or --graph sparse on the top-20 graph, instead of reading the stored
+dense-graph ones.
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ from pipeline.spectral.spectrum import border_mask, graph_spectrum
 
 HEADS = {"head": HeadConfig(), "head2": HeadConfig(rounds=2), "headb": HeadConfig(balanced=True),
          "headC01": HeadConfig(C=0.1)}
+
+
+SPARSE_TOPK = 20  # --graph sparse: neighbours per patch, the better K on ECSSD tune (docs/sparse.md)
 
 
 @dataclass
@@ -142,7 +146,8 @@ def _items(shards: str, digest: str, samples: dict, long_side: int, ids=None, im
             image = decode_image(read_bytes(samples[row["image_id"]].uri)) if images else None
             features, vectors = features_of(row), eigenvectors_of(row)
             if graph != "dense":
-                W = image_affinity(features, np.zeros((1, 1, 3), np.uint8), GraphConfig(kind=graph))
+                graph_cfg = GraphConfig(kind=graph, sparsify_topk=SPARSE_TOPK if graph == "sparse" else None)
+                W = image_affinity(features, np.zeros((1, 1, 3), np.uint8), graph_cfg)
                 vectors = graph_spectrum(W, features.shape[:2], EigenConfig(k=len(vectors))).eigenvectors
             yield Item(row, vectors, features, image, geometry_of(row, long_side))
 
@@ -167,7 +172,7 @@ def main() -> None:
     p.add_argument("--lam", type=float, default=SegmentConfig().lam)
     p.add_argument("--sigma-spatial", type=float, default=SegmentConfig().sigma_spatial)
     p.add_argument("--limit", type=int, default=0, help="only the first N images of each part")
-    p.add_argument("--graph", default="dense", choices=("dense", "lowrank"),
+    p.add_argument("--graph", default="dense", choices=("dense", "lowrank", "sparse"),
                    help="recompute the eigenvectors on this graph kind from the stored features")
     a = p.parse_args()
     cfg = ExtractConfig(store_features=True)
