@@ -377,6 +377,8 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
                         help="patch features (default: the backbone's measured default)")
     parser.add_argument("--long-side", type=int, default=d.long_side,
                         help="resize the long side to this many px; 0 = native size cropped to the patch grid")
+    parser.add_argument("--flip-average", action="store_true",
+                        help="average each patch's features with the mirrored image's (2x forward pass)")
     parser.add_argument("--k", type=int, default=e.k, help="number of eigenvectors")
     parser.add_argument("--lambda-knn", type=float, default=g.knn_lambda, help="weight of the KNN colour graph")
     parser.add_argument("--knn-scale", choices=["relative", "absolute"], default=g.knn_scale)
@@ -429,7 +431,7 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
 def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeConfig]:
     cfg = ExtractConfig(
         backbone=BackboneConfig(name=args.backbone, weights=args.weights, features=args.features,
-                                long_side=args.long_side or None),
+                                long_side=args.long_side or None, flip_average=args.flip_average),
         graph=GraphConfig(knn_lambda=args.lambda_knn, knn_scale=args.knn_scale,
                           upsample=args.upsample, kind=args.graph,
                           sparsify_topk=args.sparsify_topk or (SPARSE_DEFAULT_TOPK if args.graph == "sparse" else None)),

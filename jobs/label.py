@@ -7,11 +7,15 @@
 The same listing, rerun and error-table rules as `extract`, whose shards it writes too (an
 image already in OUT/eigs is not written again, and with --store-features its stored features
 spare the forward pass). In the same actors each image's eigenvectors and graph become objects
-(pipeline.objects.discovery, default: the iterative cut). OUT gets
+(pipeline.objects.discovery, default: the iterative cut). With --self-train (and
+--store-features) a Ray step runs first: images with no row are extracted, a logistic head is
+fitted on a fixed-seed sample of the stored rows (pipeline.batch.head_fitting), and the actors
+take its mask of each image's patch features as the first object. OUT gets
 
     OUT/labels/part-*.parquet     one row per object (pipeline.io.schema.OBJECT_SCHEMA)
     OUT/instances.json            class-agnostic COCO instances (boxes, RLE masks, scores)
     OUT/gallery/index.html        a panel per image, or a fixed-seed sample of --gallery N
+    OUT/heads/DIGEST.json         with --self-train: the fitted head (reruns reuse it)
     OUT/eigs, OUT/errors, OUT/runs    as `extract` writes them
 """
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,6 +36,7 @@ from PIL import Image
 from jobs import extract
 from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.evaluation.panels import GALLERY_DIR, gallery_html, panel_name
+from pipeline.batch.head_fitting import fit_stored_head, head_sample, head_uri, read_head, write_head
 from pipeline.io.attempts import Attempts
 from pipeline.io.coco_instances import coco_ids_by_file_name, decode_mask, stable_image_id, write_instances
 from pipeline.io.schema import eigen_table, error_table, object_table
@@ -40,6 +46,7 @@ from pipeline.io.sources import ImageRef
 from pipeline.objects.discovery import DISCOVERY, DiscoveryConfig
 from pipeline.objects.instances import SCORES, LabelConfig, label_digest
 from pipeline.objects.masks import REFINERS
+from pipeline.objects.self_training import Head
 from pipeline.semantic.pseudo_labels import decode_label_png
 
 INSTANCES_FILE = "instances.json"
@@ -50,15 +57,16 @@ class LabelActor:
     """Ray Data callable: loads the backbone once, labels each batch and commits its shards."""
 
     def __init__(self, config_json: str, label_json: str, out: str, device: str, batch_size: int, threads: int,
-                 run_id: str | None = None, max_worker_deaths: int = 2):
+                 run_id: str | None = None, max_worker_deaths: int = 2, head_json: str | None = None):
         # Imported here, in the actor: the driver never loads torch (its memory holds counts).
         from pipeline.batch.labeller import ObjectLabeller
 
         extract.set_threads(threads)
         self.extract_json, self.label_json, self.out = config_json, label_json, out
         self.run_id, self.max_deaths, self.attempts = run_id, max_worker_deaths, Attempts(out)
+        head = Head.from_dict(json.loads(head_json)) if head_json else None
         self.labeller = ObjectLabeller(ExtractConfig.from_dict(json.loads(config_json)),
-                                       LabelConfig.from_dict(json.loads(label_json)), out, device, batch_size)
+                                       LabelConfig.from_dict(json.loads(label_json)), out, device, batch_size, head)
 
     def __call__(self, batch: dict) -> dict:
         from pipeline.batch.labeller import LabelRef
@@ -98,6 +106,8 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
     started, clock = datetime.now(timezone.utc), time.monotonic()
     out = out.rstrip("/")
     digest = label_digest(cfg.digest(), label_cfg)
+    if label_cfg.self_train and not cfg.store_features:
+        raise ValueError("self-training fits its head on stored patch features: add --store-features")
 
     def run(lease) -> dict:
         todo, skipped = extract.not_done(refs, out, digest, LABELS_DIR, runtime.retry_errors)
@@ -113,6 +123,10 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
                 print(f"rewrote {summary['instances']['uri']} for config {digest}")
             return summary
         print(f"{len(todo)} images to label, {summary['skipped']} already done for config {digest}")
+        head_json = None
+        if label_cfg.self_train:
+            head, summary["head"] = self_train(out, cfg, label_cfg, digest, runtime, refs, local, lease.owner)
+            head_json = json.dumps(head.to_dict())
         rows = shard_files(out, cfg.digest(), EIGEN_DIR)
         panels = gallery_ids(refs, gallery)
         batches = [{**b, "has_row": [i in rows for i in b["image_id"]],
@@ -120,7 +134,8 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
                     "panel": [i in panels for i in b["image_id"]]}
                    for b in extract.cut_batches(todo, runtime.batch_size)]
         outcome = extract.drive(batches, len(todo), LabelActor,
-                                {"config_json": cfg.to_json(), "label_json": label_cfg.to_json(), "out": out},
+                                {"config_json": cfg.to_json(), "label_json": label_cfg.to_json(), "out": out,
+                                 "head_json": head_json},
                                 runtime, local, "deep-spectral-label", lease.owner)
         summary["instances"] = write_dataset_instances(out, digest, coco_annotations, clusters_dir)
         summary["gallery"] = write_gallery(out, digest, sorted(panels))
@@ -134,6 +149,37 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
         return summary
 
     return extract.run_leased(out, runtime, run)
+
+
+def self_train(out: str, cfg: ExtractConfig, label_cfg: LabelConfig, digest: str, runtime: RuntimeConfig,
+               refs: list[ImageRef], local: bool, run_id: str) -> tuple[Head, dict]:
+    """The head of this label digest: OUT's stored one (a rerun), else extract the images
+    that have no row yet (ExtractActors), fit on a fixed-seed sample of the stored rows (one
+    Ray task, or here with `local`) and store it -> (head, its record for the run summary)."""
+    stored = read_head(out, digest)
+    if stored is not None:
+        print(f"self-training: reusing the head in {head_uri(out, digest)}")
+        return stored[0], {**stored[1], "uri": head_uri(out, digest), "fitted": False}
+    missing, _ = extract.not_done(refs, out, cfg.digest(), EIGEN_DIR, runtime.retry_errors)
+    if missing:
+        print(f"self-training: extracting the {len(missing)} images with no stored row first")
+        extract.drive(extract.cut_batches(missing, runtime.batch_size), len(missing), extract.ExtractActor,
+                      {"config_json": cfg.to_json(), "out": out}, runtime, local, "deep-spectral-extract", run_id)
+    rows = shard_files(out, cfg.digest(), EIGEN_DIR)
+    ids = head_sample([r.image_id for r in refs if r.image_id in rows], label_cfg)
+    print(f"self-training: fitting the head on {len(ids)} stored rows")
+    args = (out, cfg.digest(), ids, label_cfg)
+    if local:
+        head, info = fit_stored_head(*args)
+    else:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=runtime.address or os.environ.get("RAY_ADDRESS") or "local")
+        head, info = ray.get(ray.remote(fit_stored_head).options(num_cpus=1, max_retries=3).remote(*args))
+    uri = write_head(out, digest, head, info)
+    print(f"self-training: head fitted on {info['images']} images in {info['seconds']} s -> {uri}")
+    return head, {**info, "label_digest": digest, "uri": uri, "fitted": True}
 
 
 def object_rows(out: str, digest: str, columns: list[str]) -> Iterator[dict]:
@@ -252,6 +298,12 @@ def add_label_options(parser: argparse.ArgumentParser, running: bool = True) -> 
                             "bilateral solver, pymatting closed-form (slow), none")
     group.add_argument("--soft-masks", action="store_true",
                        help="also store each object's soft mask (8-bit PNG column `soft` of the labels table)")
+    group.add_argument("--self-train", action="store_true",
+                       help="fit a logistic head on the Fiedler objects of a fixed-seed sample of the stored "
+                            "rows (needs --store-features) and take its mask as each image's first object")
+    group.add_argument("--head-images", type=int, default=d.head_images, help="--self-train: rows it fits on")
+    group.add_argument("--head-rounds", type=int, default=d.head_rounds,
+                       help="--self-train: 2 refits once to the first head's own masks")
     group.add_argument("--categories", default=None, metavar="CLUSTER_OUT",
                        help="categories of instances.json from a `deep-spectral cluster` output folder "
                             "(the cluster covering most of each object); default one class-agnostic category")
@@ -266,7 +318,8 @@ def label_config_from_args(args: argparse.Namespace) -> LabelConfig:
     return LabelConfig(discovery=DiscoveryConfig(method=args.method, max_objects=args.max_objects,
                                                  threshold=threshold, min_area=args.min_area,
                                                  max_eigenvalue=args.max_eigenvalue, max_border=args.max_border),
-                       score=args.score, refine=args.object_refine, soft_masks=args.soft_masks)
+                       score=args.score, refine=args.object_refine, soft_masks=args.soft_masks,
+                       self_train=args.self_train, head_images=args.head_images, head_rounds=args.head_rounds)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -285,6 +338,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     coco = args.annotations if args.dataset == "coco" else None
+    if args.self_train and not args.store_features:
+        print("error: --self-train fits its head on stored patch features: add --store-features", file=sys.stderr)
+        return 2
     summary = run_label(source, args.out, cfg, label_config_from_args(args), runtime, refs,
                         local=args.local, gallery=args.gallery, coco_annotations=coco, clusters_dir=args.categories)
     if args.summary:

@@ -35,6 +35,10 @@ class BackboneConfig:
     # Resize the long side to this many pixels before cropping to a patch multiple;
     # None = the reference's behaviour (native size, cropped to a patch multiple).
     long_side: Optional[int] = 448
+    # Test-time averaging: each patch's features averaged with those of the horizontally
+    # mirrored network input (same cells, flipped back); twice the forward pass
+    # (docs/results.md, issue 12: not adopted).
+    flip_average: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ SPARSE_DEFAULT_TOPK = 10
 
 # Fields added after shards were written, omitted from the JSON (and so the digest) while at
 # these defaults: a default run keeps the digest it always had and its shards stay valid.
-_OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"}}
+_OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"}, "backbone": {"flip_average": False}}
 
 
 @dataclass(frozen=True)

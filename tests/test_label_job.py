@@ -103,3 +103,72 @@ def test_label_writes_objects_instances_gallery_and_reruns_as_noop(local_ray, tm
     assert (back["processed"], back["skipped"]) == (0, 5)
     assert instances_source(str(out))["config_digest"] == summary["config_digest"]
     assert len(json.loads((out / "instances.json").read_text())["annotations"]) == len(rows)
+
+
+def test_label_self_train_fits_one_head_on_a_sample_predicts_with_it_and_reruns_without_refitting(
+        local_ray, tmp_path, offline_weights):
+    from jobs.label import run_label
+    from pipeline.batch.head_fitting import head_sample, head_uri
+    from pipeline.features.geometry import geometry_of
+    from pipeline.io.schema import eigenvectors_of, features_of
+    from pipeline.objects.discovery import fiedler_objects
+    from pipeline.objects.localize import mask_box
+    from pipeline.objects.self_training import Head, fit_head, head_mask
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for img in SAMPLES.glob("*.jpg"):
+        shutil.copy(img, folder / img.name)
+    out = tmp_path / "out"
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=224), eigen=EigenConfig(k=6), store_features=True)
+    label_cfg = LabelConfig(discovery=DiscoveryConfig(max_objects=2), self_train=True, head_images=3)
+    refs = list_images(str(folder))
+    with pytest.raises(ValueError, match="store-features"):
+        run_label(str(folder), str(out), ExtractConfig(), label_cfg, RuntimeConfig(), refs)
+
+    summary = run_label(str(folder), str(out), cfg, label_cfg, RuntimeConfig(batch_size=2), refs, gallery=0)
+    assert (summary["processed"], summary["failed"]) == (4, 0)
+    head_info = summary["head"]
+    assert head_info["fitted"] and head_info["uri"] == head_uri(str(out), summary["config_digest"])
+    stored = json.loads((out / "heads" / f"{summary['config_digest']}.json").read_text())
+    head = Head.from_dict(stored["head"])
+
+    # The head is the one fitted to the Fiedler objects of the 3 sampled rows, refitted here.
+    eig_rows = {r["image_id"]: r for r in pq.read_table(out / "eigs").to_pylist()}
+    assert len(eig_rows) == 4  # extracted once, before fitting; the label actors wrote none again
+    sample = head_sample(sorted(eig_rows), label_cfg)
+    assert len(sample) == 3 and set(sample) < set(eig_rows)
+    feats = [features_of(eig_rows[i]) for i in sample]
+    targets = [fiedler_objects(eigenvectors_of(eig_rows[i]), np.asarray(eig_rows[i]["eigenvalues"]), None,
+                               label_cfg.discovery)[0].mask for i in sample]
+    again = fit_head(feats, targets, label_cfg.head_config())
+    np.testing.assert_allclose(head.weight, again.weight, rtol=1e-4, atol=1e-5)
+    assert stored["images"] == head_info["images"] == 3
+
+    # Each image's first-found object is the head's mask of its stored features.
+    rows = pq.read_table(out / "labels").to_pylist()
+    assert all(r["config_digest"] == summary["config_digest"] for r in rows)
+    for image_id, eig in eig_rows.items():
+        first = [r for r in rows if r["image_id"] == image_id and r["rank"] == 0]
+        assert len(first) == 1
+        cells = head_mask(head, features_of(eig))
+        assert first[0]["grid_area"] == pytest.approx(cells.mean())
+        assert first[0]["patch_box"] == pytest.approx(mask_box(cells, geometry_of(eig, 224)).tolist())
+
+    # An interrupted run (one labels shard lost) resumes with the stored head, not a new fit,
+    # and the labels end as they were: one row per (image, object), none twice.
+    shards = sorted((out / "labels").glob("*.parquet"))
+    lost = set(pq.read_table(shards[0]).column("image_id").to_pylist())
+    shards[0].unlink()
+    head_file = out / "heads" / f"{summary['config_digest']}.json"
+    mtime = head_file.stat().st_mtime_ns
+    resumed = run_label(str(folder), str(out), cfg, label_cfg, RuntimeConfig(batch_size=2), refs,
+                        local=True, gallery=0)
+    assert resumed["processed"] == len(lost) and resumed["head"]["fitted"] is False
+    assert head_file.stat().st_mtime_ns == mtime
+    after = pq.read_table(out / "labels").to_pylist()
+    keys = [(r["image_id"], r["object"]) for r in after]
+    assert len(keys) == len(set(keys)) and sorted(keys) == sorted((r["image_id"], r["object"]) for r in rows)
+    assert len(pq.read_table(out / "eigs")) == 4
+    noop = run_label(str(folder), str(out), cfg, label_cfg, RuntimeConfig(), refs, local=True, gallery=0)
+    assert (noop["processed"], noop["skipped"]) == (0, 4) and "head" not in noop

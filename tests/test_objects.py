@@ -57,6 +57,34 @@ def test_iterative_cut_finds_both_objects_of_a_two_object_graph():
     assert len(only) == 1
 
 
+def test_a_given_first_mask_replaces_the_fiedler_object_and_the_cuts_go_on_from_it():
+    # The self-trained head's mask (here: object B, which the Fiedler cut does not take first)
+    # becomes object 0 with the Fiedler cut's eigenvalue; the iterative cuts then find A.
+    W, spec, a, b = scene_graph()
+    plain = discover(spec.eigenvectors, spec.eigenvalues, W, DiscoveryConfig(max_objects=3))
+    assert (plain[0].mask & a).sum() > 0.9 * a.sum()  # without it, A comes first
+    found = discover(spec.eigenvectors, spec.eigenvalues, W, DiscoveryConfig(max_objects=3), first=b)
+    assert np.array_equal(found[0].mask, b) and found[0].eigenvalue == pytest.approx(float(spec.eigenvalues[1]))
+    assert found[0].area == pytest.approx(9 / 192) and not found[0].fallback
+    assert any((c.mask & a).sum() / (c.mask | a).sum() > 0.9 for c in found[1:])
+    assert not any((c.mask & b).any() for c in found[1:])  # B's cells left the graph
+    # An empty or full `first` carries no object: the Fiedler object stays.
+    for empty in (np.zeros_like(b), np.ones_like(b)):
+        again = discover(spec.eigenvectors, spec.eigenvalues, W, DiscoveryConfig(max_objects=3), first=empty)
+        assert np.array_equal(again[0].mask, plain[0].mask)
+
+
+def test_self_train_options_round_trip_key_the_digest_and_stay_out_at_their_defaults():
+    import json
+
+    cfg = LabelConfig(self_train=True, head_images=50, head_rounds=2)
+    back = LabelConfig.from_dict(json.loads(cfg.to_json()))
+    assert back == cfg and back.head_config().rounds == 2
+    assert label_digest("abc", cfg) != label_digest("abc", LabelConfig(self_train=True))
+    assert label_digest("abc", LabelConfig(self_train=True)) != label_digest("abc", LabelConfig())
+    assert not {"self_train", "head_images", "head_rounds"} & set(LabelConfig().to_dict())
+
+
 def test_objects_are_refined_boxed_and_scored():
     W, spec, a, b = scene_graph()
     image = np.zeros((120, 160, 3), np.uint8)

@@ -71,3 +71,17 @@ def test_head_and_segment_options_round_trip_through_their_json():
     assert HeadConfig(**json.loads(json.dumps(dataclasses.asdict(head)))) == head
     seg = SegmentConfig(refine="bilateral", sigma_spatial=8.0, sigma_luma=12.0, sigma_chroma=4.0, lam=64.0)
     assert SegmentConfig(**json.loads(json.dumps(dataclasses.asdict(seg)))) == seg
+
+
+def test_head_mask_is_the_largest_component_and_never_empty():
+    from pipeline.objects.self_training import head_mask
+
+    head = Head(np.array([1.0], np.float32), 0.0)
+    f = np.full((5, 6, 1), -3.0, np.float32)
+    f[0:2, 0:2] = 3.0  # 4 cells
+    f[3:5, 2:6] = 3.0  # 8 cells: the larger component
+    assert np.array_equal(head_mask(head, f), f[..., 0] > 0) is False
+    assert head_mask(head, f).sum() == 8 and head_mask(head, f)[3:5, 2:6].all()
+    low = np.full((5, 6, 1), -3.0, np.float32)
+    low[2, 3] = -1.0  # p < 0.5 everywhere: the most probable cell
+    assert np.argwhere(head_mask(head, low)).tolist() == [[2, 3]]

@@ -61,6 +61,7 @@ class SpectralExtractor:
             resize=cfg.backbone.long_side or "crop",
             device=device,
             max_batch_size=batch_size,
+            flip_average=cfg.backbone.flip_average,
         )
         # Graph and eigensolve run where the features are: CuPy on a GPU actor.
         self.xp = _array_module(device)

@@ -3,7 +3,8 @@ rows extraction adds) out.
 
 Per image: the spectral core (SpectralExtractor), or, when a shard already holds the image's
 row with stored features, that row (no forward pass); then objects (pipeline.objects.instances)
-from its eigenvectors and graph, and for images picked for the gallery a panel PNG. Like the
+from its eigenvectors and graph (with a self-trained head, the head's mask of the patch features
+is the first object), and for images picked for the gallery a panel PNG. Like the
 extractor, it loads the backbone once and knows nothing about Ray.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pipeline.io.shards import rows_by_id
 from pipeline.io.soft_masks import encode_soft
 from pipeline.io.sources import ImageRef
 from pipeline.objects.instances import ImageObject, LabelConfig, image_objects, label_digest
+from pipeline.objects.self_training import Head, head_mask
 from pipeline.spectral.affinity import image_affinity
 
 @dataclass(frozen=True)
@@ -49,9 +51,12 @@ class Labelled:
 
 class ObjectLabeller:
     def __init__(self, extract_cfg: ExtractConfig, label_cfg: LabelConfig, out: str,
-                 device: str = "cpu", batch_size: int = 8):
+                 device: str = "cpu", batch_size: int = 8, head: Head | None = None):
+        if label_cfg.self_train and (head is None or not extract_cfg.store_features):
+            raise ValueError("self_train labels with a fitted head (pipeline.batch.head_fitting) and "
+                             "stored patch features (store_features)")
         self.extractor = SpectralExtractor(extract_cfg, device=device, batch_size=batch_size)
-        self.cfg = label_cfg
+        self.cfg, self.head = label_cfg, head if label_cfg.self_train else None
         self.out = out.rstrip("/")
         self.extract_digest = extract_cfg.digest()
         self.digest = label_digest(self.extract_digest, label_cfg)
@@ -69,25 +74,28 @@ class ObjectLabeller:
             if not want.has_row:
                 result.eigen_rows.append(item.row)
             self._label(want, item.image, item.row, item.spectrum.eigenvectors,
-                        item.spectrum.eigenvalues, item.affinity, result)
+                        item.spectrum.eigenvalues, item.affinity, result,
+                        features_of(item.row) if self.head is not None else None)
         for want, row in zip(stored, self._stored_rows(stored)):
             decoded = next(iter(self.extractor.decode([want.ref])))
             if isinstance(decoded, dict):
                 result.errors.append(self._relabel(decoded))
                 continue
             try:
-                features = self.extractor.xp.asarray(features_of(row))
-                W = image_affinity(features, decoded[1], self.reuse_graph)
-                self._label(want, decoded[1], row, eigenvectors_of(row), np.asarray(row["eigenvalues"]), W, result)
+                features = features_of(row)
+                W = image_affinity(self.extractor.xp.asarray(features), decoded[1], self.reuse_graph)
+                self._label(want, decoded[1], row, eigenvectors_of(row), np.asarray(row["eigenvalues"]), W, result,
+                            features)
             except Exception as exc:
                 result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
         return result
 
     def _label(self, want: LabelRef, image: np.ndarray, row: dict, eigenvectors: np.ndarray,
-               eigenvalues: np.ndarray, W, result: Labelled) -> None:
+               eigenvalues: np.ndarray, W, result: Labelled, features: np.ndarray | None = None) -> None:
         try:
             geom = geometry_of(row, self.extractor.cfg.backbone.long_side)
-            objects = image_objects(eigenvectors, eigenvalues, W, image, geom, self.cfg)
+            first = head_mask(self.head, features) if self.head is not None else None
+            objects = image_objects(eigenvectors, eigenvalues, W, image, geom, self.cfg, first)
             result.objects.extend(self.object_row(row, i, obj) for i, obj in enumerate(objects))
             if want.panel:
                 self._panel(want.ref.image_id, image, eigenvectors, geom, objects)

@@ -225,8 +225,10 @@ class Backbone:
     """
 
     def __init__(self, spec: BackboneSpec, weights: str | None = None, features: str | None = None,
-                 device: str = "cpu", resize: str | int | None = "crop", max_batch_size: int = 8):
+                 device: str = "cpu", resize: str | int | None = "crop", max_batch_size: int = 8,
+                 flip_average: bool = False):
         self.spec = spec
+        self.flip_average = flip_average
         self.features = features or spec.features
         if self.features not in _FEATURE_SELECTORS:
             raise ValueError(f"features must be one of {list(_FEATURE_SELECTORS)}, got {self.features!r}")
@@ -289,13 +291,20 @@ class Backbone:
         out: list[BackboneOutput | None] = [None] * len(images)
         for idx, crops, scales in self._batches(images, self.long_side):
             h, w = crops[0].shape[:2]
-            tokens, qkv = self._forward(_to_tensor(crops, self.device))
-            feats = select(tokens, qkv)[:, self.model.num_prefix_tokens:]
-            feats = feats.reshape(len(crops), h // self.patch_size, w // self.patch_size, -1)
+            x = _to_tensor(crops, self.device)
+            feats = self._grid_features(x, select)
+            if self.flip_average:  # the mirrored input's features, flipped back onto the same cells
+                feats = (feats + self._grid_features(x.flip(-1), select).flip(2)) / 2
             feats = feats.float().cpu().numpy()
             for j, i in enumerate(idx):
                 out[i] = BackboneOutput(np.ascontiguousarray(feats[j]), (h, w), scales[j])
         return out  # type: ignore[return-value]
+
+    def _grid_features(self, x: torch.Tensor, select) -> torch.Tensor:
+        """(B, 3, h, w) normalised -> (B, h/p, w/p, C) patch features."""
+        tokens, qkv = self._forward(x)
+        feats = select(tokens, qkv)[:, self.model.num_prefix_tokens:]
+        return feats.reshape(x.shape[0], x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, -1)
 
     def cls_embeddings(self, images: list[np.ndarray], resize: str | int | None = None) -> np.ndarray:
         """CLS token of the final normed output, (N, C) float32, for re-embedding segment crops.
@@ -312,10 +321,12 @@ class Backbone:
 
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None,
                     features: str | None = None, device: str = "cpu",
-                    resize: str | int | None = "crop", max_batch_size: int = 8) -> Backbone:
-    """Backbone by registry name; `weights` and `features` override the spec's defaults."""
+                    resize: str | int | None = "crop", max_batch_size: int = 8,
+                    flip_average: bool = False) -> Backbone:
+    """Backbone by registry name; `weights` and `features` override the spec's defaults;
+    `flip_average` averages each patch's features with the horizontally mirrored input's."""
     return Backbone(get_spec(name), weights=weights, features=features, device=device,
-                    resize=resize, max_batch_size=max_batch_size)
+                    resize=resize, max_batch_size=max_batch_size, flip_average=flip_average)
 
 
 def grid_shape(hw: tuple[int, int], patch: int, long_side: int | None) -> tuple[int, int]:

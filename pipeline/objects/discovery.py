@@ -61,18 +61,23 @@ def describe(mask: np.ndarray, rank: int, eigenvalue: float, prior: float, fallb
                      fallback=fallback)
 
 
-def fiedler_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg: DiscoveryConfig) -> list[Candidate]:
-    """(k, h, w) oriented eigenvectors -> the one Fiedler object."""
+def fiedler_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg: DiscoveryConfig,
+                    first: np.ndarray | None = None) -> list[Candidate]:
+    """(k, h, w) oriented eigenvectors -> the one Fiedler object; a non-empty (h, w) bool
+    `first` (the self-trained head's mask) takes the Fiedler mask's place, with its eigenvalue."""
+    lam = float(eigenvalues[1]) if len(eigenvalues) > 1 else float("nan")
+    if first is not None and first.any() and not first.all():
+        return [describe(first.astype(bool), 0, lam, 1.0)]
     fiedler = eigenvectors[1] if len(eigenvectors) > 1 else np.zeros(eigenvectors.shape[1:])
     mask, fallback = foreground_mask(fiedler, cfg.threshold)
-    lam = float(eigenvalues[1]) if len(eigenvalues) > 1 else float("nan")
     return [describe(largest_component(mask, fiedler), 0, lam, 1.0, fallback)]
 
 
-def component_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg: DiscoveryConfig) -> list[Candidate]:
+def component_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg: DiscoveryConfig,
+                      first: np.ndarray | None = None) -> list[Candidate]:
     """The components of eigenvectors 1..n_vectors, the Fiedler object first (no NMS here:
     overlapping masks are ranked by the scorer and left to the consumer)."""
-    first = fiedler_objects(eigenvectors, eigenvalues, W, cfg)
+    first = fiedler_objects(eigenvectors, eigenvalues, W, cfg, first)
     loc = LocalizeConfig(threshold=cfg.threshold, n_vectors=cfg.n_vectors, min_area=cfg.min_area)
     found = first + [describe(part, rank, float("nan"), prior)
                      for rank, (prior, part) in enumerate(component_candidates(eigenvectors, loc, exclude=first[0].mask),
@@ -80,17 +85,18 @@ def component_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg:
     return found[:cfg.max_objects]
 
 
-def iterative_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg: DiscoveryConfig) -> list[Candidate]:
+def iterative_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg: DiscoveryConfig,
+                      first: np.ndarray | None = None) -> list[Candidate]:
     """(N, N) affinity W (NumPy or CuPy, dense or sparse) of the (h, w) grid -> objects found
     by repeated normalised cuts, each on the graph of the patches no earlier object took.
 
     Cut t takes the oriented Fiedler vector of the remaining graph (positive side = the side
     touching the border less, as for the whole image), thresholds it, keeps the largest
     8-connected component of the remaining patches, and removes it. The first cut is the
-    whole graph's, i.e. the `fiedler` object.
+    whole graph's, i.e. the `fiedler` object (or `first`, as fiedler_objects says).
     """
     h, w = eigenvectors.shape[1:]
-    found = fiedler_objects(eigenvectors, eigenvalues, W, cfg)
+    found = fiedler_objects(eigenvectors, eigenvalues, W, cfg, first)
     if found[0].fallback:
         return found
     remaining = ~found[0].mask.ravel()
@@ -127,8 +133,10 @@ def orient_on(vec: np.ndarray, support: np.ndarray) -> np.ndarray:
 DISCOVERY = {"fiedler": fiedler_objects, "components": component_objects, "iterative": iterative_objects}
 
 
-def discover(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg: DiscoveryConfig) -> list[Candidate]:
-    """The candidates of `cfg.method`, in the order found (the first is the Fiedler object)."""
+def discover(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg: DiscoveryConfig,
+             first: np.ndarray | None = None) -> list[Candidate]:
+    """The candidates of `cfg.method`, in the order found (the first is the Fiedler object,
+    or `first` when given: fiedler_objects)."""
     if cfg.method not in DISCOVERY:
         raise ValueError(f"discovery method must be one of {sorted(DISCOVERY)}, got {cfg.method!r}")
-    return DISCOVERY[cfg.method](eigenvectors, eigenvalues, W, cfg)
+    return DISCOVERY[cfg.method](eigenvectors, eigenvalues, W, cfg, first)

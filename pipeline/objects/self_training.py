@@ -9,6 +9,10 @@ second round refits to the head's own masks.
 
     head = fit_head(features, targets, HeadConfig())      # a sample of the set
     p = head_probability(head, features_of_one_image)     # (h, w) in [0, 1]
+    cells = head_mask(head, features_of_one_image)        # (h, w) bool: the head's object
+
+`deep-spectral label --self-train` fits the head on a fixed-seed sample of a run's stored rows
+(jobs/label.py, pipeline.batch.head_fitting) and its first object becomes `head_mask`.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+
+from pipeline.objects.localize import largest_component
 
 
 @dataclass(frozen=True)
@@ -78,3 +84,13 @@ def head_probability(head: Head, features: np.ndarray) -> np.ndarray:
     """(h, w, D) patch features -> (h, w) foreground probability."""
     z = features.astype(np.float32) @ head.weight + head.bias
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
+def head_mask(head: Head, features: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """(h, w, D) patch features -> (h, w) bool: the largest component of p > threshold, or of
+    the most probable patches when none passes (a head never answers "no object")."""
+    p = head_probability(head, features)
+    mask = p > threshold
+    if not mask.any():
+        mask = p >= p.max()
+    return largest_component(mask, p)
