@@ -40,7 +40,7 @@ METHODS = [
     ("ours: fusion 0.001, CG + ichol", "ours", {"feature_weight": 0.001}),
     ("ours: fusion 0.01, CG + ichol", "ours", {"feature_weight": 0.01}),
     ("ours: fusion 0.1, CG + ichol", "ours", {"feature_weight": 0.1}),
-    ("ours: spectral, 20 layers at 200 px", "ours", {"solver": "spectral"}),
+    ("ours: spectral, 20 layers at 200 px", "ours", {"solver": "spectral", "spectral_max_side": 200}),
 ]
 TRIMAP_SETS = ("trimap1", "trimap2", "auto")
 

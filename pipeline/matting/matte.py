@@ -60,10 +60,11 @@ class MattingConfig:
     rtol: float = 1e-7
     maxiter: int = 10000
     device: str = "auto"  # where CG runs: "cpu", "cuda" (CuPy) or "auto" (CUDA when CuPy sees a GPU)
-    # Spectral matting: number of layers and the long side they are computed at (measured on
-    # GT01: 200 px, 20 layers: SAD 6.0 in 9 s; 320 px, 10 layers: 5.4 in 24 s; CG: 1.1 in 1 s).
+    # Spectral matting: number of layers and the long side they are computed at. 400 px beat
+    # 200 px on both halves of alphamatting.com (Trimap1 SAD 8.05 / 10.83 against 9.48 / 11.92,
+    # tune / check; docs/matting.md) for 5-15x the seconds and 4x the memory.
     n_layers: int = 20
-    spectral_max_side: int = 200
+    spectral_max_side: int = 400
     # The graph the layers are eigenvectors of (LAYER_GRAPHS): "cf" the closed-form matting
     # Laplacian (Levin et al.), "knn" the KNN colour graph's normalised Laplacian (the paper's).
     spectral_graph: str = "cf"
