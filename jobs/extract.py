@@ -34,6 +34,7 @@ from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids,
 from pipeline.io.sources import ImageRef, list_images
 from pipeline.io.storage import with_retries
 from pipeline.io.dataset_listing import DATASETS, dataset_images
+from pipeline.semantic.segments import SEGMENT_FEATURES
 
 PROGRESS_EVERY_S = 10.0  # a progress line in the job log at most this often
 # Ray Data blocks: one driver-made batch per block up to this many, beyond which consecutive
@@ -396,8 +397,9 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
                         help="k-means segments per image for semantic segmentation (0 = none; paper: 15)")
     parser.add_argument("--segment-eigenvectors", type=int, default=sg.n_eigenvectors,
                         help="eigenvectors 1..m that the per-image k-means clusters")
-    parser.add_argument("--segment-features", choices=["crop", "pool"], default=sg.features,
-                        help="crop: re-embed each segment's box crop (CLS); pool: mean patch feature")
+    parser.add_argument("--segment-features", choices=SEGMENT_FEATURES, default=sg.features,
+                        help="crop: re-embed each segment's box crop (CLS); pool: mean patch feature; "
+                             "keys: mean last-block attention key")
     parser.add_argument("--segment-background", choices=["fiedler", "border"], default=sg.background,
                         help="background segments: the Fiedler vector's background side, or only "
                              "the segment covering most of the border (the reference)")

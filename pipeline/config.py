@@ -88,7 +88,10 @@ class SegmentsConfig:
     # is most of the image, such as COCO with stuff as background (README: measured).
     background: str = "fiedler"
     # Segment features: "crop" re-embeds each segment's box crop with the backbone (CLS
-    # token, the paper's choice); "pool" averages the patch features under the mask (cheap).
+    # token, the paper's choice); "pool" averages the patch features under the mask (cheap);
+    # "keys" averages the last block's attention keys under the mask, from the graph's forward
+    # pass (a second one when segments are added to stored rows): on VOC07's ground-truth
+    # regions the offline backbone's keys classify better than its tokens (docs/semantic.md).
     features: str = "crop"
     crop_size: int = 224  # crops are resized to crop_size x crop_size before re-embedding
     # Patch-level erosion then dilation of each mask before its box is taken (the

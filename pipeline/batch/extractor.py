@@ -20,7 +20,7 @@ from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import ImageError, check_min_size, decode_image
 from pipeline.io.schema import OPTIONAL_DEFAULTS, eigen_row, eigenvectors_of, features_of
-from pipeline.semantic.segments import pooled_features, segment_boxes, segment_crops, segment_map
+from pipeline.semantic.segments import SEGMENT_FEATURES, pooled_features, segment_boxes, segment_crops, segment_map
 from pipeline.io.sources import ImageRef, read_bytes
 from pipeline.spectral.spectrum import Spectrum, graph_spectrum, grid_size
 
@@ -64,6 +64,8 @@ class SpectralExtractor:
         )
         # Graph and eigensolve run where the features are: CuPy on a GPU actor.
         self.xp = _array_module(device)
+        # Pooled keys as segment features: the keys come from the graph's own forward pass.
+        self._also = ("keys",) if cfg.segments.n_segments and cfg.segments.features == "keys" else ()
 
     def __call__(self, refs: list[ImageRef]) -> tuple[list[dict], list[dict]]:
         """-> (rows for pipeline.io.schema.eigen_table, rows for error_table)."""
@@ -116,12 +118,12 @@ class SpectralExtractor:
         """Backbone outputs in input order; on a batch failure, retry one by one so the
         exception lands on the image that caused it."""
         try:
-            return list(self.backbone(images))
+            return list(self.backbone(images, also=self._also))
         except Exception:
             outputs = []
             for image in images:
                 try:
-                    outputs.append(self.backbone([image])[0])
+                    outputs.append(self.backbone([image], also=self._also)[0])
                 except Exception as exc:
                     outputs.append(exc)
             return outputs
@@ -152,17 +154,22 @@ class SpectralExtractor:
         def grid_features():
             return upsample_features(output.features, self.cfg.graph.upsample)
 
+        def grid_keys():
+            return upsample_features(output.also["keys"], self.cfg.graph.upsample)
+
         if self.cfg.segments.n_segments:
-            row.update(self._segments(image, grid_features, spectrum.eigenvectors, row))
+            row.update(self._segments(image, grid_features, spectrum.eigenvectors, row, grid_keys))
         if self.cfg.store_features:
             features = grid_features()
             row["feature_dim"] = features.shape[-1]
             row["features"] = features.astype(np.float32).ravel()
         return row
 
-    def _segments(self, image: np.ndarray, grid_features, eigenvectors: np.ndarray, row: dict) -> dict:
+    def _segments(self, image: np.ndarray, grid_features, eigenvectors: np.ndarray, row: dict,
+                  grid_keys=None) -> dict:
         """The row's segment columns (pipeline.io.schema): map, boxes and one feature per segment.
-        `grid_features()` -> (grid_h, grid_w, C) patch features, called only for pooling."""
+        `grid_features()` / `grid_keys()` -> (grid_h, grid_w, C) patch features / last-block
+        keys on the eigenvectors' grid, called only for pooling them."""
         cfg = self.cfg.segments
         labels = segment_map(eigenvectors, cfg)
         n = int(labels.max())
@@ -172,8 +179,12 @@ class SpectralExtractor:
         elif cfg.features == "crop":
             crops = segment_crops(image, boxes, cfg.crop_size)
             features = self.backbone.cls_embeddings(crops, resize="crop")
-        else:
+        elif cfg.features == "keys":
+            features = pooled_features(grid_keys(), labels, n)
+        elif cfg.features == "pool":
             features = pooled_features(grid_features(), labels, n)
+        else:
+            raise ValueError(f"segment features must be one of {SEGMENT_FEATURES}, got {cfg.features!r}")
         return {"n_segments": n, "segment_map": labels.ravel(), "segment_boxes": boxes.ravel(),
                 "segment_dim": features.shape[1], "segment_features": features.astype(np.float32).ravel()}
 
@@ -189,7 +200,7 @@ class SpectralExtractor:
                 if stored is None:
                     raise ValueError(f"{ref.image_id}: no row of the reused extraction")
                 image = None
-                if self.cfg.segments.features == "crop":
+                if self.cfg.segments.features in ("crop", "keys"):  # both need the image itself
                     decoded = next(iter(self.decode([ref])))
                     if isinstance(decoded, dict):
                         errors.append(decoded)
@@ -201,11 +212,20 @@ class SpectralExtractor:
                 if self.cfg.store_features:
                     row.update(feature_dim=stored["feature_dim"], features=stored["features"])
                 if self.cfg.segments.n_segments:
-                    row.update(self._segments(image, lambda: features_of(stored), eigenvectors_of(stored), row))
+                    row.update(self._segments(image, lambda: features_of(stored), eigenvectors_of(stored), row,
+                                              lambda: self._stored_keys(image, stored)))
                 rows.append(row)
             except Exception as exc:
                 errors.append(self.error_row(ref, "segments", exc))
         return rows, errors
+
+    def _stored_keys(self, image: np.ndarray, stored: dict) -> np.ndarray:
+        """A stored row's image -> its last-block keys on the row's grid (one forward pass)."""
+        keys = upsample_features(self.backbone([image], also=("keys",))[0].also["keys"], self.cfg.graph.upsample)
+        if keys.shape[:2] != (stored["grid_h"], stored["grid_w"]):
+            raise ValueError(f"keys grid {keys.shape[:2]} is not the stored row's "
+                             f"{(stored['grid_h'], stored['grid_w'])}")
+        return keys
 
     def error_row(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
         # The stage has its own column: an ImageError's reason without its "stage: " prefix.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -208,6 +208,7 @@ class BackboneOutput:
     """One image's features.
 
     features: (grid_h, grid_w, C) float32 patch features (prefix tokens removed).
+    also: {kind: (grid_h, grid_w, C)} the other feature kinds asked for, from the same pass.
     input_hw: (h, w) pixels fed to the network, after resize and crop; grid = input_hw // patch.
     scale: resized / original side length (1.0 with "crop"); original pixel = input pixel / scale.
     """
@@ -215,6 +216,7 @@ class BackboneOutput:
     features: np.ndarray
     input_hw: tuple[int, int]
     scale: float
+    also: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Backbone:
@@ -283,18 +285,29 @@ class Backbone:
                 chunk = items[s:s + self.max_batch_size]
                 yield [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk]
 
-    def __call__(self, images: list[np.ndarray]) -> list[BackboneOutput]:
-        """uint8 (H, W, 3) images of any sizes -> one BackboneOutput each, in input order."""
-        select = _FEATURE_SELECTORS[self.features]
+    def __call__(self, images: list[np.ndarray], also: tuple[str, ...] = ()) -> list[BackboneOutput]:
+        """uint8 (H, W, 3) images of any sizes -> one BackboneOutput each, in input order.
+
+        also: further feature kinds (FEATURES) to return from the same forward pass, e.g. the
+        keys for segment features when the graph uses the tokens.
+        """
+        unknown = set(also) - set(_FEATURE_SELECTORS)
+        if unknown:
+            raise ValueError(f"unknown feature kinds {sorted(unknown)}; known: {list(_FEATURE_SELECTORS)}")
         out: list[BackboneOutput | None] = [None] * len(images)
         for idx, crops, scales in self._batches(images, self.long_side):
             h, w = crops[0].shape[:2]
             tokens, qkv = self._forward(_to_tensor(crops, self.device))
-            feats = select(tokens, qkv)[:, self.model.num_prefix_tokens:]
-            feats = feats.reshape(len(crops), h // self.patch_size, w // self.patch_size, -1)
-            feats = feats.float().cpu().numpy()
+
+            def grid(kind: str) -> np.ndarray:
+                feats = _FEATURE_SELECTORS[kind](tokens, qkv)[:, self.model.num_prefix_tokens:]
+                feats = feats.reshape(len(crops), h // self.patch_size, w // self.patch_size, -1)
+                return feats.float().cpu().numpy()
+
+            feats, extra = grid(self.features), {kind: grid(kind) for kind in also}
             for j, i in enumerate(idx):
-                out[i] = BackboneOutput(np.ascontiguousarray(feats[j]), (h, w), scales[j])
+                out[i] = BackboneOutput(np.ascontiguousarray(feats[j]), (h, w), scales[j],
+                                        {kind: np.ascontiguousarray(x[j]) for kind, x in extra.items()})
         return out  # type: ignore[return-value]
 
     def cls_embeddings(self, images: list[np.ndarray], resize: str | int | None = None) -> np.ndarray:
