@@ -47,8 +47,13 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
     if not pool:
         from pipeline.features.backbones import create_backbone  # torch only when crops or keys need it
 
-        backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights, features=cfg.backbone.features,
-                                   resize=(cfg.backbone.long_side or "crop") if kind == "keys" else "crop")
+        if kind == "crop" and cfg.segments.backbone:  # the crops' own embedder, as segments have
+            from pipeline.features.supervised import segment_embedder
+
+            backbone = segment_embedder(cfg.segments.backbone)
+        else:
+            backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights, features=cfg.backbone.features,
+                                       resize=(cfg.backbone.long_side or "crop") if kind == "keys" else "crop")
     found, failed = {}, []
     for row in segment_rows(shards, cfg.digest(), image_ids=list(samples), with_features=pool):
         try:

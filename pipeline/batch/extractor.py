@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.spectral.affinity import image_affinity, upsample_features
 from pipeline.features.backbones import create_backbone
+from pipeline.features.supervised import segment_embedder
 from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import ImageError, check_min_size, decode_image
@@ -64,6 +65,9 @@ class SpectralExtractor:
         )
         # Graph and eigensolve run where the features are: CuPy on a GPU actor.
         self.xp = _array_module(device)
+        # Segment crops are re-embedded by the graph's backbone unless another is named.
+        self.segment_embedder = (segment_embedder(cfg.segments.backbone, device)
+                                 if cfg.segments.n_segments and cfg.segments.backbone else self.backbone)
         # Pooled keys as segment features: the keys come from the graph's own forward pass.
         self._also = ("keys",) if cfg.segments.n_segments and cfg.segments.features == "keys" else ()
 
@@ -175,10 +179,11 @@ class SpectralExtractor:
         n = int(labels.max())
         boxes = segment_boxes(labels, n, geometry_of(row, self.cfg.backbone.long_side), cfg)
         if not n:
-            features = np.zeros((0, self.backbone.feature_dim), np.float32)
+            dim = self.segment_embedder.feature_dim if cfg.features == "crop" else self.backbone.feature_dim
+            features = np.zeros((0, dim), np.float32)
         elif cfg.features == "crop":
             crops = segment_crops(image, boxes, cfg.crop_size)
-            features = self.backbone.cls_embeddings(crops, resize="crop")
+            features = self.segment_embedder.cls_embeddings(crops, resize="crop")
         elif cfg.features == "keys":
             features = pooled_features(grid_keys(), labels, n)
         elif cfg.features == "pool":
