@@ -135,15 +135,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self-train", action="store_true",
                         help="label pixels with a linear head trained on the pseudo-labels "
                              "(shards extracted with --store-features)")
+    add_self_train_arguments(parser)
     parser.add_argument("--config-digest", default=None, help="which extraction config to cluster")
     parser.add_argument("--local", action="store_true", help="run in this process instead of a Ray task")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local)")
 
 
+def add_self_train_arguments(parser) -> None:
+    d = SelfTrainConfig()
+    parser.add_argument("--self-train-epochs", type=int, default=d.epochs, help="--self-train: epochs")
+    parser.add_argument("--self-train-patches", type=int, default=d.sample_patches,
+                        help="--self-train: train on a seeded uniform sample of at most N patches, drawn "
+                             "in one pass (default: stream every patch each epoch)")
+    parser.add_argument("--self-train-hidden", type=int, default=d.hidden,
+                        help="--self-train: hidden units of an MLP head (0 = linear)")
+    parser.add_argument("--self-train-balance", action="store_true",
+                        help="--self-train: inverse-frequency class weights (needs --self-train-patches)")
+
+
+def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig:
+    try:
+        return SelfTrainConfig(epochs=args.self_train_epochs, sample_patches=args.self_train_patches,
+                               hidden=args.self_train_hidden, balance=args.self_train_balance, seed=seed)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = PseudoLabelConfig(ClusterConfig(n_clusters=args.clusters, seed=args.seed, pca_dim=args.pca,
                                           sample_size=args.sample_size), refine=args.refine,
-                            self_train=SelfTrainConfig(seed=args.seed) if args.self_train else None)
+                            self_train=self_train_from_args(args, args.seed) if args.self_train else None)
     record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address)
     print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "
           f"in {record['seconds']} s; pseudo-labels in {args.out}/labels")

@@ -32,12 +32,12 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
+from jobs.cluster import add_self_train_arguments, self_train_from_args
 from jobs.semantic_oracle import region_features, score_oracle
 from jobs.tasks import data_flags, extract_samples
 from pipeline.semantic.clustering import ClusterConfig
 from pipeline.io.ground_truth import Sample, folder_pairs, voc_split_ids
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
-from pipeline.semantic.self_training import SelfTrainConfig
 from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_rows,
                                self_train, self_trained_labels)
 from pipeline.io.semantic_masks import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
@@ -58,6 +58,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="pseudo-labels at pixel level: cell classes, or guided-filter edges")
     group.add_argument("--self-train", action="store_true",
                        help="also score a linear head trained on the pseudo-labels (needs --store-features)")
+    add_self_train_arguments(group)
     group.add_argument("--cluster-split", default=None,
                        help="VOC: also extract and cluster every image of ImageSets/Main/SPLIT.txt "
                             "(unlabeled), scoring only the masked --split")
@@ -138,28 +139,31 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
     """Fit over `cluster_ids` (the scored images and any unlabeled ones), score `samples`
     (and each part of them on its own)."""
     model = fit_segment_clusters(shards, digest, labels_cfg.cluster, image_ids=cluster_ids)
-    head = self_train(shards, digest, model, labels_cfg.self_train or SelfTrainConfig(seed=labels_cfg.cluster.seed),
-                      cluster_ids) if self_training else None
+    head = self_train(shards, digest, model, labels_cfg.self_train, cluster_ids) if self_training else None
     n_labels = labels_cfg.cluster.n_clusters + 1
     counts = np.zeros((n_labels, len(classes)), np.int64)
     counts_self = counts.copy()
     counts_parts = {name: counts.copy() for name in parts}
+    counts_self_parts = {name: counts.copy() for name in parts}
     scored = []
     for row in segment_rows(shards, digest, image_ids=list(samples), with_features=self_training):
         try:  # one unreadable or mismatched mask must not cost the benchmark
             _, labels = pseudo_labels(row, model, labels_cfg, long_side)
             gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
             image_counts = confusion(_at(labels, gt.shape), gt, n_labels, len(classes), ignore_index)
+            self_counts = 0
             if head is not None:
                 predicted = _at(self_trained_labels(row, head, long_side), gt.shape)
-                counts_self += confusion(predicted, gt, n_labels, len(classes), ignore_index)
+                self_counts = confusion(predicted, gt, n_labels, len(classes), ignore_index)
         except Exception as exc:
             print(f"  failed {row['image_id']}: {type(exc).__name__}: {exc}")
             continue
         counts += image_counts
+        counts_self += self_counts
         for name, stems in parts.items():
             if _stem(row["image_id"]) in stems:
                 counts_parts[name] += image_counts
+                counts_self_parts[name] += self_counts
         scored.append(row["image_id"])
         if png_dir:
             path = f"{png_dir}/{os.path.splitext(row['image_id'])[0]}.png"
@@ -170,9 +174,12 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
     result = {"seed": labels_cfg.cluster.seed, "miou": score.miou, "pixel_accuracy": score.pixel_accuracy,
               "iou": score.iou.tolist(), "match": score.match.tolist(),
               "n_segments": model.n_fitted, "lloyd_passes": model.n_passes}
-    if head is not None:
-        result["self_trained_miou"] = hungarian_miou(counts_self).miou
     result["parts"] = {name: _part_score(c) for name, c in counts_parts.items()}
+    if head is not None:
+        self_score = hungarian_miou(counts_self)
+        result.update(self_trained_miou=self_score.miou, self_trained_pixel_accuracy=self_score.pixel_accuracy,
+                      self_trained_iou=self_score.iou.tolist(),
+                      self_trained_parts={name: _part_score(c) for name, c in counts_self_parts.items()})
     return result, scored
 
 
@@ -181,12 +188,12 @@ def _part_score(counts: np.ndarray) -> dict:
     return {"miou": score.miou, "pixel_accuracy": score.pixel_accuracy, "iou": score.iou.tolist()}
 
 
-def _summarise_parts(runs: list[dict]) -> dict:
+def _summarise_parts(runs: list[dict], key: str = "parts") -> dict:
     """Per-seed part scores -> {part: {miou, miou_std, pixel_accuracy}} over the seeds."""
-    names = runs[0]["parts"] if runs else {}
-    return {name: {"miou": float(np.mean([r["parts"][name]["miou"] for r in runs])),
-                   "miou_std": float(np.std([r["parts"][name]["miou"] for r in runs])),
-                   "pixel_accuracy": float(np.mean([r["parts"][name]["pixel_accuracy"] for r in runs]))}
+    names = runs[0][key] if runs else {}
+    return {name: {"miou": float(np.mean([r[key][name]["miou"] for r in runs])),
+                   "miou_std": float(np.std([r[key][name]["miou"] for r in runs])),
+                   "pixel_accuracy": float(np.mean([r[key][name]["pixel_accuracy"] for r in runs]))}
             for name in names}
 
 
@@ -213,7 +220,8 @@ def run(args: argparse.Namespace) -> dict:
     per_seed, scored = [], []
     for seed in range(args.seeds):
         labels_cfg = PseudoLabelConfig(ClusterConfig(n_clusters=clusters, seed=seed, pca_dim=args.pca),
-                                       refine=args.label_refine)
+                                       refine=args.label_refine,
+                                       self_train=self_train_from_args(args, seed) if args.self_train else None)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
                                      f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids, parts)
@@ -232,7 +240,9 @@ def run(args: argparse.Namespace) -> dict:
         "miou_std": float(mious.std()),
         "pixel_accuracy": float(np.mean([r["pixel_accuracy"] for r in per_seed])),
         **({"self_trained_miou": float(np.mean([r["self_trained_miou"] for r in per_seed])),
-            "self_trained_miou_std": float(np.std([r["self_trained_miou"] for r in per_seed]))}
+            "self_trained_miou_std": float(np.std([r["self_trained_miou"] for r in per_seed])),
+            "self_trained_pixel_accuracy": float(np.mean([r["self_trained_pixel_accuracy"] for r in per_seed])),
+            "self_trained_parts": _summarise_parts(per_seed, "self_trained_parts")}
            if args.self_train else {}),
         "per_class_iou": {c: (None if np.isnan(v) else round(float(v), 4))
                           for c, v in zip(classes, ious.mean(axis=0))},
@@ -256,7 +266,7 @@ def run(args: argparse.Namespace) -> dict:
                        "labels": PseudoLabelConfig(ClusterConfig(n_clusters=clusters, pca_dim=args.pca),
                                                    refine=args.label_refine).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
-                       "self_train": dataclasses.asdict(SelfTrainConfig()) if args.self_train else None,
+                       "self_train": dataclasses.asdict(self_train_from_args(args, 0)) if args.self_train else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index,
                        "cluster_split": args.cluster_split, "oracle_segments": args.oracle_segments,
                        "score_list": args.score_list, "parts": args.part, "reuse_shards": args.reuse_shards},
@@ -272,8 +282,13 @@ def run(args: argparse.Namespace) -> dict:
           f"n_failed {len(failed)}  backbone {cfg.backbone.name}")
     for name, part in report["parts"].items():
         ceiling = oracle.get("oracle_parts", {}).get(name)
+        trained = report.get("self_trained_parts", {}).get(name)
         print(f"  part {name} ({part['n_images']} images): mIoU {part['miou']:.4f} ± {part['miou_std']:.4f}"
+              + (f", self-trained {trained['miou']:.4f} ± {trained['miou_std']:.4f}" if trained else "")
               + (f", oracle {ceiling['miou']:.4f} ± {ceiling['miou_std']:.4f}" if ceiling else ""))
+    if args.self_train:
+        print(f"self-trained  mIoU {report['self_trained_miou']:.4f} ± {report['self_trained_miou_std']:.4f}  "
+              f"pixel accuracy {report['self_trained_pixel_accuracy']:.4f}")
     if oracle:
         print(f"oracle segments  mIoU {oracle['oracle_miou']:.4f} ± {oracle['oracle_miou_std']:.4f}  "
               f"pixel accuracy {oracle['oracle_pixel_accuracy']:.4f}  regions {oracle['oracle_n_regions']}")

@@ -34,6 +34,7 @@ from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids,
 from pipeline.io.sources import ImageRef, list_images
 from pipeline.io.storage import with_retries
 from pipeline.io.dataset_listing import DATASETS, dataset_images
+from pipeline.semantic.segments import SEGMENT_FEATURES
 
 PROGRESS_EVERY_S = 10.0  # a progress line in the job log at most this often
 # Ray Data blocks: one driver-made batch per block up to this many, beyond which consecutive
@@ -398,8 +399,13 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
                         help="k-means segments per image for semantic segmentation (0 = none; paper: 15)")
     parser.add_argument("--segment-eigenvectors", type=int, default=sg.n_eigenvectors,
                         help="eigenvectors 1..m that the per-image k-means clusters")
-    parser.add_argument("--segment-features", choices=["crop", "pool"], default=sg.features,
-                        help="crop: re-embed each segment's box crop (CLS); pool: mean patch feature")
+    parser.add_argument("--segment-features", choices=SEGMENT_FEATURES, default=sg.features,
+                        help="crop: re-embed each segment's box crop (CLS); pool: mean patch feature; "
+                             "keys: mean last-block attention key")
+    parser.add_argument("--segment-backbone", default=sg.backbone, metavar="NAME",
+                        help="re-embed segment crops (--segment-features crop) with this registry entry "
+                             "instead of the graph's backbone, e.g. efficientnet_lite0_supervised "
+                             "(ImageNet-supervised: label its figures so)")
     parser.add_argument("--segment-background", choices=["fiedler", "border"], default=sg.background,
                         help="background segments: the Fiedler vector's background side, or only "
                              "the segment covering most of the border (the reference)")
@@ -429,7 +435,19 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeConfig]:
-    cfg = ExtractConfig(
+    try:
+        cfg = _extract_config(args)
+    except ValueError as exc:  # flags that contradict each other
+        raise SystemExit(f"error: {exc}") from exc
+    runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors,
+                            device=args.device, retry_errors=args.retry_errors, address=args.address,
+                            max_worker_deaths=args.max_worker_deaths, lease_heartbeat_s=args.lease_heartbeat_s,
+                            lease_stale_s=args.lease_stale_s)
+    return cfg, runtime
+
+
+def _extract_config(args: argparse.Namespace) -> ExtractConfig:
+    return ExtractConfig(
         backbone=BackboneConfig(name=args.backbone, weights=args.weights, features=args.features,
                                 long_side=args.long_side or None, flip_average=args.flip_average),
         graph=GraphConfig(knn_lambda=args.lambda_knn, knn_scale=args.knn_scale,
@@ -439,14 +457,10 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeC
                           storage_dtype="float16" if args.float16 else "float32"),
         segments=SegmentsConfig(n_segments=args.segments, n_eigenvectors=args.segment_eigenvectors,
                                 features=args.segment_features, background=args.segment_background,
+                                backbone=args.segment_backbone,
                                 seed=args.segment_seed, erode=args.segment_erode, dilate=args.segment_dilate),
         store_features=args.store_features,
     )
-    runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors,
-                            device=args.device, retry_errors=args.retry_errors, address=args.address,
-                            max_worker_deaths=args.max_worker_deaths, lease_heartbeat_s=args.lease_heartbeat_s,
-                            lease_stale_s=args.lease_stale_s)
-    return cfg, runtime
 
 
 def main(args: argparse.Namespace) -> int:

@@ -68,7 +68,8 @@ SPARSE_DEFAULT_TOPK = 10
 
 # Fields added after shards were written, omitted from the JSON (and so the digest) while at
 # these defaults: a default run keeps the digest it always had and its shards stay valid.
-_OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"}, "backbone": {"flip_average": False}}
+_OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"}, "backbone": {"flip_average": False},
+                       "segments": {"backbone": None}}
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,26 @@ class SegmentsConfig:
     # is most of the image, such as COCO with stuff as background (README: measured).
     background: str = "fiedler"
     # Segment features: "crop" re-embeds each segment's box crop with the backbone (CLS
-    # token, the paper's choice); "pool" averages the patch features under the mask (cheap).
+    # token, the paper's choice); "pool" averages the patch features under the mask (cheap);
+    # "keys" averages the last block's attention keys under the mask, from the graph's forward
+    # pass (a second one when segments are added to stored rows): on VOC07's ground-truth
+    # regions the offline backbone's keys classify better than its tokens (docs/semantic.md).
     features: str = "crop"
     crop_size: int = 224  # crops are resized to crop_size x crop_size before re-embedding
+    # What re-embeds the crops (features "crop" only): None = the graph's backbone; else a
+    # registry name (pipeline.features.supervised.segment_embedder), e.g. the ImageNet-
+    # supervised "efficientnet_lite0_supervised", whose figures are supervised-features ones.
+    backbone: Optional[str] = None
     # Patch-level erosion then dilation of each mask before its box is taken (the
     # reference's 2 and 3): drops thin bridges that would blow a box up.
     erode: int = 2
     dilate: int = 3
     seed: int = 0
+
+    def __post_init__(self):
+        if self.backbone is not None and self.features != "crop":
+            raise ValueError(f"a segment backbone ({self.backbone!r}) re-embeds crops: it needs "
+                             f"features 'crop', not {self.features!r}")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters, reservoir_sample
@@ -200,6 +201,65 @@ def test_self_trained_head_learns_noisy_pseudo_labels_and_corrects_them():
     np.testing.assert_allclose(probs.sum(axis=0), 1, atol=1e-5)
     predicted = probs.reshape(4, -1).argmax(axis=0)
     assert (predicted == truth).mean() > 0.98 > (noisy == truth).mean()
+
+
+def test_patch_sample_is_bounded_keeps_labels_with_their_features_and_is_seeded():
+    from pipeline.semantic.self_training import patch_sample
+
+    x = np.arange(1000, dtype=np.float32)[:, None].repeat(3, axis=1)
+    y = np.arange(1000) % 7
+    batches = [(x[s:s + 64], y[s:s + 64]) for s in range(0, 1000, 64)]
+    sx, sy = patch_sample(iter(batches), 200, seed=1)
+    assert sx.shape == (200, 3) and len(np.unique(sx[:, 0])) == 200  # without replacement
+    np.testing.assert_array_equal(sy, sx[:, 0].astype(int) % 7)  # each label stays with its patch
+    assert 350 < sx[:, 0].mean() < 650  # uniform over the stream, not its head
+    again, _ = patch_sample(iter(batches), 200, seed=1)
+    other, _ = patch_sample(iter(batches), 200, seed=2)
+    np.testing.assert_array_equal(sx, again)
+    assert not np.array_equal(sx, other)
+    whole, _ = patch_sample(iter(batches), 5000, seed=0)  # a sample larger than the stream is all of it
+    np.testing.assert_array_equal(whole, x)
+
+
+def test_sampled_mlp_head_with_class_weights_reproduces_a_planted_labelling():
+    """Imbalanced planted classes (class 0 is 70% of the patches, as background is) with 15%
+    wrong labels: a head trained on a 600-patch sample, class-weighted, recovers the truth."""
+    rng = np.random.default_rng(3)
+    centres = np.eye(8)[:4] * 5
+    truth = rng.choice(4, size=2000, p=[0.7, 0.1, 0.1, 0.1])
+    x = (centres[truth] + rng.normal(scale=0.6, size=(2000, 8))).astype(np.float32)
+    noisy = truth.copy()
+    flip = rng.random(len(noisy)) < 0.15
+    noisy[flip] = rng.integers(0, 4, flip.sum())
+    cfg = SelfTrainConfig(epochs=40, lr=0.02, batch_patches=128, sample_patches=600, hidden=16, balance=True)
+    head = train_head(lambda: ((x[s:s + 250], noisy[s:s + 250]) for s in range(0, 2000, 250)), 4, cfg)
+    predicted = predict_probabilities(head, x.reshape(40, 50, 8)).reshape(4, -1).argmax(axis=0)
+    assert isinstance(head, torch.nn.Sequential)
+    assert (predicted == truth).mean() > 0.97 > (noisy == truth).mean()
+    for c in range(1, 4):  # the minority classes too
+        assert (predicted[truth == c] == c).mean() > 0.9
+    with pytest.raises(ValueError, match="needs sample_patches"):
+        SelfTrainConfig(balance=True)
+
+
+def test_self_train_flags_reach_the_recorded_config():
+    import argparse
+
+    from jobs.cluster import add_arguments, self_train_from_args
+    from pipeline.semantic.labelling import PseudoLabelConfig
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["shards", "--out", "o", "--self-train", "--self-train-patches", "5000",
+                              "--self-train-hidden", "64", "--self-train-balance", "--self-train-epochs", "3"])
+    cfg = PseudoLabelConfig(self_train=self_train_from_args(args, 4))
+    recorded = json.loads(json.dumps(cfg.to_dict()))["self_train"]
+    assert recorded == {"epochs": 3, "lr": 1e-2, "weight_decay": 1e-4, "batch_patches": 4096, "seed": 4,
+                        "sample_patches": 5000, "hidden": 64, "balance": True}
+    assert SelfTrainConfig(**recorded) == cfg.self_train
+    assert cfg.digest("x") != PseudoLabelConfig(self_train=SelfTrainConfig(seed=4)).digest("x")
+    with pytest.raises(SystemExit, match="needs sample_patches"):
+        self_train_from_args(parser.parse_args(["s", "--out", "o", "--self-train-balance"]), 0)
 
 
 # ------------------------------------------------------------------------- ground truth

@@ -227,3 +227,68 @@ def test_a_changed_or_missing_stored_row_becomes_an_error_row(voc_tree, tmp_path
     assert rows[0]["n_segments"] == len(segments_of(rows[0])[2]) > 0
     assert [e["stage"] for e in errors] == ["segments", "segments"]
     assert "changed" in errors[0]["reason"] and "no row" in errors[1]["reason"]
+
+
+def test_keys_segment_features_are_the_pooled_keys_fresh_or_added_to_stored_rows(voc_tree, tmp_path,
+                                                                                   offline_weights):
+    """--segment-features keys: each segment's feature is the mean last-block key under its
+    mask (keys from a keys backbone, independently), whether the keys come from the graph's own
+    pass or from a second pass over a stored row; the config round-trips and differs from pool's."""
+    from pipeline.features.backbones import create_backbone
+    from pipeline.io.images import decode_image
+    from pipeline.io.sources import read_bytes
+    from pipeline.semantic.segments import pooled_features
+
+    root, ids = voc_tree
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
+                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="keys"))
+    assert ExtractConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert json.loads(cfg.to_json())["segments"]["features"] == "keys"
+    pool = ExtractConfig(backbone=cfg.backbone, eigen=cfg.eigen,
+                         segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="pool"))
+    assert cfg.digest() != pool.digest() and segments_source(cfg) == segments_source(pool)
+    fresh = read_table(str(_extract(root, tmp_path / "fresh", cfg))).to_pylist()
+    keys_backbone = create_backbone(features="keys", resize=112)
+    tokens = create_backbone(resize=112)
+    for row in fresh:
+        labels, _, features = segments_of(row)
+        image = decode_image(read_bytes(row["source_uri"]))
+        keys = keys_backbone([image])[0].features
+        assert features.shape == (row["n_segments"], 384) and row["n_segments"] > 0
+        np.testing.assert_allclose(features, pooled_features(keys, labels, row["n_segments"]), rtol=1e-4, atol=1e-5)
+        # Not the tokens: a selector mix-up would pass the shape check above.
+        assert not np.allclose(features, pooled_features(tokens([image])[0].features, labels, row["n_segments"]),
+                               atol=1e-2)
+    base = _extract(root, tmp_path / "base", segments_source(cfg))
+    run_extract(str(root / "JPEGImages"), str(tmp_path / "reused"), cfg, RuntimeConfig(batch_size=4),
+                local=True, reuse=str(base))
+    want = {r["image_id"]: segments_of(r)[2] for r in fresh}
+    reused = read_table(str(tmp_path / "reused")).to_pylist()
+    assert len(reused) == len(fresh) == 6
+    for row in reused:
+        np.testing.assert_allclose(segments_of(row)[2], want[row["image_id"]], rtol=1e-4, atol=1e-5)
+
+
+def test_oracle_keys_pool_the_keys_over_each_region(voc_tree, tmp_path, offline_weights):
+    from pipeline.features.backbones import create_backbone
+    from pipeline.features.geometry import geometry_of
+    from pipeline.io.images import decode_image
+    from pipeline.io.semantic_masks import read_class_mask, voc_semantic
+    from pipeline.io.sources import read_bytes
+
+    root, ids = voc_tree
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
+                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="keys"))
+    shards = _extract(root, tmp_path / "keys", cfg)
+    # The extraction listed JPEGImages itself, so its ids are the file names.
+    samples = {s.image_id.rpartition("/")[2]: s for s in voc_semantic(str(root), "Segmentation/trainval")}
+    found, failed = region_features(str(shards), cfg, samples, None, 255)
+    assert not failed and set(found) == set(samples)
+    keys_backbone = create_backbone(features="keys", resize=112)
+    rows = {r["image_id"]: r for r in read_table(str(shards)).to_pylist()}
+    for image_id, features in found.items():
+        row = rows[image_id]
+        _, masks = gt_regions(read_class_mask(samples[image_id].mask_uri), 255)
+        keys = keys_backbone([decode_image(read_bytes(row["source_uri"]))])[0].features
+        want = region_pooled(keys, cell_weights(masks, geometry_of(row, 112)))
+        np.testing.assert_allclose(features, want, rtol=1e-4, atol=1e-5)

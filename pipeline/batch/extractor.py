@@ -16,11 +16,12 @@ import numpy as np
 
 from pipeline.spectral.affinity import image_affinity, upsample_features
 from pipeline.features.backbones import create_backbone
+from pipeline.features.supervised import segment_embedder
 from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import ImageError, check_min_size, decode_image
 from pipeline.io.schema import OPTIONAL_DEFAULTS, eigen_row, eigenvectors_of, features_of
-from pipeline.semantic.segments import pooled_features, segment_boxes, segment_crops, segment_map
+from pipeline.semantic.segments import SEGMENT_FEATURES, pooled_features, segment_boxes, segment_crops, segment_map
 from pipeline.io.sources import ImageRef, read_bytes
 from pipeline.spectral.spectrum import Spectrum, graph_spectrum, grid_size
 
@@ -65,6 +66,11 @@ class SpectralExtractor:
         )
         # Graph and eigensolve run where the features are: CuPy on a GPU actor.
         self.xp = _array_module(device)
+        # Segment crops are re-embedded by the graph's backbone unless another is named.
+        self.segment_embedder = (segment_embedder(cfg.segments.backbone, device)
+                                 if cfg.segments.n_segments and cfg.segments.backbone else self.backbone)
+        # Pooled keys as segment features: the keys come from the graph's own forward pass.
+        self._also = ("keys",) if cfg.segments.n_segments and cfg.segments.features == "keys" else ()
 
     def __call__(self, refs: list[ImageRef]) -> tuple[list[dict], list[dict]]:
         """-> (rows for pipeline.io.schema.eigen_table, rows for error_table)."""
@@ -117,12 +123,12 @@ class SpectralExtractor:
         """Backbone outputs in input order; on a batch failure, retry one by one so the
         exception lands on the image that caused it."""
         try:
-            return list(self.backbone(images))
+            return list(self.backbone(images, also=self._also))
         except Exception:
             outputs = []
             for image in images:
                 try:
-                    outputs.append(self.backbone([image])[0])
+                    outputs.append(self.backbone([image], also=self._also)[0])
                 except Exception as exc:
                     outputs.append(exc)
             return outputs
@@ -153,28 +159,38 @@ class SpectralExtractor:
         def grid_features():
             return upsample_features(output.features, self.cfg.graph.upsample)
 
+        def grid_keys():
+            return upsample_features(output.also["keys"], self.cfg.graph.upsample)
+
         if self.cfg.segments.n_segments:
-            row.update(self._segments(image, grid_features, spectrum.eigenvectors, row))
+            row.update(self._segments(image, grid_features, spectrum.eigenvectors, row, grid_keys))
         if self.cfg.store_features:
             features = grid_features()
             row["feature_dim"] = features.shape[-1]
             row["features"] = features.astype(np.float32).ravel()
         return row
 
-    def _segments(self, image: np.ndarray, grid_features, eigenvectors: np.ndarray, row: dict) -> dict:
+    def _segments(self, image: np.ndarray, grid_features, eigenvectors: np.ndarray, row: dict,
+                  grid_keys=None) -> dict:
         """The row's segment columns (pipeline.io.schema): map, boxes and one feature per segment.
-        `grid_features()` -> (grid_h, grid_w, C) patch features, called only for pooling."""
+        `grid_features()` / `grid_keys()` -> (grid_h, grid_w, C) patch features / last-block
+        keys on the eigenvectors' grid, called only for pooling them."""
         cfg = self.cfg.segments
         labels = segment_map(eigenvectors, cfg)
         n = int(labels.max())
         boxes = segment_boxes(labels, n, geometry_of(row, self.cfg.backbone.long_side), cfg)
         if not n:
-            features = np.zeros((0, self.backbone.feature_dim), np.float32)
+            dim = self.segment_embedder.feature_dim if cfg.features == "crop" else self.backbone.feature_dim
+            features = np.zeros((0, dim), np.float32)
         elif cfg.features == "crop":
             crops = segment_crops(image, boxes, cfg.crop_size)
-            features = self.backbone.cls_embeddings(crops, resize="crop")
-        else:
+            features = self.segment_embedder.cls_embeddings(crops, resize="crop")
+        elif cfg.features == "keys":
+            features = pooled_features(grid_keys(), labels, n)
+        elif cfg.features == "pool":
             features = pooled_features(grid_features(), labels, n)
+        else:
+            raise ValueError(f"segment features must be one of {SEGMENT_FEATURES}, got {cfg.features!r}")
         return {"n_segments": n, "segment_map": labels.ravel(), "segment_boxes": boxes.ravel(),
                 "segment_dim": features.shape[1], "segment_features": features.astype(np.float32).ravel()}
 
@@ -190,7 +206,7 @@ class SpectralExtractor:
                 if stored is None:
                     raise ValueError(f"{ref.image_id}: no row of the reused extraction")
                 image = None
-                if self.cfg.segments.features == "crop":
+                if self.cfg.segments.features in ("crop", "keys"):  # both need the image itself
                     decoded = next(iter(self.decode([ref])))
                     if isinstance(decoded, dict):
                         errors.append(decoded)
@@ -202,11 +218,20 @@ class SpectralExtractor:
                 if self.cfg.store_features:
                     row.update(feature_dim=stored["feature_dim"], features=stored["features"])
                 if self.cfg.segments.n_segments:
-                    row.update(self._segments(image, lambda: features_of(stored), eigenvectors_of(stored), row))
+                    row.update(self._segments(image, lambda: features_of(stored), eigenvectors_of(stored), row,
+                                              lambda: self._stored_keys(image, stored)))
                 rows.append(row)
             except Exception as exc:
                 errors.append(self.error_row(ref, "segments", exc))
         return rows, errors
+
+    def _stored_keys(self, image: np.ndarray, stored: dict) -> np.ndarray:
+        """A stored row's image -> its last-block keys on the row's grid (one forward pass)."""
+        keys = upsample_features(self.backbone([image], also=("keys",))[0].also["keys"], self.cfg.graph.upsample)
+        if keys.shape[:2] != (stored["grid_h"], stored["grid_w"]):
+            raise ValueError(f"keys grid {keys.shape[:2]} is not the stored row's "
+                             f"{(stored['grid_h'], stored['grid_w'])}")
+        return keys
 
     def error_row(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
         # The stage has its own column: an ImageError's reason without its "stage: " prefix.

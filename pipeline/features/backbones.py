@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -208,6 +208,7 @@ class BackboneOutput:
     """One image's features.
 
     features: (grid_h, grid_w, C) float32 patch features (prefix tokens removed).
+    also: {kind: (grid_h, grid_w, C)} the other feature kinds asked for, from the same pass.
     input_hw: (h, w) pixels fed to the network, after resize and crop; grid = input_hw // patch.
     scale: resized / original side length (1.0 with "crop"); original pixel = input pixel / scale.
     """
@@ -215,6 +216,7 @@ class BackboneOutput:
     features: np.ndarray
     input_hw: tuple[int, int]
     scale: float
+    also: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Backbone:
@@ -285,26 +287,37 @@ class Backbone:
                 chunk = items[s:s + self.max_batch_size]
                 yield [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk]
 
-    def __call__(self, images: list[np.ndarray]) -> list[BackboneOutput]:
-        """uint8 (H, W, 3) images of any sizes -> one BackboneOutput each, in input order."""
-        select = _FEATURE_SELECTORS[self.features]
+    def __call__(self, images: list[np.ndarray], also: tuple[str, ...] = ()) -> list[BackboneOutput]:
+        """uint8 (H, W, 3) images of any sizes -> one BackboneOutput each, in input order.
+
+        also: further feature kinds (FEATURES) to return from the same forward pass, e.g. the
+        keys for segment features when the graph uses the tokens.
+        """
+        unknown = set(also) - set(_FEATURE_SELECTORS)
+        if unknown:
+            raise ValueError(f"unknown feature kinds {sorted(unknown)}; known: {list(_FEATURE_SELECTORS)}")
         out: list[BackboneOutput | None] = [None] * len(images)
         for idx, crops, scales in self._batches(images, self.long_side):
             h, w = crops[0].shape[:2]
             x = _to_tensor(crops, self.device)
-            feats = self._grid_features(x, select)
+            kinds = (self.features, *also)
+            grids = self._grid_features(x, kinds)
             if self.flip_average:  # the mirrored input's features, flipped back onto the same cells
-                feats = (feats + self._grid_features(x.flip(-1), select).flip(2)) / 2
-            feats = feats.float().cpu().numpy()
+                mirrored = self._grid_features(x.flip(-1), kinds)
+                grids = {kind: (grids[kind] + mirrored[kind].flip(2)) / 2 for kind in kinds}
+            grids = {kind: g.float().cpu().numpy() for kind, g in grids.items()}
+            feats, extra = grids[self.features], {kind: grids[kind] for kind in also}
             for j, i in enumerate(idx):
-                out[i] = BackboneOutput(np.ascontiguousarray(feats[j]), (h, w), scales[j])
+                out[i] = BackboneOutput(np.ascontiguousarray(feats[j]), (h, w), scales[j],
+                                        {kind: np.ascontiguousarray(g[j]) for kind, g in extra.items()})
         return out  # type: ignore[return-value]
 
-    def _grid_features(self, x: torch.Tensor, select) -> torch.Tensor:
-        """(B, 3, h, w) normalised -> (B, h/p, w/p, C) patch features."""
+    def _grid_features(self, x: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """(B, 3, h, w) normalised -> {kind: (B, h/p, w/p, C) patch features}, one forward pass."""
         tokens, qkv = self._forward(x)
-        feats = select(tokens, qkv)[:, self.model.num_prefix_tokens:]
-        return feats.reshape(x.shape[0], x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, -1)
+        grid = (x.shape[0], x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, -1)
+        return {kind: _FEATURE_SELECTORS[kind](tokens, qkv)[:, self.model.num_prefix_tokens:].reshape(grid)
+                for kind in kinds}
 
     def cls_embeddings(self, images: list[np.ndarray], resize: str | int | None = None) -> np.ndarray:
         """CLS token of the final normed output, (N, C) float32, for re-embedding segment crops.

@@ -87,9 +87,24 @@ def segment_rows(shards: str, digest: str, batch_rows: int = 256,
     in shard order."""
     columns = ROW_COLUMNS + (["feature_dim", "features"] if with_features else [])
     for batch in scan_batches(shards, EIGEN_DIR, columns, digest, batch_rows, image_ids):
-        for row in batch.to_pylist():
+        # The patch features stay one NumPy buffer sliced per row: as Python lists (to_pylist)
+        # they cost more than reading them (self-training reads them once per epoch).
+        features = _list_rows(batch.column("features")) if with_features else None
+        rest = batch.drop_columns(["features"]) if with_features else batch
+        for i, row in enumerate(rest.to_pylist()):
             if row["segment_map"] is not None:
+                if features is not None:
+                    row["features"] = features[i]
                 yield row
+
+
+def _list_rows(column) -> list[np.ndarray | None]:
+    """A list<float32> Arrow column -> one float32 array (a view) per row, None where null."""
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+    ends = np.cumsum(lengths)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    return [values[e - n:e] if ok else None for e, n, ok in zip(ends, lengths, valid)]
 
 
 def pseudo_labels(row: dict, model: SegmentClusters, cfg: PseudoLabelConfig,

@@ -21,6 +21,7 @@ from pipeline.features.geometry import GridGeometry, cells_to_box
 from pipeline.spectral.spectrum import border_mask
 
 BACKGROUND_RULES = ("border", "fiedler")
+SEGMENT_FEATURES = ("crop", "pool", "keys")  # pipeline.config.SegmentsConfig.features
 
 
 def segment_map(eigenvectors: np.ndarray, cfg: SegmentsConfig) -> np.ndarray:

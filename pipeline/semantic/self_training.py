@@ -6,12 +6,16 @@ the pseudo-labels, whose predictions replace them.
 
 The head sees every patch's own feature, so it can relabel patches that the per-image
 k-means put in the wrong segment; whether that helps is measured, not assumed (README).
-Training streams the data once per epoch, so memory does not grow with the dataset.
+Training streams the data once per epoch, so memory does not grow with the dataset; with
+`sample_patches` one pass draws a seeded uniform sample of at most that many patches and the
+epochs run over it (memory bounded by the sample, one read of the shards instead of one per
+epoch). `hidden` > 0 makes the head a one-hidden-layer MLP; `balance` weights the loss by the
+inverse frequency of each pseudo-label in the sample (background dominates the patches).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -24,6 +28,13 @@ class SelfTrainConfig:
     weight_decay: float = 1e-4
     batch_patches: int = 4096
     seed: int = 0
+    sample_patches: Optional[int] = None  # None: stream every patch once per epoch
+    hidden: int = 0  # 0: linear head
+    balance: bool = False  # sample_patches only: inverse-frequency class weights
+
+    def __post_init__(self):
+        if self.balance and not self.sample_patches:
+            raise ValueError("balance weights classes by their share of the patch sample: it needs sample_patches")
 
 
 def _normalized(features: np.ndarray) -> torch.Tensor:
@@ -31,23 +42,64 @@ def _normalized(features: np.ndarray) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=-1)
 
 
+def _head(n_features: int, n_labels: int, hidden: int) -> torch.nn.Module:
+    if not hidden:
+        return torch.nn.Linear(n_features, n_labels)
+    return torch.nn.Sequential(torch.nn.Linear(n_features, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, n_labels))
+
+
+def patch_sample(batches: Iterable[tuple[np.ndarray, np.ndarray]], size: int,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform sample without replacement of at most `size` (feature, label) patches of the
+    stream (Algorithm R, vectorised per batch) -> ((m, C) float32, (m,) int64)."""
+    rng = np.random.default_rng(seed)
+    x = y = None
+    filled = seen = 0
+    for features, labels in batches:
+        if x is None:
+            x, y = np.empty((size, features.shape[1]), np.float32), np.empty(size, np.int64)
+        take = min(size - filled, len(labels))
+        x[filled:filled + take], y[filled:filled + take] = features[:take], labels[:take]
+        filled += take
+        if len(labels) > take:
+            slots = rng.integers(0, np.arange(seen + take, seen + len(labels)) + 1)
+            keep = slots < size
+            x[slots[keep]], y[slots[keep]] = features[take:][keep], labels[take:][keep]
+        seen += len(labels)
+    if x is None or not filled:
+        raise ValueError("no patches to train the head on")
+    return x[:filled], y[:filled]
+
+
 def train_head(batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n_labels: int,
-               cfg: SelfTrainConfig) -> torch.nn.Linear:
+               cfg: SelfTrainConfig) -> torch.nn.Module:
     """`batches()` starts one epoch: yields (n, C) features and (n,) int labels 0..n_labels-1."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    head: torch.nn.Linear | None = None
+    weight = None
+    if cfg.sample_patches:
+        x, y = patch_sample(batches(), cfg.sample_patches, cfg.seed)
+        if cfg.balance:
+            counts = np.bincount(y, minlength=n_labels).astype(np.float64)
+            weight = torch.as_tensor(np.where(counts > 0, len(y) / np.maximum(counts, 1) / n_labels, 0),
+                                     dtype=torch.float32)
+
+        def epoch():
+            return iter([(x, y)])
+    else:
+        epoch = batches
+    head: torch.nn.Module | None = None
     optimizer = None
     for _ in range(cfg.epochs):
-        for features, labels in batches():
+        for features, labels in epoch():
             if head is None:
-                head = torch.nn.Linear(features.shape[1], n_labels)
+                head = _head(features.shape[1], n_labels, cfg.hidden)
                 optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             order = rng.permutation(len(labels))
             for s in range(0, len(order), cfg.batch_patches):
                 idx = order[s:s + cfg.batch_patches]
                 loss = torch.nn.functional.cross_entropy(
-                    head(_normalized(features[idx])), torch.as_tensor(labels[idx], dtype=torch.long))
+                    head(_normalized(features[idx])), torch.as_tensor(labels[idx], dtype=torch.long), weight=weight)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -57,7 +109,7 @@ def train_head(batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n
 
 
 @torch.no_grad()
-def predict_probabilities(head: torch.nn.Linear, features: np.ndarray) -> np.ndarray:
+def predict_probabilities(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
     """(h, w, C) patch features -> (n_labels, h, w) float32 softmax probabilities."""
     h, w, c = features.shape
     logits = head(_normalized(features.reshape(-1, c)))
