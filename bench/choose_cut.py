@@ -29,19 +29,15 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
 
-from bench.single_object import _candidates, _iou, _items, _part, _samples
+from bench.single_object import (_candidates, _iou, _items, add_benchmark_arguments, benchmark_parts,
+                                 guided_or_box_score, print_parts_table)
 from jobs.extract import set_threads
 from pipeline.batch.head_fitting import fit_stored_head, head_sample
 from pipeline.config import ExtractConfig
-from pipeline.evaluation.object_metrics import best_box_iou, mask_iou
-from pipeline.features.geometry import grid_to_pixels
 from pipeline.io.ground_truth import read_mask
 from pipeline.objects.discovery import discover
 from pipeline.objects.instances import SCORES, LabelConfig
-from pipeline.objects.localize import mask_box
-from pipeline.objects.masks import PIXEL_REFINERS, SegmentConfig
 from pipeline.objects.self_training import head_mask
 from pipeline.spectral.affinity import image_affinity
 from pipeline.spectral.spectrum import border_mask
@@ -56,26 +52,15 @@ def _least_border(masks: list[np.ndarray]) -> np.ndarray:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--shards", required=True)
-    p.add_argument("--images")
-    p.add_argument("--masks")
-    p.add_argument("--annotations")
-    p.add_argument("--voc-root")
-    p.add_argument("--split-name", default="trainval")
-    p.add_argument("--split", required=True, help="half | parity | name")
-    p.add_argument("--limit", type=int, default=0, help="only the first N images of each part")
+    add_benchmark_arguments(p)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     set_threads(a.threads)
     cfg, label_cfg = ExtractConfig(store_features=True), LabelConfig(self_train=True)
-    samples = {s.image_id: s for s in _samples(a)}
-    parts = _part(samples.values(), a.split)
+    samples, parts = benchmark_parts(a)
     t = time.perf_counter()
     head, info = fit_stored_head(a.shards, cfg.digest(), head_sample(sorted(samples), label_cfg), label_cfg)
     print(f"head fitted on {info['images']} images in {time.perf_counter() - t:.0f} s", flush=True)
-    if a.limit:
-        keep = {pt: sorted(i for i in parts if parts[i] == pt)[:a.limit] for pt in ("tune", "check")}
-        parts = {i: pt for pt, ids in keep.items() for i in ids}
     boxes = not a.masks
     scores = {lv: {"tune": [], "check": []} for lv in LEVERS}
     seconds, n_objects = [], []
@@ -101,23 +86,15 @@ def main() -> None:
         part = parts[s.image_id]
         gt = None if boxes else read_mask(s.mask_uri)
         for lv, c in cells.items():
-            if boxes:
-                if len(s.boxes):
-                    scores[lv][part].append(best_box_iou(mask_box(c, item.geom), s.boxes) >= 0.5)
-                continue
-            soft = PIXEL_REFINERS["guided"](item.image, grid_to_pixels(c, item.geom, bilinear=False), SegmentConfig())
-            if soft.shape != gt.shape:
-                soft = np.asarray(Image.fromarray(soft.astype(np.float32), mode="F").resize(gt.shape[::-1]))
-            scores[lv][part].append(mask_iou(soft > 0.5, gt))
+            value = guided_or_box_score(item, s, c, gt)
+            if value is not None:
+                scores[lv][part].append(value)
     metric = "CorLoc" if boxes else "mIoU"
     n = {pt: len(scores["label"][pt]) for pt in ("tune", "check")}
     print(f"{a.shards}: tune {n['tune']}, check {n['check']} images; {metric} in % "
           f"({'patch box' if boxes else 'guided filter'}); median {np.median(n_objects):.0f} iterative objects, "
           f"graph + discovery {np.median(seconds):.3f} s per image (median)")
-    print(f"| rule | tune {metric} | check {metric} |")
-    print("|---|---|---|")
-    for lv in LEVERS:
-        print(f"| {lv} | {100 * np.mean(scores[lv]['tune']):.1f} | {100 * np.mean(scores[lv]['check']):.1f} |")
+    print_parts_table(scores, metric, column="rule")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from bench.single_object import _items, _part, _samples
+from bench.single_object import _items, benchmark_parts
 from jobs.extract import set_threads
 from pipeline.config import ExtractConfig
 from pipeline.evaluation.object_metrics import mask_iou
@@ -51,11 +51,7 @@ def main() -> None:
     a = p.parse_args()
     set_threads(1)
     cfg = ExtractConfig(store_features=True)
-    samples = {s.image_id: s for s in _samples(argparse.Namespace(masks=a.masks, images=a.images))}
-    parts = _part(samples.values(), a.split)
-    if a.limit:
-        keep = {pt: sorted(i for i in parts if parts[i] == pt)[:a.limit] for pt in ("tune", "check")}
-        parts = {i: pt for pt, ids in keep.items() for i in ids}
+    samples, parts = benchmark_parts(a)
     levers = ("none", "guided", "crf", "guided+crf")
     scores = {lv: {"tune": [], "check": []} for lv in levers}
     seconds = {lv: [] for lv in levers}

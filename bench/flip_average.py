@@ -27,17 +27,14 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
 
-from bench.single_object import _items, _part, _samples
+from bench.single_object import _items, add_benchmark_arguments, benchmark_parts, guided_or_box_score, print_parts_table
 from jobs.extract import set_threads
 from pipeline.config import ExtractConfig
-from pipeline.evaluation.object_metrics import best_box_iou, mask_iou
 from pipeline.features.backbones import create_backbone, preprocess
-from pipeline.features.geometry import grid_to_pixels
 from pipeline.io.ground_truth import read_mask
-from pipeline.objects.localize import foreground_mask, largest_component, mask_box
-from pipeline.objects.masks import PIXEL_REFINERS, SegmentConfig, patch_mask
+from pipeline.objects.localize import foreground_mask, largest_component
+from pipeline.objects.masks import SegmentConfig, patch_mask
 from pipeline.spectral.affinity import image_affinity
 from pipeline.spectral.spectrum import graph_spectrum
 
@@ -51,24 +48,13 @@ def _mask_of(vec: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--shards", required=True)
-    p.add_argument("--images")
-    p.add_argument("--masks")
-    p.add_argument("--annotations")
-    p.add_argument("--voc-root")
-    p.add_argument("--split-name", default="trainval")
-    p.add_argument("--split", required=True, help="half | parity | name")
-    p.add_argument("--limit", type=int, default=0, help="only the first N images of each part")
+    add_benchmark_arguments(p)
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS threads (1: the cores are shared)")
     a = p.parse_args()
     set_threads(a.threads)
     cfg = ExtractConfig(store_features=True)
     backbone = create_backbone(cfg.backbone.name, resize=cfg.backbone.long_side, max_batch_size=1)
-    samples = {s.image_id: s for s in _samples(a)}
-    parts = _part(samples.values(), a.split)
-    if a.limit:
-        keep = {pt: sorted(i for i in parts if parts[i] == pt)[:a.limit] for pt in ("tune", "check")}
-        parts = {i: pt for pt, ids in keep.items() for i in ids}
+    samples, parts = benchmark_parts(a)
     boxes = not a.masks
     scores = {lv: {"tune": [], "check": []} for lv in LEVERS}
     seconds = {"mirror forward": [], "flip-feat graph+eig": [], "flip-eig graph+eig": []}
@@ -99,24 +85,14 @@ def main() -> None:
         part = parts[s.image_id]
         gt = None if boxes else read_mask(s.mask_uri)
         for lv, c in cells.items():
-            if not c.any():
-                c = base
-            if boxes:
-                if len(s.boxes):
-                    scores[lv][part].append(best_box_iou(mask_box(c, item.geom), s.boxes) >= 0.5)
-                continue
-            soft = PIXEL_REFINERS["guided"](item.image, grid_to_pixels(c, item.geom, bilinear=False), SegmentConfig())
-            if soft.shape != gt.shape:
-                soft = np.asarray(Image.fromarray(soft.astype(np.float32), mode="F").resize(gt.shape[::-1]))
-            scores[lv][part].append(mask_iou(soft > 0.5, gt))
+            value = guided_or_box_score(item, s, c if c.any() else base, gt)
+            if value is not None:
+                scores[lv][part].append(value)
     metric = "CorLoc" if boxes else "mIoU"
     n = {pt: len(scores["fiedler"][pt]) for pt in ("tune", "check")}
     print(f"{a.shards}: tune {n['tune']}, check {n['check']} images; {metric} in % "
           f"({'patch box' if boxes else 'guided filter'})")
-    print(f"| lever | tune {metric} | check {metric} |")
-    print("|---|---|---|")
-    for lv in LEVERS:
-        print(f"| {lv} | {100 * np.mean(scores[lv]['tune']):.1f} | {100 * np.mean(scores[lv]['check']):.1f} |")
+    print_parts_table(scores, metric)
     print("seconds per image (median): " + ", ".join(f"{k} {np.median(v):.3f}" for k, v in seconds.items()))
 
 

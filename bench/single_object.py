@@ -121,6 +121,48 @@ def _samples(a: argparse.Namespace):
     return voc_boxes(a.voc_root, a.split_name) if a.voc_root else coco_boxes(a.images, a.annotations)
 
 
+def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every stored-shard object bench shares: the shards, one benchmark, its split."""
+    p.add_argument("--shards", required=True)
+    p.add_argument("--images")
+    p.add_argument("--masks")
+    p.add_argument("--annotations")
+    p.add_argument("--voc-root")
+    p.add_argument("--split-name", default="trainval")
+    p.add_argument("--split", required=True, help="half | parity | name")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images of each part")
+
+
+def benchmark_parts(a: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    """(image id -> sample, image id -> "tune" | "check") of --split, cut to the first
+    --limit images of each part when it is set."""
+    samples = {s.image_id: s for s in _samples(a)}
+    parts = _part(samples.values(), a.split)
+    if a.limit:
+        keep = {pt: sorted(i for i in parts if parts[i] == pt)[:a.limit] for pt in ("tune", "check")}
+        parts = {i: pt for pt, ids in keep.items() for i in ids}
+    return samples, parts
+
+
+def guided_or_box_score(item: Item, sample, cells: np.ndarray, gt: np.ndarray | None) -> float | None:
+    """One patch mask's score: on a box benchmark (gt None) whether its box hits a ground-truth
+    box (None when the image has none), else the IoU of its guided-filtered mask with gt."""
+    if gt is None:
+        return best_box_iou(mask_box(cells, item.geom), sample.boxes) >= 0.5 if len(sample.boxes) else None
+    soft = PIXEL_REFINERS["guided"](item.image, grid_to_pixels(cells, item.geom, bilinear=False), SegmentConfig())
+    if soft.shape != gt.shape:
+        soft = np.asarray(Image.fromarray(soft.astype(np.float32), mode="F").resize(gt.shape[::-1]))
+    return mask_iou(soft > 0.5, gt)
+
+
+def print_parts_table(scores: dict, metric: str, column: str = "lever") -> None:
+    """{name: {"tune": [...], "check": [...]}} -> a markdown table of the means in %."""
+    print(f"| {column} | tune {metric} | check {metric} |")
+    print("|---|---|---|")
+    for name, v in scores.items():
+        print(f"| {name} | {100 * np.mean(v['tune']):.1f} | {100 * np.mean(v['check']):.1f} |")
+
+
 def _part(samples, rule: str) -> dict[str, str]:
     ordered = sorted(samples, key=lambda s: s.image_id)
     if rule == "half":
@@ -160,28 +202,17 @@ def _soft(item: Item, cells: np.ndarray, refine: str, cfg: SegmentConfig) -> np.
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--shards", required=True)
-    p.add_argument("--images")
-    p.add_argument("--masks")
-    p.add_argument("--annotations")
-    p.add_argument("--voc-root")
-    p.add_argument("--split-name", default="trainval")
-    p.add_argument("--split", required=True, help="half | parity | name")
+    add_benchmark_arguments(p)
     p.add_argument("--levers", default="fiedler/guided")
     p.add_argument("--head-images", type=int, default=400)
     p.add_argument("--lam", type=float, default=SegmentConfig().lam)
     p.add_argument("--sigma-spatial", type=float, default=SegmentConfig().sigma_spatial)
-    p.add_argument("--limit", type=int, default=0, help="only the first N images of each part")
     p.add_argument("--graph", default="dense", choices=("dense", "lowrank", "sparse"),
                    help="recompute the eigenvectors on this graph kind from the stored features")
     a = p.parse_args()
     cfg = ExtractConfig(store_features=True)
     seg = replace(SegmentConfig(), lam=a.lam, sigma_spatial=a.sigma_spatial)
-    samples = {s.image_id: s for s in _samples(a)}
-    parts = _part(samples.values(), a.split)
-    if a.limit:
-        keep = {pt: sorted(i for i in parts if parts[i] == pt)[:a.limit] for pt in ("tune", "check")}
-        parts = {i: pt for pt, ids in keep.items() for i in ids}
+    samples, parts = benchmark_parts(a)
     levers = [lv.split("/") + ([] if "/" in lv else ["none"]) for lv in a.levers.split(",")]
     boxes = not a.masks
     heads, fit_s = {}, {}
