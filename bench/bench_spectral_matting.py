@@ -34,7 +34,7 @@ def part(name: str) -> str:
 
 def run_one(data: Path, graph: str, side: int, limit: int | None) -> dict:
     from pipeline.evaluation.matting_metrics import sad
-    from pipeline.matting.matte import (MattingConfig, alpha_from_layers, fit_long_side, resize_float,
+    from pipeline.matting.matte import (MattingConfig, alpha_at_full_size, alpha_from_layers, fit_long_side,
                                         resize_image, resize_trimap, spectral_layers)
     from pipeline.matting.trimap import read_trimap, split
 
@@ -52,11 +52,8 @@ def run_one(data: Path, graph: str, side: int, limit: int | None) -> dict:
         row = {"image": path.stem, "part": part(path.stem), "pixels": size[0] * size[1], "seconds": seconds}
         for tset in TRIMAPS:
             trimap = read_trimap(str(data / tset / path.name))
-            alpha = alpha_from_layers(layers, values, resize_trimap(trimap, size))
-            alpha = np.clip(resize_float(alpha, image.shape[:2]), 0, 1)
-            fg, bg, unknown = split(trimap)
-            alpha[fg], alpha[bg] = 1.0, 0.0
-            row[tset] = sad(alpha, truth, unknown)
+            alpha = alpha_at_full_size(alpha_from_layers(layers, values, resize_trimap(trimap, size)), trimap)
+            row[tset] = sad(alpha, truth, split(trimap)[2])
         rows.append(row)
         print(f"  {graph} {side} {path.stem}: {seconds:.1f} s, SAD {row['trimap1']:.2f} / {row['trimap2']:.2f}",
               file=sys.stderr, flush=True)
