@@ -106,8 +106,7 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
     started, clock = datetime.now(timezone.utc), time.monotonic()
     out = out.rstrip("/")
     digest = label_digest(cfg.digest(), label_cfg)
-    if label_cfg.self_train and not cfg.store_features:
-        raise ValueError("self-training fits its head on stored patch features: add --store-features")
+    check_configs(cfg, label_cfg)
 
     def run(lease) -> dict:
         todo, skipped = extract.not_done(refs, out, digest, LABELS_DIR, runtime.retry_errors)
@@ -149,6 +148,12 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
         return summary
 
     return extract.run_leased(out, runtime, run)
+
+
+def check_configs(cfg: ExtractConfig, label_cfg: LabelConfig) -> None:
+    """ValueError where the label config needs what the extraction config leaves out."""
+    if label_cfg.self_train and not cfg.store_features:
+        raise ValueError("self-training fits its head on stored patch features: add --store-features")
 
 
 def self_train(out: str, cfg: ExtractConfig, label_cfg: LabelConfig, digest: str, runtime: RuntimeConfig,
@@ -332,16 +337,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg, runtime = extract.configs_from_args(args)
+    label_cfg = label_config_from_args(args)
     try:
+        check_configs(cfg, label_cfg)
         source, refs = extract.images_from_args(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     coco = args.annotations if args.dataset == "coco" else None
-    if args.self_train and not args.store_features:
-        print("error: --self-train fits its head on stored patch features: add --store-features", file=sys.stderr)
-        return 2
-    summary = run_label(source, args.out, cfg, label_config_from_args(args), runtime, refs,
+    summary = run_label(source, args.out, cfg, label_cfg, runtime, refs,
                         local=args.local, gallery=args.gallery, coco_annotations=coco, clusters_dir=args.categories)
     if args.summary:
         with fsspec.open(args.summary, "w") as f:
