@@ -128,6 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clusters", type=int, default=d.n_clusters, help="foreground clusters")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--pca", type=int, default=d.pca_dim, help="PCA dimensions (0 = none)")
+    parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=d.whiten,
+                        help="scale the PCA directions to unit variance (needs --pca D)")
     parser.add_argument("--sample-size", type=int, default=d.sample_size,
                         help="segments held in memory for the k-means fit; more are streamed")
     parser.add_argument("--refine", choices=REFINE_MODES, default="none",
@@ -162,8 +164,12 @@ def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = PseudoLabelConfig(ClusterConfig(n_clusters=args.clusters, seed=args.seed, pca_dim=args.pca,
-                                          sample_size=args.sample_size), refine=args.refine,
+    try:
+        clusters = ClusterConfig(n_clusters=args.clusters, seed=args.seed, pca_dim=args.pca,
+                                 whiten=args.whiten, sample_size=args.sample_size)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    cfg = PseudoLabelConfig(clusters, refine=args.refine,
                             self_train=self_train_from_args(args, args.seed) if args.self_train else None)
     record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address)
     print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "

@@ -132,9 +132,10 @@ def test_cluster_command_line(shards, tmp_path):
 
     out, _ = shards
     assert main(["cluster", str(out), "--out", str(tmp_path / "labels"), "--clusters", "2",
-                 "--pca", "4", "--refine", "guided", "--local"]) == 0
+                 "--pca", "4", "--whiten", "--refine", "guided", "--local"]) == 0
     record = json.loads((tmp_path / "labels" / "cluster.json").read_text())
     assert record["config"]["cluster"]["pca_dim"] == 4 and record["config"]["refine"] == "guided"
+    assert record["config"]["cluster"]["whiten"] is True
     assert len(list((tmp_path / "labels" / "labels").glob("*.png"))) == record["n_images"]
     assert record["n_failed"] == 0
     with pytest.raises(ValueError, match="store_features"):  # self-training needs patch features

@@ -96,6 +96,23 @@ def test_clustering_with_pca_and_different_seeds():
     assert same_partition(a.assign(x), truth) and same_partition(b.assign(x), truth)
 
 
+def test_whitening_finds_classes_that_a_dominant_direction_hides():
+    # A common direction (dim 0, as the backbone's features share one), a wide nuisance
+    # direction (dim 1) and four classes at +-0.5 in dims 2-3: plain k-means cuts the nuisance.
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 400)
+    signs = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]])[truth]
+    x = np.column_stack([np.full(400, 10.0), rng.normal(0, 2.0, 400),
+                         0.5 * signs + rng.normal(0, 0.05, (400, 2))]).astype(np.float32)
+    plain = fit_clusters(stream(x, 64), ClusterConfig(n_clusters=4, seed=0, pca_dim=3, n_init=2))
+    white = fit_clusters(stream(x, 64), ClusterConfig(n_clusters=4, seed=0, pca_dim=3, whiten=True, n_init=2))
+    assert not same_partition(plain.assign(x), truth)
+    assert same_partition(white.assign(x), truth)
+    np.testing.assert_allclose(white.transform(x).std(axis=0), 1.0, atol=0.01)  # unit variance
+    with pytest.raises(ValueError, match="needs PCA"):
+        ClusterConfig(whiten=True)
+
+
 def test_reservoir_sample_is_bounded_uniform_and_without_replacement():
     theta = np.arange(1000) * (np.pi / 2 / 1000)  # unit rows: row i is recoverable from its angle
     x = np.stack([np.cos(theta), np.sin(theta)], axis=1).astype(np.float32)

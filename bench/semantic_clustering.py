@@ -1,0 +1,175 @@
+"""Dataset-wide clustering levers compared on one VOC extraction's stored segments.
+
+    python -m bench.semantic_clustering --shards SHARDS --config-digest D \\
+        --voc-root VOC2007 --split Segmentation/trainval --cluster-split trainval \\
+        --part tune=tune_even.txt --part check=check_odd.txt [--seeds 5] [--levers kmeans area over40 ...]
+
+The segments and their features are the stored ones (as `evaluate semantic` wrote them); only
+the clustering of the segment features changes. Every lever clusters the segments of all
+--cluster-split images into 20 foreground clusters, and the masked --split images are scored by
+one Hungarian matching (each --part on its own), as `evaluate semantic` does: the `kmeans` row
+reproduces its figure. Each scored image's (segment, class) pixel counts are tabulated once, so a
+lever costs its clustering only.
+
+Levers: kmeans (pipeline.semantic.clustering without PCA); pcaD (its --pca D); whitenD (its --pca D
+--whiten); area (k-means weighted by segment area in cells); overK (k-means with K clusters, then
+Ward merging of the K centroids into 20); overKw (the same, merged by k-means of the centroids
+weighted by their segment counts); spectral (scikit-learn spectral clustering of a 10-NN cosine
+graph of the segments).
+
+--resegment RULE recomputes every image's segments from its stored eigenvectors, with patch
+features pooled under them (the extraction must have --store-features), before the levers run:
+fixedN (N segments, the extraction's other settings) or gapN (the number of segments chosen per
+image by the largest eigengap among eigenvalues 2..N, at least --min-segments).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import time
+
+import numpy as np
+from sklearn.cluster import AgglomerativeClustering, KMeans, SpectralClustering
+
+from jobs.cluster import pick_digest
+from pipeline.config import ExtractConfig
+from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
+from pipeline.features.geometry import geometry_of
+from pipeline.io.ground_truth import voc_split_ids
+from pipeline.io.schema import eigenvectors_of, features_of, segments_of
+from pipeline.io.semantic_masks import VOC_CLASSES, read_class_mask, voc_semantic
+from pipeline.io.shards import EIGEN_DIR, scan_batches, shard_config
+from pipeline.semantic.clustering import ClusterConfig, fit_clusters, l2_normalize
+from pipeline.semantic.labelling import segment_rows
+from pipeline.semantic.pseudo_labels import label_image
+from pipeline.semantic.segments import pooled_features, segment_map
+
+RESEGMENT_COLUMNS = ["image_id", "height", "width", "input_height", "input_width", "grid_h", "grid_w",
+                     "k", "eigenvalues", "eigenvectors", "feature_dim", "features"]
+
+
+def eigengap_count(eigenvalues: np.ndarray, largest: int, smallest: int) -> int:
+    """Ascending eigenvalues (lambda_0 = 0 first) -> n in [smallest, largest] maximising the gap
+    lambda_n - lambda_(n-1): the number of groups the spectrum separates best."""
+    gaps = np.diff(np.asarray(eigenvalues[:largest + 1], dtype=np.float64))  # gaps[i] = l_(i+1) - l_i
+    n = np.arange(1, len(gaps) + 1)
+    allowed = n >= smallest
+    return int(n[allowed][np.argmax(gaps[allowed])]) if allowed.any() else largest
+
+
+def resegmented_rows(shards: str, digest: str, ids: list[str], rule: str, smallest: int):
+    """Rows with segments recomputed by RULE (fixedN | gapN) and pooled patch features."""
+    stored = ExtractConfig.from_dict(shard_config(shards, digest)).segments
+    kind, largest = re.fullmatch(r"(fixed|gap)(\d+)", rule).groups()
+    largest = int(largest)
+    for batch in scan_batches(shards, EIGEN_DIR, RESEGMENT_COLUMNS, digest, 64, ids):
+        for row in batch.to_pylist():
+            n = largest if kind == "fixed" else eigengap_count(row["eigenvalues"], largest, smallest)
+            smap = segment_map(eigenvectors_of(row), dataclasses.replace(stored, n_segments=n))
+            yield row, smap, pooled_features(features_of(row), smap, int(smap.max()))
+
+
+def load(shards: str, digest: str, voc_root: str, split: str, cluster_split: str | None,
+         resegment: str | None = None, smallest: int = 3):
+    """-> (features (S, D) in stream order, areas (S,) cells, scored {image stem: (offset, table)})
+    where table is the (n + 1, classes) pixel counts of segment s (0 = background) per class."""
+    cfg = ExtractConfig.from_dict(shard_config(shards, digest))
+    samples = {s.image_id: s for s in voc_semantic(voc_root, split)}
+    root = voc_root.rstrip("/")
+    ids = list(samples) + ([f"JPEGImages/{i}.jpg" for i in voc_split_ids(root, cluster_split)]
+                           if cluster_split else [])
+    ids = list(dict.fromkeys(ids))
+    features, areas, scored, offset = [], [], {}, 0
+    rows = (resegmented_rows(shards, digest, ids, resegment, smallest) if resegment else
+            ((row, *segments_of(row)[::2]) for row in segment_rows(shards, digest, image_ids=ids)))
+    for row, smap, f in rows:
+        n = len(f)
+        features.append(f)
+        areas.append(np.bincount(smap.ravel(), minlength=n + 1)[1:])
+        if row["image_id"] in samples:
+            gt = read_class_mask(samples[row["image_id"]].mask_uri)
+            pixels = label_image(smap.astype(np.uint8), geometry_of(row, cfg.backbone.long_side))
+            stem = os.path.splitext(os.path.basename(row["image_id"]))[0]
+            scored[stem] = (offset, confusion(pixels, gt, n + 1, len(VOC_CLASSES)))
+        offset += n
+    return np.concatenate(features), np.concatenate(areas).astype(np.float64), scored
+
+
+def cluster(lever: str, x: np.ndarray, areas: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """One lever on (S, D) raw segment features -> (S,) cluster ids 0..n_clusters-1."""
+    xn = l2_normalize(x)
+    if lever == "kmeans" or re.fullmatch(r"(pca|whiten)\d+", lever):
+        dim = int(re.sub(r"\D", "", lever) or 0)
+        cfg = ClusterConfig(n_clusters=n_clusters, seed=seed, pca_dim=dim, whiten=lever.startswith("whiten"))
+        return fit_clusters(lambda: iter([x]), cfg).assign(x)
+    if lever == "area":
+        return KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(xn, sample_weight=areas)
+    if lever.startswith("over"):
+        k = int(lever[4:].rstrip("w"))
+        km = KMeans(k, n_init=10, random_state=seed).fit(xn)
+        if lever.endswith("w"):
+            counts = np.bincount(km.labels_, minlength=k)
+            merge = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(km.cluster_centers_,
+                                                                               sample_weight=counts)
+        else:
+            merge = AgglomerativeClustering(n_clusters, linkage="ward").fit_predict(km.cluster_centers_)
+        return merge[km.labels_]
+    if lever == "spectral":
+        return SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=10,
+                                  assign_labels="cluster_qr", random_state=seed).fit_predict(xn)
+    raise ValueError(f"unknown lever {lever!r}")
+
+
+def score(labels: np.ndarray, scored: dict, stems: set[str] | None, n_clusters: int) -> float:
+    """Segment cluster ids -> Hungarian mIoU over the scored images (or the listed stems)."""
+    counts = np.zeros((n_clusters + 1, len(VOC_CLASSES)), np.int64)
+    for stem, (offset, table) in scored.items():
+        if stems is None or stem in stems:
+            lookup = np.concatenate([[0], labels[offset:offset + len(table) - 1] + 1])
+            np.add.at(counts, lookup, table)
+    return hungarian_miou(counts).miou
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", required=True)
+    parser.add_argument("--config-digest", default=None, help="which extraction (default: the only one)")
+    parser.add_argument("--voc-root", required=True)
+    parser.add_argument("--split", default="Segmentation/trainval")
+    parser.add_argument("--cluster-split", default=None)
+    parser.add_argument("--part", action="append", default=[], metavar="NAME=FILE")
+    parser.add_argument("--resegment", default=None, help="fixedN | gapN: segments recomputed (see above)")
+    parser.add_argument("--min-segments", type=int, default=3, help="gapN's least segment count")
+    parser.add_argument("--clusters", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--levers", nargs="+", default=["kmeans", "pca64", "whiten64", "area", "over40",
+                                                        "over40w", "over80", "spectral"])
+    args = parser.parse_args()
+
+    digest = pick_digest(args.shards, args.config_digest)
+    x, areas, scored = load(args.shards, digest, args.voc_root, args.split, args.cluster_split,
+                            args.resegment, args.min_segments)
+    parts = {}
+    for flag in args.part:
+        name, _, path = flag.partition("=")
+        with open(path) as f:
+            parts[name] = {line.split()[0] for line in f if line.strip()}
+    print(f"extraction {digest}: {len(x)} segments ({x.shape[1]}-d), {len(scored)} scored images, "
+          f"{args.clusters} clusters + background, {args.seeds} seeds")
+    names = ["all"] + list(parts)
+    print(f"{'lever':>10} " + " ".join(f"{n:>13}" for n in names) + f" {'s per seed':>10}")
+    for lever in args.levers:
+        started, results = time.time(), {n: [] for n in names}
+        for seed in range(args.seeds):
+            labels = cluster(lever, x, areas, args.clusters, seed)
+            for name in names:
+                results[name].append(score(labels, scored, parts.get(name), args.clusters))
+        seconds = (time.time() - started) / args.seeds
+        print(f"{lever:>10} " + " ".join(f"{100 * np.mean(v):>7.1f} ± {100 * np.std(v):>3.1f}"
+                                         for v in results.values()) + f" {seconds:>10.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
