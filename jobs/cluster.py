@@ -153,12 +153,16 @@ def add_self_train_arguments(parser) -> None:
                         help="--self-train: hidden units of an MLP head (0 = linear)")
     parser.add_argument("--self-train-balance", action="store_true",
                         help="--self-train: inverse-frequency class weights (needs --self-train-patches)")
+    parser.add_argument("--self-train-whiten", type=int, default=d.whiten, metavar="D",
+                        help="--self-train: a fixed PCA whitening of the patch sample to D dimensions in "
+                             "front of the head (needs --self-train-patches; 0 = none)")
 
 
 def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig:
     try:
         return SelfTrainConfig(epochs=args.self_train_epochs, sample_patches=args.self_train_patches,
-                               hidden=args.self_train_hidden, balance=args.self_train_balance, seed=seed)
+                               hidden=args.self_train_hidden, balance=args.self_train_balance,
+                               whiten=args.self_train_whiten, seed=seed)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
 

@@ -10,7 +10,10 @@ Training streams the data once per epoch, so memory does not grow with the datas
 `sample_patches` one pass draws a seeded uniform sample of at most that many patches and the
 epochs run over it (memory bounded by the sample, one read of the shards instead of one per
 epoch). `hidden` > 0 makes the head a one-hidden-layer MLP; `balance` weights the loss by the
-inverse frequency of each pseudo-label in the sample (background dominates the patches).
+inverse frequency of each pseudo-label in the sample (background dominates the patches);
+`whiten` > 0 puts a fixed PCA whitening of the sample (to that many dimensions) in front of the
+head, as the clustering's --whiten does for the segments (the same features' few dominant
+directions otherwise dominate a head trained with a few epochs of AdamW).
 """
 from __future__ import annotations
 
@@ -31,14 +34,18 @@ class SelfTrainConfig:
     sample_patches: Optional[int] = None  # None: stream every patch once per epoch
     hidden: int = 0  # 0: linear head
     balance: bool = False  # sample_patches only: inverse-frequency class weights
+    whiten: int = 0  # sample_patches only: PCA-whitened dimensions in front of the head (0 = none)
 
     def __post_init__(self):
         if self.balance and not self.sample_patches:
             raise ValueError("balance weights classes by their share of the patch sample: it needs sample_patches")
+        if self.whiten and not self.sample_patches:
+            raise ValueError("whiten fits PCA on the patch sample: it needs sample_patches")
 
 
 def _normalized(features: np.ndarray) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    # A copy: stored features arrive as read-only views of Arrow buffers, which torch cannot wrap.
+    x = torch.from_numpy(np.array(features, dtype=np.float32))
     return torch.nn.functional.normalize(x, dim=-1)
 
 
@@ -46,6 +53,22 @@ def _head(n_features: int, n_labels: int, hidden: int) -> torch.nn.Module:
     if not hidden:
         return torch.nn.Linear(n_features, n_labels)
     return torch.nn.Sequential(torch.nn.Linear(n_features, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, n_labels))
+
+
+def whitening_layer(x: np.ndarray, dim: int, seed: int) -> torch.nn.Linear:
+    """(m, C) raw patch features -> a frozen Linear(C, d) that maps L2-normalised features to
+    their top-d principal components at unit variance (d = min(dim, m - 1, C))."""
+    from sklearn.decomposition import PCA
+
+    z = _normalized(x).numpy()
+    pca = PCA(n_components=min(dim, len(z) - 1, z.shape[1]), random_state=seed).fit(z)
+    scale = pca.components_ / np.sqrt(np.maximum(pca.explained_variance_, 1e-12))[:, None]
+    layer = torch.nn.Linear(z.shape[1], len(scale))
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(scale, dtype=torch.float32))
+        layer.bias.copy_(torch.as_tensor(-scale @ pca.mean_, dtype=torch.float32))
+    layer.requires_grad_(False)
+    return layer
 
 
 def patch_sample(batches: Iterable[tuple[np.ndarray, np.ndarray]], size: int,
@@ -76,13 +99,15 @@ def train_head(batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n
     """`batches()` starts one epoch: yields (n, C) features and (n,) int labels 0..n_labels-1."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    weight = None
+    weight = front = None
     if cfg.sample_patches:
         x, y = patch_sample(batches(), cfg.sample_patches, cfg.seed)
         if cfg.balance:
             counts = np.bincount(y, minlength=n_labels).astype(np.float64)
             weight = torch.as_tensor(np.where(counts > 0, len(y) / np.maximum(counts, 1) / n_labels, 0),
                                      dtype=torch.float32)
+        if cfg.whiten:
+            front = whitening_layer(x, cfg.whiten, cfg.seed)
 
         def epoch():
             return iter([(x, y)])
@@ -93,7 +118,8 @@ def train_head(batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n
     for _ in range(cfg.epochs):
         for features, labels in epoch():
             if head is None:
-                head = _head(features.shape[1], n_labels, cfg.hidden)
+                head = _head(front.out_features if front else features.shape[1], n_labels, cfg.hidden)
+                head = torch.nn.Sequential(front, head) if front else head
                 optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             order = rng.permutation(len(labels))
             for s in range(0, len(order), cfg.batch_patches):
