@@ -34,7 +34,7 @@ from pipeline.semantic.labelling import PseudoLabelConfig
 shards, out, digest = sys.argv[1:4]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.time()
-record = cluster_and_label(shards, out, digest, PseudoLabelConfig(ClusterConfig(n_clusters=20, seed=0)))
+record = cluster_and_label(shards, out, digest, PseudoLabelConfig(ClusterConfig(n_clusters=20, seed=0, pca_dim=0, whiten=False)))
 print(json.dumps({"seconds": time.time() - started, "import_rss_kb": base,
                   "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "n_segments": record["n_segments"], "fit_seconds": record["fit_seconds"],

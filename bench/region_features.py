@@ -45,7 +45,7 @@ def nn_accuracy(x: np.ndarray, y: np.ndarray) -> float:
 def kmeans_accuracy(x: np.ndarray, y: np.ndarray, seed: int) -> float:
     """k-means with one cluster per class present, clusters matched to classes (Hungarian)."""
     classes = np.unique(y)
-    model = fit_clusters(lambda: iter([x]), ClusterConfig(n_clusters=len(classes), seed=seed))
+    model = fit_clusters(lambda: iter([x]), ClusterConfig(n_clusters=len(classes), seed=seed, pca_dim=0, whiten=False))
     pred = model.assign(x)
     counts = np.zeros((len(classes), len(classes)), np.int64)
     np.add.at(counts, (pred, np.searchsorted(classes, y)), 1)

@@ -35,7 +35,7 @@ def score(rows, segments, gts, n_classes, n_clusters, seeds, long_side) -> tuple
     features = [f for _, f in segments if len(f)]
     mious, background = [], []
     for seed in seeds:
-        model = fit_clusters(lambda: iter(features), ClusterConfig(n_clusters=n_clusters, seed=seed))
+        model = fit_clusters(lambda: iter(features), ClusterConfig(n_clusters=n_clusters, seed=seed, pca_dim=0, whiten=False))
         counts = np.zeros((n_clusters + 1, n_classes), np.int64)
         for row, (smap, f) in zip(rows, segments):
             labels = model.assign(f) + 1 if len(f) else np.zeros(0, int)

@@ -170,7 +170,7 @@ def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig
 def main(args: argparse.Namespace) -> int:
     try:
         clusters = ClusterConfig(n_clusters=args.clusters, seed=args.seed, pca_dim=args.pca,
-                                 whiten=args.whiten, sample_size=args.sample_size)
+                                 whiten=args.whiten and args.pca > 0, sample_size=args.sample_size)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
     cfg = PseudoLabelConfig(clusters, refine=args.refine,

@@ -209,7 +209,8 @@ def _at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _cluster_config(args: argparse.Namespace, clusters: int, seed: int) -> ClusterConfig:
     try:
-        return ClusterConfig(n_clusters=clusters, seed=seed, pca_dim=args.pca, whiten=args.whiten)
+        # --pca 0 means no PCA, so nothing to whiten: recorded as whiten False, not an error.
+        return ClusterConfig(n_clusters=clusters, seed=seed, pca_dim=args.pca, whiten=args.whiten and args.pca > 0)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
 
