@@ -26,6 +26,9 @@ filter):
     keys+tokens  last-block keys and tokens, each at unit norm, concatenated (the graph's cosine
                  is the mean of the two), then graph, eigenvectors, mask
                  (BackboneConfig(features="keys+tokens"), `--features keys+tokens`)
+    scale+flip   both averagings as the backbone option composes them (four forward passes:
+                 448 and --second-long-side, each with its mirror; BackboneConfig(flip_average=
+                 True, second_long_side=518)), then graph, eigenvectors, mask
 
 Seconds: each extra forward pass and each lever's graph and eigensolve per image, apart from
 the masks.
@@ -50,7 +53,7 @@ from pipeline.objects.masks import SegmentConfig, patch_mask
 from pipeline.spectral.affinity import image_affinity
 from pipeline.spectral.spectrum import graph_spectrum
 
-LEVERS = ("fiedler", "flip-feat", "flip-eig", "flip-and", "scale-feat", "keys+tokens")
+LEVERS = ("fiedler", "flip-feat", "flip-eig", "flip-and", "scale-feat", "keys+tokens", "scale+flip")
 
 
 def _mask_of(vec: np.ndarray) -> np.ndarray:
@@ -90,6 +93,8 @@ def main() -> None:
               if "scale-feat" in levers else None)
     both = (create_backbone(cfg.backbone.name, features="keys+tokens", resize=long_side, max_batch_size=1)
             if "keys+tokens" in levers else None)
+    composed = (create_backbone(cfg.backbone.name, resize=long_side, max_batch_size=1, flip_average=True,
+                                second_long_side=a.second_long_side) if "scale+flip" in levers else None)
     samples, parts = benchmark_parts(a)
     boxes = not a.masks
     scores = {lv: {"tune": [], "check": []} for lv in levers}
@@ -134,6 +139,10 @@ def main() -> None:
                 raise SystemExit(f"{s.image_id}: keys+tokens grid {kt.shape[:2]} != stored {grid}")
             cells["keys+tokens"] = patch_mask(timed("keys+tokens graph+eig", spectrum, kt, item.image).eigenvectors,
                                               SegmentConfig())[0]
+        if composed is not None:
+            sf = timed("scale+flip forward (4 passes)", lambda: composed([item.image])[0].features)
+            cells["scale+flip"] = patch_mask(timed("scale+flip graph+eig", spectrum, sf, item.image).eigenvectors,
+                                             SegmentConfig())[0]
         part = parts[s.image_id]
         gt = None if boxes else read_mask(s.mask_uri)
         for lv in levers:
