@@ -47,6 +47,7 @@ class BackboneConfig:
     # Test-time averaging over scales: each patch's features averaged with the image's features
     # at this second long side, resampled bilinearly onto the first scale's cells
     # (pipeline.features.scale_average); None = one scale. Composes with flip_average.
+    # A second forward pass (docs/results.md, issue 12: 518 not adopted, check did not agree).
     second_long_side: Optional[int] = None
 
 
