@@ -127,3 +127,19 @@ def test_options_round_trip_through_the_recorded_config_and_the_cli():
     assert configs_from_args(parser.parse_args([]))[0] == ExtractConfig()
     with pytest.raises(SystemExit):
         parser.parse_args(["--features", "values"])
+
+
+def test_extractor_rows_carry_both_options(weights, sample_image, tmp_path):
+    from pipeline.batch.extractor import SpectralExtractor
+    from pipeline.io.schema import features_of
+    from pipeline.io.sources import ImageRef
+
+    Image.fromarray(sample_image).save(tmp_path / "cat.png")
+    both = BackboneConfig(weights=weights, features="keys+tokens", long_side=224, second_long_side=280)
+    cfg = ExtractConfig(backbone=both, store_features=True)
+    rows, errors = SpectralExtractor(cfg)([ImageRef("cat.png", str(tmp_path / "cat.png"))])
+    assert not errors and rows[0]["config_digest"] == cfg.digest()
+    features = features_of(rows[0])
+    assert features.shape[-1] == 768 and features.shape[:2] == (rows[0]["grid_h"], rows[0]["grid_w"])
+    direct = create_backbone(weights=weights, features="keys+tokens", resize=224, second_long_side=280)
+    np.testing.assert_allclose(features, direct([sample_image])[0].features, atol=1e-4)
