@@ -131,15 +131,17 @@ def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-name", default="trainval")
     p.add_argument("--split", required=True, help="half | parity | name")
     p.add_argument("--limit", type=int, default=0, help="only the first N images of each part")
+    p.add_argument("--skip", type=int, default=0, help="leave out the first N images of each part (before --limit)")
 
 
 def benchmark_parts(a: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     """(image id -> sample, image id -> "tune" | "check") of --split, cut to the first
-    --limit images of each part when it is set."""
+    --limit images of each part when it is set, after leaving out the first --skip."""
     samples = {s.image_id: s for s in _samples(a)}
     parts = _part(samples.values(), a.split)
-    if a.limit:
-        keep = {pt: sorted(i for i in parts if parts[i] == pt)[:a.limit] for pt in ("tune", "check")}
+    if a.limit or a.skip:
+        end = a.skip + a.limit if a.limit else None
+        keep = {pt: sorted(i for i in parts if parts[i] == pt)[a.skip:end] for pt in ("tune", "check")}
         parts = {i: pt for pt, ids in keep.items() for i in ids}
     return samples, parts
 

