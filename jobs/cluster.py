@@ -127,9 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder or fsspec URL")
     parser.add_argument("--clusters", type=int, default=d.n_clusters, help="foreground clusters")
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--pca", type=int, default=d.pca_dim, help="PCA dimensions (0 = none)")
-    parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=d.whiten,
-                        help="scale the PCA directions to unit variance (needs --pca D)")
+    add_pca_arguments(parser)
     parser.add_argument("--sample-size", type=int, default=d.sample_size,
                         help="segments held in memory for the k-means fit; more are streamed")
     parser.add_argument("--refine", choices=REFINE_MODES, default="none",
@@ -141,6 +139,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-digest", default=None, help="which extraction config to cluster")
     parser.add_argument("--local", action="store_true", help="run in this process instead of a Ray task")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local)")
+
+
+def add_pca_arguments(parser) -> None:
+    d = ClusterConfig()
+    parser.add_argument("--pca", type=int, default=d.pca_dim, help="PCA dimensions before k-means (0 = none)")
+    parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=d.whiten,
+                        help="scale the PCA directions to unit variance (needs --pca D)")
+
+
+def cluster_config_from_args(args: argparse.Namespace, n_clusters: int, seed: int,
+                             sample_size: int = ClusterConfig.sample_size) -> ClusterConfig:
+    # --pca 0 means no PCA, so nothing to whiten: recorded as whiten False, not an error.
+    return ClusterConfig(n_clusters=n_clusters, seed=seed, pca_dim=args.pca, whiten=args.whiten and args.pca > 0,
+                         sample_size=sample_size)
 
 
 def add_self_train_arguments(parser) -> None:
@@ -168,12 +180,8 @@ def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        clusters = ClusterConfig(n_clusters=args.clusters, seed=args.seed, pca_dim=args.pca,
-                                 whiten=args.whiten and args.pca > 0, sample_size=args.sample_size)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
-    cfg = PseudoLabelConfig(clusters, refine=args.refine,
+    cfg = PseudoLabelConfig(cluster_config_from_args(args, args.clusters, args.seed, args.sample_size),
+                            refine=args.refine,
                             self_train=self_train_from_args(args, args.seed) if args.self_train else None)
     record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address)
     print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
-from jobs.cluster import add_self_train_arguments, self_train_from_args
+from jobs.cluster import add_pca_arguments, add_self_train_arguments, cluster_config_from_args, self_train_from_args
 from jobs.semantic_oracle import region_features, score_oracle
 from jobs.tasks import data_flags, extract_samples
 from pipeline.semantic.clustering import ClusterConfig
@@ -53,10 +53,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--seeds", type=int, default=5, help="clustering runs (seeds 0..N-1)")
     group.add_argument("--clusters", type=int, default=None,
                        help="foreground clusters (default: classes - 1)")
-    d = ClusterConfig()
-    group.add_argument("--pca", type=int, default=d.pca_dim, help="PCA dimensions before k-means (0 = none)")
-    group.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=d.whiten,
-                       help="scale the PCA directions to unit variance (needs --pca D)")
+    add_pca_arguments(group)
     group.add_argument("--label-refine", choices=REFINE_MODES, default="none",
                        help="pseudo-labels at pixel level: cell classes, or guided-filter edges")
     group.add_argument("--self-train", action="store_true",
@@ -207,14 +204,6 @@ def _at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(labels).resize(shape[::-1], Image.NEAREST))
 
 
-def _cluster_config(args: argparse.Namespace, clusters: int, seed: int) -> ClusterConfig:
-    try:
-        # --pca 0 means no PCA, so nothing to whiten: recorded as whiten False, not an error.
-        return ClusterConfig(n_clusters=clusters, seed=seed, pca_dim=args.pca, whiten=args.whiten and args.pca > 0)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
-
-
 def run(args: argparse.Namespace) -> dict:
     samples, classes, label_map = _samples(args)
     if not samples:
@@ -230,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
     clusters = args.clusters or len(classes) - 1
     per_seed, scored = [], []
     for seed in range(args.seeds):
-        labels_cfg = PseudoLabelConfig(_cluster_config(args, clusters, seed),
+        labels_cfg = PseudoLabelConfig(cluster_config_from_args(args, clusters, seed),
                                        refine=args.label_refine,
                                        self_train=self_train_from_args(args, seed) if args.self_train else None)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
@@ -274,7 +263,7 @@ def run(args: argparse.Namespace) -> dict:
         "backbone": cfg.backbone.name,
         "config_digest": cfg.digest(),
         "config": {"extract": cfg.to_dict(), "task": {
-                       "labels": PseudoLabelConfig(_cluster_config(args, clusters, ClusterConfig().seed),
+                       "labels": PseudoLabelConfig(cluster_config_from_args(args, clusters, ClusterConfig().seed),
                                                    refine=args.label_refine).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
                        "self_train": dataclasses.asdict(self_train_from_args(args, 0)) if args.self_train else None,
@@ -312,7 +301,7 @@ def _oracle(args: argparse.Namespace, shards: str, cfg, by_id: dict[str, Sample]
     started = time.time()
     features, failed = region_features(shards, cfg, by_id, label_map, args.ignore_index)
     runs = [score_oracle(features, by_id, label_map, len(classes),
-                         _cluster_config(args, clusters, seed), args.ignore_index,
+                         cluster_config_from_args(args, clusters, seed), args.ignore_index,
                          {name: {i for i in by_id if _stem(i) in stems} for name, stems in parts.items()})
             for seed in range(args.seeds)]
     for r in runs:

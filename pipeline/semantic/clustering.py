@@ -71,6 +71,20 @@ def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.argmin(d, axis=1)
 
 
+def pca_projection(x: np.ndarray, dim: int, seed: int, whiten: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(m, D) rows -> (mean (D,), components (d, D)) float32: the top min(dim, m, D) principal
+    directions, rows scaled by 1/sqrt(variance) when whiten, so (x - mean) @ components.T
+    projects (and whitens). Whitening drops directions without variance (fewer rows than
+    dimensions): scaled by ~1e6 they would turn rounding noise into structure."""
+    pca = PCA(n_components=min(dim, *x.shape), random_state=seed).fit(x)
+    components = pca.components_
+    if whiten:
+        variance = pca.explained_variance_
+        keep = variance > 1e-9 * max(variance.sum(), 1e-30)
+        components = components[keep] / np.sqrt(variance[keep])[:, None]
+    return pca.mean_.astype(np.float32), components.astype(np.float32)
+
+
 def reservoir_sample(batches: Iterable[np.ndarray], size: int, seed: int) -> tuple[np.ndarray, int]:
     """Uniform sample without replacement of at most `size` rows of the stream (Algorithm R,
     vectorised per batch) -> (sample (m, D), rows seen)."""
@@ -106,15 +120,7 @@ def fit_clusters(batches: Callable[[], Iterable[np.ndarray]], cfg: ClusterConfig
     mean = components = None
     x = sample
     if cfg.pca_dim:
-        pca = PCA(n_components=min(cfg.pca_dim, *sample.shape), random_state=cfg.seed).fit(sample)
-        components = pca.components_
-        if cfg.whiten:
-            # Directions without variance (fewer segments than dimensions) would be scaled by
-            # ~1e6 and turn rounding noise into clusters: they are dropped instead.
-            variance = pca.explained_variance_
-            keep = variance > 1e-9 * max(variance.sum(), 1e-30)
-            components = components[keep] / np.sqrt(variance[keep])[:, None]
-        mean, components = pca.mean_.astype(np.float32), components.astype(np.float32)
+        mean, components = pca_projection(sample, cfg.pca_dim, cfg.seed, cfg.whiten)
         x = (sample - mean) @ components.T
     km = KMeans(n_clusters=cfg.n_clusters, n_init=cfg.n_init, random_state=cfg.seed).fit(x)
     model = SegmentClusters(km.cluster_centers_.astype(np.float32), mean, components, total, 0)

@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from pipeline.semantic.clustering import pca_projection
+
 
 @dataclass(frozen=True)
 class SelfTrainConfig:
@@ -57,16 +59,13 @@ def _head(n_features: int, n_labels: int, hidden: int) -> torch.nn.Module:
 
 def whitening_layer(x: np.ndarray, dim: int, seed: int) -> torch.nn.Linear:
     """(m, C) raw patch features -> a frozen Linear(C, d) that maps L2-normalised features to
-    their top-d principal components at unit variance (d = min(dim, m - 1, C))."""
-    from sklearn.decomposition import PCA
-
+    their top-d principal components at unit variance (the clustering's pca_projection)."""
     z = _normalized(x).numpy()
-    pca = PCA(n_components=min(dim, len(z) - 1, z.shape[1]), random_state=seed).fit(z)
-    scale = pca.components_ / np.sqrt(np.maximum(pca.explained_variance_, 1e-12))[:, None]
+    mean, scale = pca_projection(z, dim, seed, whiten=True)
     layer = torch.nn.Linear(z.shape[1], len(scale))
     with torch.no_grad():
-        layer.weight.copy_(torch.as_tensor(scale, dtype=torch.float32))
-        layer.bias.copy_(torch.as_tensor(-scale @ pca.mean_, dtype=torch.float32))
+        layer.weight.copy_(torch.from_numpy(scale))
+        layer.bias.copy_(torch.from_numpy(-scale @ mean))
     layer.requires_grad_(False)
     return layer
 
