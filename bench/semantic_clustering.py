@@ -34,6 +34,7 @@ import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans, SpectralClustering
 
 from jobs.cluster import pick_digest
+from jobs.evaluate_semantic import _parts as part_stems
 from pipeline.config import ExtractConfig
 from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
 from pipeline.features.geometry import geometry_of
@@ -151,11 +152,7 @@ def main() -> None:
     digest = pick_digest(args.shards, args.config_digest)
     x, areas, scored = load(args.shards, digest, args.voc_root, args.split, args.cluster_split,
                             args.resegment, args.min_segments)
-    parts = {}
-    for flag in args.part:
-        name, _, path = flag.partition("=")
-        with open(path) as f:
-            parts[name] = {line.split()[0] for line in f if line.strip()}
+    parts = part_stems(args)
     print(f"extraction {digest}: {len(x)} segments ({x.shape[1]}-d), {len(scored)} scored images, "
           f"{args.clusters} clusters + background, {args.seeds} seeds")
     names = ["all"] + list(parts)
