@@ -21,6 +21,11 @@ graph of the segments).
 features pooled under them (the extraction must have --store-features), before the levers run:
 fixedN (N segments, the extraction's other settings) or gapN (the number of segments chosen per
 image by the largest eigengap among eigenvalues 2..N, at least --min-segments).
+
+--segment-features KIND ... keeps the stored segments but replaces their features by the mean,
+under each segment, of a backbone feature kind (keys, blockB: the residual stream after block
+B), all kinds from one forward pass per image (the extraction's backbone and long side); every
+lever then runs once per kind. --cache DIR keeps those features (one .npy per kind) for reruns.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ from pipeline.semantic.clustering import ClusterConfig, fit_clusters, l2_normali
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.pseudo_labels import label_image
 from pipeline.semantic.segments import pooled_features, segment_map
+from pipeline.spectral.affinity import upsample_features
 
 RESEGMENT_COLUMNS = ["image_id", "height", "width", "input_height", "input_width", "grid_h", "grid_w",
                      "k", "eigenvalues", "eigenvectors", "feature_dim", "features"]
@@ -72,16 +78,46 @@ def resegmented_rows(shards: str, digest: str, ids: list[str], rule: str, smalle
             yield row, smap, pooled_features(features_of(row), smap, int(smap.max()))
 
 
-def load(shards: str, digest: str, voc_root: str, split: str, cluster_split: str | None,
-         resegment: str | None = None, smallest: int = 3):
-    """-> (features (S, D) in stream order, areas (S,) cells, scored {image stem: (offset, table)})
-    where table is the (n + 1, classes) pixel counts of segment s (0 = background) per class."""
+def backbone_pooled(shards: str, digest: str, ids: list[str], kinds: list[str]) -> dict[str, np.ndarray]:
+    """{kind: (S, C)} each stored segment's mean of that backbone feature kind, in stream order
+    (the order load() returns), from one forward pass per image."""
+    from pipeline.features.backbones import create_backbone
+    from pipeline.io.images import decode_image
+    from pipeline.io.sources import read_bytes
+
+    cfg = ExtractConfig.from_dict(shard_config(shards, digest))
+    backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights, features=cfg.backbone.features,
+                               resize=cfg.backbone.long_side or "crop")
+    found: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
+    started = time.time()
+    for i, row in enumerate(segment_rows(shards, digest, image_ids=ids)):
+        smap = segments_of(row)[0]
+        out = backbone([decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)], also=tuple(kinds))[0]
+        for kind in kinds:
+            grid = upsample_features(out.also[kind], cfg.graph.upsample)
+            found[kind].append(pooled_features(grid, smap, int(smap.max())))
+        if i % 200 == 0:
+            print(f"  {i} images, {time.time() - started:.0f} s", flush=True)
+    return {kind: np.concatenate(v) for kind, v in found.items()}
+
+
+def clustered_images(shards: str, digest: str, voc_root: str, split: str, cluster_split: str | None):
+    """-> (image ids to cluster: the masked split's, then the cluster split's; the masked
+    samples by id; the extraction's config)."""
     cfg = ExtractConfig.from_dict(shard_config(shards, digest))
     samples = {s.image_id: s for s in voc_semantic(voc_root, split)}
     root = voc_root.rstrip("/")
     ids = list(samples) + ([f"JPEGImages/{i}.jpg" for i in voc_split_ids(root, cluster_split)]
                            if cluster_split else [])
     ids = list(dict.fromkeys(ids))
+    return ids, samples, cfg
+
+
+def load(shards: str, digest: str, voc_root: str, split: str, cluster_split: str | None,
+         resegment: str | None = None, smallest: int = 3):
+    """-> (features (S, D) in stream order, areas (S,) cells, scored {image stem: (offset, table)})
+    where table is the (n + 1, classes) pixel counts of segment s (0 = background) per class."""
+    ids, samples, cfg = clustered_images(shards, digest, voc_root, split, cluster_split)
     features, areas, scored, offset = [], [], {}, 0
     rows = (resegmented_rows(shards, digest, ids, resegment, smallest) if resegment else
             ((row, *segments_of(row)[::2]) for row in segment_rows(shards, digest, image_ids=ids)))
@@ -147,25 +183,52 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--levers", nargs="+", default=["kmeans", "pca64", "whiten64", "area", "over40",
                                                         "over40w", "over80", "spectral"])
+    parser.add_argument("--segment-features", nargs="+", default=[], metavar="KIND",
+                        help="keys | blockB ...: segment features pooled from a forward pass (see above)")
+    parser.add_argument("--cache", default=None, help="directory keeping --segment-features' features")
     args = parser.parse_args()
 
     digest = pick_digest(args.shards, args.config_digest)
     x, areas, scored = load(args.shards, digest, args.voc_root, args.split, args.cluster_split,
                             args.resegment, args.min_segments)
+    sources = {"stored": x}
+    if args.segment_features:
+        if args.resegment:
+            raise SystemExit("--segment-features pools under the stored segments: leave out --resegment")
+        sources = cached_backbone_pooled(args, digest)
+        if any(len(f) != len(x) for f in sources.values()):
+            raise SystemExit("pooled features do not line up with the stored segments (a changed --cache?)")
     parts = part_stems(args)
-    print(f"extraction {digest}: {len(x)} segments ({x.shape[1]}-d), {len(scored)} scored images, "
+    print(f"extraction {digest}: {len(x)} segments, {len(scored)} scored images, "
           f"{args.clusters} clusters + background, {args.seeds} seeds")
     names = ["all"] + list(parts)
-    print(f"{'lever':>10} " + " ".join(f"{n:>13}" for n in names) + f" {'s per seed':>10}")
-    for lever in args.levers:
-        started, results = time.time(), {n: [] for n in names}
-        for seed in range(args.seeds):
-            labels = cluster(lever, x, areas, args.clusters, seed)
-            for name in names:
-                results[name].append(score(labels, scored, parts.get(name), args.clusters))
-        seconds = (time.time() - started) / args.seeds
-        print(f"{lever:>10} " + " ".join(f"{100 * np.mean(v):>7.1f} ± {100 * np.std(v):>3.1f}"
-                                         for v in results.values()) + f" {seconds:>10.1f}", flush=True)
+    print(f"{'features':>10} {'lever':>10} " + " ".join(f"{n:>13}" for n in names) + f" {'s per seed':>10}")
+    for source, features in sources.items():
+        for lever in args.levers:
+            started, results = time.time(), {n: [] for n in names}
+            for seed in range(args.seeds):
+                labels = cluster(lever, features, areas, args.clusters, seed)
+                for name in names:
+                    results[name].append(score(labels, scored, parts.get(name), args.clusters))
+            seconds = (time.time() - started) / args.seeds
+            print(f"{source:>10} {lever:>10} " + " ".join(f"{100 * np.mean(v):>7.1f} ± {100 * np.std(v):>3.1f}"
+                                                          for v in results.values()) + f" {seconds:>10.1f}",
+                  flush=True)
+
+
+def cached_backbone_pooled(args: argparse.Namespace, digest: str) -> dict[str, np.ndarray]:
+    """backbone_pooled for --segment-features, read from / written to --cache when given."""
+    paths = {kind: os.path.join(args.cache, f"{digest}-{kind}.npy") for kind in args.segment_features} if args.cache else {}
+    missing = [kind for kind in args.segment_features if not os.path.exists(paths.get(kind, ""))]
+    found = {kind: np.load(paths[kind]) for kind in args.segment_features if kind not in missing}
+    if missing:
+        ids = clustered_images(args.shards, digest, args.voc_root, args.split, args.cluster_split)[0]
+        found.update(backbone_pooled(args.shards, digest, ids, missing))
+        for kind in missing:
+            if args.cache:
+                os.makedirs(args.cache, exist_ok=True)
+                np.save(paths[kind], found[kind])
+    return {kind: found[kind] for kind in args.segment_features}
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, finished_ids,
 from pipeline.io.sources import ImageRef, list_images
 from pipeline.io.storage import with_retries
 from pipeline.io.dataset_listing import DATASETS, dataset_images
-from pipeline.semantic.segments import SEGMENT_FEATURES
+from pipeline.semantic.segments import segment_features_kind
 
 PROGRESS_EVERY_S = 10.0  # a progress line in the job log at most this often
 # Ray Data blocks: one driver-made batch per block up to this many, beyond which consecutive
@@ -404,9 +404,11 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
                         help="k-means segments per image for semantic segmentation (0 = none; paper: 15)")
     parser.add_argument("--segment-eigenvectors", type=int, default=sg.n_eigenvectors,
                         help="eigenvectors 1..m that the per-image k-means clusters")
-    parser.add_argument("--segment-features", choices=SEGMENT_FEATURES, default=sg.features,
+    parser.add_argument("--segment-features", type=segment_features_kind, default=sg.features,
+                        metavar="{crop,pool,keys,blockB}",
                         help="crop: re-embed each segment's box crop (CLS); pool: mean patch feature; "
-                             "keys: mean last-block attention key")
+                             "keys: mean last-block attention key; blockB: mean of the residual stream "
+                             "after block B (0-based), from one more forward pass when segments are added")
     parser.add_argument("--segment-backbone", default=sg.backbone, metavar="NAME",
                         help="re-embed segment crops (--segment-features crop) with this registry entry "
                              "instead of the graph's backbone, e.g. efficientnet_lite0_supervised "

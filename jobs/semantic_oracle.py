@@ -3,8 +3,9 @@ ground-truth regions as the segments (pipeline.semantic.oracle), so every figure
 the ceiling its backbone allows.
 
 Region features follow the extraction's --segment-features: "pool" averages the stored patch
-features over each region (coverage-weighted; needs --store-features), "keys" averages the
-last block's keys the same way (one forward pass per scored image), "crop" re-embeds the
+features over each region (coverage-weighted; needs --store-features), "keys" and "blockB"
+average the last block's keys or block B's tokens the same way (one forward pass per scored
+image), "crop" re-embeds the
 box around each region with the backbone's CLS token at --crop-size, as segments are. Only
 the scored images have ground truth, so the oracle clusters their regions alone.
 """
@@ -24,7 +25,7 @@ from pipeline.io.sources import read_bytes
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.oracle import cell_weights, gt_regions, region_boxes, region_labels, region_pooled
-from pipeline.semantic.segments import segment_crops
+from pipeline.semantic.segments import pooled_backbone_kind, segment_crops
 from pipeline.spectral.affinity import upsample_features
 
 
@@ -43,9 +44,10 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
         raise SystemExit("--oracle-segments with --segment-features pool needs --store-features "
                          "(the regions' features are pooled from the stored patch features)")
     kind = cfg.segments.features
+    pooled_kind = pooled_backbone_kind(kind)
     backbone = None
     if not pool:
-        from pipeline.features.backbones import create_backbone  # torch only when crops or keys need it
+        from pipeline.features.backbones import create_backbone  # torch only when crops, keys or blocks need it
 
         if kind == "crop" and cfg.segments.backbone:  # the crops' own embedder, as segments have
             from pipeline.features.supervised import segment_embedder
@@ -53,7 +55,7 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
             backbone = segment_embedder(cfg.segments.backbone)
         else:
             backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights, features=cfg.backbone.features,
-                                       resize=(cfg.backbone.long_side or "crop") if kind == "keys" else "crop")
+                                       resize=(cfg.backbone.long_side or "crop") if pooled_kind else "crop")
     found, failed = {}, []
     for row in segment_rows(shards, cfg.digest(), image_ids=list(samples), with_features=pool):
         try:
@@ -65,11 +67,11 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
             elif pool:
                 weights = cell_weights(masks, geometry_of(row, cfg.backbone.long_side))
                 found[row["image_id"]] = region_pooled(features_of(row), weights)
-            elif kind == "keys":
+            elif pooled_kind:
                 image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
-                keys = upsample_features(backbone([image], also=("keys",))[0].also["keys"], cfg.graph.upsample)
+                grid = upsample_features(backbone([image], also=(kind,))[0].also[kind], cfg.graph.upsample)
                 weights = cell_weights(masks, geometry_of(row, cfg.backbone.long_side))
-                found[row["image_id"]] = region_pooled(keys, weights)
+                found[row["image_id"]] = region_pooled(grid, weights)
             else:
                 image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
                 crops = segment_crops(image, region_boxes(masks), cfg.segments.crop_size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -25,6 +26,13 @@ def digest_of(data: dict) -> str:
 
 # BackboneConfig.features kinds (pipeline.features.backbones selects them from one forward pass).
 PATCH_FEATURES = ("keys", "tokens", "keys+tokens")
+
+
+def intermediate_block(kind: str) -> Optional[int]:
+    """"blockB" -> B, the residual stream after timm's model.blocks[B] (0-based, before the
+    final LayerNorm), a feature kind the backbone can return besides PATCH_FEATURES; else None."""
+    match = re.fullmatch(r"block(\d+)", kind)
+    return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)

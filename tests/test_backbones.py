@@ -252,3 +252,27 @@ def test_flip_average_round_trips_and_keys_the_digest_only_when_on():
     assert ExtractConfig.from_dict(json.loads(cfg.to_json())) == cfg
     assert cfg.digest() != ExtractConfig().digest() == "9efb740a015f7119"
     assert "flip_average" not in ExtractConfig().to_dict()["backbone"]
+
+
+def test_block_features_are_the_residual_stream_after_that_block(tokens_bb):
+    """also=("blockB",): the tokens leaving timm's model.blocks[B] (caught here by a hook on an
+    ordinary forward pass), prefix removed; the last block's stream through the final norm is
+    the tokens; a block the model lacks is a clear error."""
+    image = skdata.chelsea()[:196, :252]
+    caught = {}
+    hooks = [tokens_bb.model.blocks[b].register_forward_hook(lambda m, i, o, b=b: caught.__setitem__(b, o.clone()))
+             for b in (3, 7, 11)]
+    try:
+        out = tokens_bb([image], also=("block3", "block7", "block11"))[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    prefix = tokens_bb.model.num_prefix_tokens
+    for b in (3, 7, 11):
+        want = caught[b][0, prefix:].numpy().reshape(14, 18, 384)
+        np.testing.assert_allclose(out.also[f"block{b}"], want, rtol=1e-5, atol=1e-5)
+    assert np.abs(out.also["block3"] - out.also["block7"]).mean() > 0.1 * np.abs(out.also["block7"]).mean()
+    normed = tokens_bb.model.norm(torch.from_numpy(out.also["block11"])).detach().numpy()
+    np.testing.assert_allclose(normed, out.features, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="block0..block11"):
+        tokens_bb([image], also=("block12",))

@@ -232,11 +232,23 @@ def test_a_changed_or_missing_stored_row_becomes_an_error_row(voc_tree, tmp_path
     assert "changed" in errors[0]["reason"] and "no row" in errors[1]["reason"]
 
 
-def test_keys_segment_features_are_the_pooled_keys_fresh_or_added_to_stored_rows(voc_tree, tmp_path,
-                                                                                   offline_weights):
-    """--segment-features keys: each segment's feature is the mean last-block key under its
-    mask (keys from a keys backbone, independently), whether the keys come from the graph's own
-    pass or from a second pass over a stored row; the config round-trips and differs from pool's."""
+def _block7_by_hook(image):
+    """The residual stream after block 7 of the offline backbone at long side 112, caught by a
+    hook on an ordinary forward pass (not through Backbone's also=)."""
+    from pipeline.features.backbones import create_backbone
+
+    backbone, caught = create_backbone(resize=112), []
+    backbone.model.blocks[7].register_forward_hook(lambda m, i, o: caught.append(o.clone()))
+    grid = backbone([image])[0].features.shape
+    return caught[0][0, backbone.model.num_prefix_tokens:].numpy().reshape(grid)
+
+
+@pytest.mark.parametrize("kind", ["keys", "block7"])
+def test_pooled_segment_features_fresh_or_added_to_stored_rows(voc_tree, tmp_path, offline_weights, kind):
+    """--segment-features keys / block7: each segment's feature is the mean under its mask of
+    the last block's keys (from a keys backbone) or block 7's tokens (from a hook), computed
+    independently, whether they come from the graph's own pass or from a second pass over a
+    stored row; the config round-trips and differs from pool's."""
     from pipeline.features.backbones import create_backbone
     from pipeline.io.images import decode_image
     from pipeline.io.sources import read_bytes
@@ -244,9 +256,9 @@ def test_keys_segment_features_are_the_pooled_keys_fresh_or_added_to_stored_rows
 
     root, ids = voc_tree
     cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
-                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="keys"))
+                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features=kind))
     assert ExtractConfig.from_dict(json.loads(cfg.to_json())) == cfg
-    assert json.loads(cfg.to_json())["segments"]["features"] == "keys"
+    assert json.loads(cfg.to_json())["segments"]["features"] == kind
     pool = ExtractConfig(backbone=cfg.backbone, eigen=cfg.eigen,
                          segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="pool"))
     assert cfg.digest() != pool.digest() and segments_source(cfg) == segments_source(pool)
@@ -256,9 +268,10 @@ def test_keys_segment_features_are_the_pooled_keys_fresh_or_added_to_stored_rows
     for row in fresh:
         labels, _, features = segments_of(row)
         image = decode_image(read_bytes(row["source_uri"]))
-        keys = keys_backbone([image])[0].features
+        pooled = keys_backbone([image])[0].features if kind == "keys" else _block7_by_hook(image)
         assert features.shape == (row["n_segments"], 384) and row["n_segments"] > 0
-        np.testing.assert_allclose(features, pooled_features(keys, labels, row["n_segments"]), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(features, pooled_features(pooled, labels, row["n_segments"]),
+                                   rtol=1e-4, atol=1e-4)
         # Not the tokens: a selector mix-up would pass the shape check above.
         assert not np.allclose(features, pooled_features(tokens([image])[0].features, labels, row["n_segments"]),
                                atol=1e-2)
@@ -272,7 +285,8 @@ def test_keys_segment_features_are_the_pooled_keys_fresh_or_added_to_stored_rows
         np.testing.assert_allclose(segments_of(row)[2], want[row["image_id"]], rtol=1e-4, atol=1e-5)
 
 
-def test_oracle_keys_pool_the_keys_over_each_region(voc_tree, tmp_path, offline_weights):
+@pytest.mark.parametrize("kind", ["keys", "block7"])
+def test_oracle_pools_keys_or_block_tokens_over_each_region(voc_tree, tmp_path, offline_weights, kind):
     from pipeline.features.backbones import create_backbone
     from pipeline.features.geometry import geometry_of
     from pipeline.io.images import decode_image
@@ -281,8 +295,8 @@ def test_oracle_keys_pool_the_keys_over_each_region(voc_tree, tmp_path, offline_
 
     root, ids = voc_tree
     cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
-                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="keys"))
-    shards = _extract(root, tmp_path / "keys", cfg)
+                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features=kind))
+    shards = _extract(root, tmp_path / kind, cfg)
     # The extraction listed JPEGImages itself, so its ids are the file names.
     samples = {s.image_id.rpartition("/")[2]: s for s in voc_semantic(str(root), "Segmentation/trainval")}
     found, failed = region_features(str(shards), cfg, samples, None, 255)
@@ -292,6 +306,21 @@ def test_oracle_keys_pool_the_keys_over_each_region(voc_tree, tmp_path, offline_
     for image_id, features in found.items():
         row = rows[image_id]
         _, masks = gt_regions(read_class_mask(samples[image_id].mask_uri), 255)
-        keys = keys_backbone([decode_image(read_bytes(row["source_uri"]))])[0].features
-        want = region_pooled(keys, cell_weights(masks, geometry_of(row, 112)))
-        np.testing.assert_allclose(features, want, rtol=1e-4, atol=1e-5)
+        image = decode_image(read_bytes(row["source_uri"]))
+        pooled = keys_backbone([image])[0].features if kind == "keys" else _block7_by_hook(image)
+        want = region_pooled(pooled, cell_weights(masks, geometry_of(row, 112)))
+        np.testing.assert_allclose(features, want, rtol=1e-4, atol=1e-4)
+
+
+def test_segment_features_flag_takes_block_kinds_and_refuses_others():
+    import argparse
+
+    from jobs.extract import add_extract_options, configs_from_args
+
+    parser = argparse.ArgumentParser()
+    add_extract_options(parser)
+    cfg, _ = configs_from_args(parser.parse_args(["--segments", "15", "--segment-features", "block7"]))
+    assert cfg.segments.features == "block7" and ExtractConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    for bad in ("blockx", "block", "values"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--segment-features", bad])

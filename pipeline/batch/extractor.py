@@ -21,7 +21,8 @@ from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import ImageError, check_min_size, decode_image
 from pipeline.io.schema import OPTIONAL_DEFAULTS, eigen_row, eigenvectors_of, features_of
-from pipeline.semantic.segments import SEGMENT_FEATURES, pooled_features, segment_boxes, segment_crops, segment_map
+from pipeline.semantic.segments import (SEGMENT_FEATURES, pooled_backbone_kind, pooled_features, segment_boxes,
+                                        segment_crops, segment_map)
 from pipeline.io.sources import ImageRef, read_bytes
 from pipeline.spectral.spectrum import Spectrum, graph_spectrum, grid_size
 
@@ -70,8 +71,9 @@ class SpectralExtractor:
         # Segment crops are re-embedded by the graph's backbone unless another is named.
         self.segment_embedder = (segment_embedder(cfg.segments.backbone, device)
                                  if cfg.segments.n_segments and cfg.segments.backbone else self.backbone)
-        # Pooled keys as segment features: the keys come from the graph's own forward pass.
-        self._also = ("keys",) if cfg.segments.n_segments and cfg.segments.features == "keys" else ()
+        # Pooled keys or block tokens as segment features: from the graph's own forward pass.
+        self._pooled_kind = pooled_backbone_kind(cfg.segments.features) if cfg.segments.n_segments else None
+        self._also = (self._pooled_kind,) if self._pooled_kind else ()
 
     def __call__(self, refs: list[ImageRef]) -> tuple[list[dict], list[dict]]:
         """-> (rows for pipeline.io.schema.eigen_table, rows for error_table)."""
@@ -160,11 +162,11 @@ class SpectralExtractor:
         def grid_features():
             return upsample_features(output.features, self.cfg.graph.upsample)
 
-        def grid_keys():
-            return upsample_features(output.also["keys"], self.cfg.graph.upsample)
+        def grid_pooled_kind():
+            return upsample_features(output.also[self._pooled_kind], self.cfg.graph.upsample)
 
         if self.cfg.segments.n_segments:
-            row.update(self._segments(image, grid_features, spectrum.eigenvectors, row, grid_keys))
+            row.update(self._segments(image, grid_features, spectrum.eigenvectors, row, grid_pooled_kind))
         if self.cfg.store_features:
             features = grid_features()
             row["feature_dim"] = features.shape[-1]
@@ -172,22 +174,24 @@ class SpectralExtractor:
         return row
 
     def _segments(self, image: np.ndarray, grid_features, eigenvectors: np.ndarray, row: dict,
-                  grid_keys=None) -> dict:
+                  grid_pooled_kind=None) -> dict:
         """The row's segment columns (pipeline.io.schema): map, boxes and one feature per segment.
-        `grid_features()` / `grid_keys()` -> (grid_h, grid_w, C) patch features / last-block
-        keys on the eigenvectors' grid, called only for pooling them."""
+        `grid_features()` / `grid_pooled_kind()` -> (grid_h, grid_w, C) patch features / the
+        keys or block tokens that cfg.features names, on the eigenvectors' grid, called only for
+        pooling them."""
         cfg = self.cfg.segments
         labels = segment_map(eigenvectors, cfg)
         n = int(labels.max())
         boxes = segment_boxes(labels, n, geometry_of(row, self.cfg.backbone.long_side), cfg)
         if not n:
-            dim = self.segment_embedder.feature_dim if cfg.features == "crop" else self.backbone.patch_feature_dim
+            dim = (self.segment_embedder.feature_dim if cfg.features == "crop" else
+                   self.backbone.feature_dim if self._pooled_kind else self.backbone.patch_feature_dim)
             features = np.zeros((0, dim), np.float32)
         elif cfg.features == "crop":
             crops = segment_crops(image, boxes, cfg.crop_size)
             features = self.segment_embedder.cls_embeddings(crops, resize="crop")
-        elif cfg.features == "keys":
-            features = pooled_features(grid_keys(), labels, n)
+        elif self._pooled_kind:
+            features = pooled_features(grid_pooled_kind(), labels, n)
         elif cfg.features == "pool":
             features = pooled_features(grid_features(), labels, n)
         else:
@@ -207,7 +211,7 @@ class SpectralExtractor:
                 if stored is None:
                     raise ValueError(f"{ref.image_id}: no row of the reused extraction")
                 image = None
-                if self.cfg.segments.features in ("crop", "keys"):  # both need the image itself
+                if self.cfg.segments.features == "crop" or self._pooled_kind:  # both need the image itself
                     decoded = next(iter(self.decode([ref])))
                     if isinstance(decoded, dict):
                         errors.append(decoded)
@@ -220,19 +224,21 @@ class SpectralExtractor:
                     row.update(feature_dim=stored["feature_dim"], features=stored["features"])
                 if self.cfg.segments.n_segments:
                     row.update(self._segments(image, lambda: features_of(stored), eigenvectors_of(stored), row,
-                                              lambda: self._stored_keys(image, stored)))
+                                              lambda: self._stored_pooled_kind(image, stored)))
                 rows.append(row)
             except Exception as exc:
                 errors.append(self.error_row(ref, "segments", exc))
         return rows, errors
 
-    def _stored_keys(self, image: np.ndarray, stored: dict) -> np.ndarray:
-        """A stored row's image -> its last-block keys on the row's grid (one forward pass)."""
-        keys = upsample_features(self.backbone([image], also=("keys",))[0].also["keys"], self.cfg.graph.upsample)
-        if keys.shape[:2] != (stored["grid_h"], stored["grid_w"]):
-            raise ValueError(f"keys grid {keys.shape[:2]} is not the stored row's "
+    def _stored_pooled_kind(self, image: np.ndarray, stored: dict) -> np.ndarray:
+        """A stored row's image -> the keys or block tokens its segments pool, on the row's grid
+        (one forward pass)."""
+        kind = self._pooled_kind
+        grid = upsample_features(self.backbone([image], also=(kind,))[0].also[kind], self.cfg.graph.upsample)
+        if grid.shape[:2] != (stored["grid_h"], stored["grid_w"]):
+            raise ValueError(f"{kind} grid {grid.shape[:2]} is not the stored row's "
                              f"{(stored['grid_h'], stored['grid_w'])}")
-        return keys
+        return grid
 
     def error_row(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
         # The stage has its own column: an ImageError's reason without its "stage: " prefix.

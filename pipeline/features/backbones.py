@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.config import PATCH_FEATURES
+from pipeline.config import PATCH_FEATURES, intermediate_block
 from pipeline.features.geometry import resized_size
 from pipeline.features.pos_embed import POS_RESAMPLERS
 from pipeline.features.scale_average import to_first_grid
@@ -281,8 +281,9 @@ class Backbone:
         return self.spec.feature_dim * (2 if self.features == "keys+tokens" else 1)
 
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, h, w) normalised -> (normed tokens (B, T, C), last-block qkv (B, T, 3C)).
+    def _forward(self, x: torch.Tensor, blocks: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(B, 3, h, w) normalised -> (normed tokens (B, T, C), last-block qkv (B, T, 3C),
+        {b: (B, T, C) residual stream after block b} for the asked `blocks`).
 
         T = prefix tokens + (h/p)*(w/p). Mirrors timm's forward_features with our resampler.
         """
@@ -299,8 +300,12 @@ class Backbone:
             tokens = torch.cat(prefix + [tokens], dim=1) + pos
         tokens = m.norm_pre(m.patch_drop(m.pos_drop(tokens)))
         self._qkv.clear()
-        tokens = m.norm(m.blocks(tokens))
-        return tokens, self._qkv.pop()
+        hidden = {}
+        for b, block in enumerate(m.blocks):
+            tokens = block(tokens)
+            if b in blocks:
+                hidden[b] = tokens
+        return m.norm(tokens), self._qkv.pop(), hidden
 
     def _batches(self, images: list[np.ndarray], long_side: int | None):
         """Yield (indices, uint8 crops, scales), grouping equal preprocessed sizes."""
@@ -316,12 +321,15 @@ class Backbone:
     def __call__(self, images: list[np.ndarray], also: tuple[str, ...] = ()) -> list[BackboneOutput]:
         """uint8 (H, W, 3) images of any sizes -> one BackboneOutput each, in input order.
 
-        also: further feature kinds (FEATURES) to return from the same forward pass, e.g. the
-        keys for segment features when the graph uses the tokens.
+        also: further feature kinds to return from the same forward pass: FEATURES (e.g. the
+        keys for segment features when the graph uses the tokens) or "blockB" (the residual
+        stream after block B, 0-based: the earlier blocks of a fine-tuned backbone can hold
+        more class information than its last ones; docs/semantic.md).
         """
-        unknown = set(also) - set(_FEATURE_SELECTORS)
+        unknown = {kind for kind in also if kind not in _FEATURE_SELECTORS and self._block_of(kind) is None}
         if unknown:
-            raise ValueError(f"unknown feature kinds {sorted(unknown)}; known: {list(_FEATURE_SELECTORS)}")
+            raise ValueError(f"unknown feature kinds {sorted(unknown)}; known: {list(_FEATURE_SELECTORS)} "
+                             f"and block0..block{len(self.model.blocks) - 1}")
         out: list[BackboneOutput | None] = [None] * len(images)
         kinds = (self.features, *also)
         for idx, crops, scales in self._batches(images, self.long_side):
@@ -359,12 +367,21 @@ class Backbone:
                     out[kind][i] = to_first_grid(grids[kind][j], second, first, grid)
         return {kind: torch.stack(v) for kind, v in out.items()}
 
+    def _block_of(self, kind: str) -> int | None:
+        """"blockB" -> B when the model has that block, else None."""
+        b = intermediate_block(kind)
+        return b if b is not None and b < len(self.model.blocks) else None
+
     def _grid_features(self, x: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """(B, 3, h, w) normalised -> {kind: (B, h/p, w/p, C) patch features}, one forward pass."""
-        tokens, qkv = self._forward(x)
+        tokens, qkv, hidden = self._forward(x, tuple(b for b in map(self._block_of, kinds) if b is not None))
         grid = (x.shape[0], x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, -1)
-        return {kind: _FEATURE_SELECTORS[kind](tokens, qkv)[:, self.model.num_prefix_tokens:].reshape(grid)
-                for kind in kinds}
+
+        def select(kind: str) -> torch.Tensor:
+            block = self._block_of(kind)
+            return hidden[block] if block is not None else _FEATURE_SELECTORS[kind](tokens, qkv)
+
+        return {kind: select(kind)[:, self.model.num_prefix_tokens:].reshape(grid) for kind in kinds}
 
     def cls_embeddings(self, images: list[np.ndarray], resize: str | int | None = None) -> np.ndarray:
         """CLS token of the final normed output, (N, C) float32, for re-embedding segment crops.
@@ -374,7 +391,7 @@ class Backbone:
         long_side = self.long_side if resize is None else parse_resize(resize)
         out = np.zeros((len(images), self.feature_dim), np.float32)
         for idx, crops, _ in self._batches(images, long_side):
-            tokens, _ = self._forward(_to_tensor(crops, self.device))
+            tokens, _, _ = self._forward(_to_tensor(crops, self.device))
             out[idx] = tokens[:, 0].float().cpu().numpy()
         return out
 

@@ -16,12 +16,26 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.config import SegmentsConfig
+from pipeline.config import SegmentsConfig, intermediate_block
 from pipeline.features.geometry import GridGeometry, cells_to_box
 from pipeline.spectral.spectrum import border_mask
 
 BACKGROUND_RULES = ("border", "fiedler")
-SEGMENT_FEATURES = ("crop", "pool", "keys")  # pipeline.config.SegmentsConfig.features
+# pipeline.config.SegmentsConfig.features; "blockB" stands for block0, block1, ...
+SEGMENT_FEATURES = ("crop", "pool", "keys", "blockB")
+
+
+def pooled_backbone_kind(features: str) -> str | None:
+    """A segment-feature setting -> the backbone feature kind its segments pool, from a forward
+    pass of their own ("keys", "blockB"), or None ("crop", "pool")."""
+    return features if features == "keys" or intermediate_block(features) is not None else None
+
+
+def segment_features_kind(value: str) -> str:
+    """Checks a segment-feature setting (argparse type): one of SEGMENT_FEATURES, B an integer."""
+    if value in SEGMENT_FEATURES[:3] or intermediate_block(value) is not None:
+        return value
+    raise ValueError(f"segment features must be crop, pool, keys or blockB (B a block index), got {value!r}")
 
 
 def segment_map(eigenvectors: np.ndarray, cfg: SegmentsConfig) -> np.ndarray:
