@@ -2,7 +2,8 @@
 of any segment-clustering recipe that uses them.
 
     python -m bench.region_features --voc-root ../shared/data/voc2007/VOC2007 \\
-        [--split Segmentation/trainval] [--backbones NAME ...] [--seeds 5] [--limit N]
+        [--split Segmentation/trainval] [--backbones NAME ...] [--seeds 5] [--limit N] \\
+        [--features keys tokens block7 ...] [--part tune_even.txt]
 
 One region per foreground class of each masked image (pipeline.semantic.oracle). Feature
 kinds per backbone: its patch features (each kind the registry offers: keys, tokens) pooled
@@ -17,11 +18,13 @@ listed as skipped.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from pipeline.config import intermediate_block
 from pipeline.features.backbones import BACKBONES, FEATURES, create_backbone
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
@@ -59,10 +62,14 @@ def colour_histogram(image: np.ndarray, mask: np.ndarray, bins: int = 8) -> np.n
     return (h / max(h.sum(), 1)).astype(np.float32)
 
 
-def load_regions(voc_root: str, split: str, limit: int | None):
-    """-> [(image (H, W, 3), region classes (n,), masks (n, H, W))] of the masked images."""
+def load_regions(voc_root: str, split: str, limit: int | None, part: str | None = None):
+    """-> [(image (H, W, 3), region classes (n,), masks (n, H, W))] of the masked images (those
+    the `part` file lists, when given)."""
     out = []
+    stems = set(open(part).read().split()) if part else None
     for sample in voc_semantic(voc_root, split)[:limit]:
+        if stems is not None and os.path.splitext(os.path.basename(sample.image_id))[0] not in stems:
+            continue
         image = decode_image(read_bytes(sample.uri))
         classes, masks = gt_regions(read_class_mask(sample.mask_uri))
         if len(classes) and masks.shape[1:] == image.shape[:2]:
@@ -71,16 +78,23 @@ def load_regions(voc_root: str, split: str, limit: int | None):
 
 
 def backbone_features(name: str, regions, kinds: list[str]) -> dict[str, np.ndarray]:
-    """{feature kind: (regions, D)} for one backbone: pooled patch features of each kind, crop CLS."""
+    """{feature kind: (regions, D)} for one backbone: pooled patch features of each kind, crop CLS.
+    Block kinds ("blockB") come from the tokens backbone's forward pass (Backbone's also=)."""
     found: dict[str, list[np.ndarray]] = {f"{k} pooled": [] for k in kinds}
     found["crop CLS"] = []
-    models = {k: create_backbone(name, features=k, resize=LONG_SIDE) for k in kinds}
+    blocks = tuple(k for k in kinds if intermediate_block(k) is not None)
+    models = {k: create_backbone(name, features=k, resize=LONG_SIDE) for k in kinds if k not in blocks}
+    if blocks and "tokens" not in models:
+        models["tokens"] = create_backbone(name, features="tokens", resize=LONG_SIDE)
     for image, _, masks in regions:
         for kind, model in models.items():
-            out = model([image])[0]
+            out = model([image], also=blocks if kind == "tokens" else ())[0]
             row = {"height": image.shape[0], "width": image.shape[1], "input_height": out.input_hw[0],
                    "input_width": out.input_hw[1], "grid_h": out.features.shape[0], "grid_w": out.features.shape[1]}
-            found[f"{kind} pooled"].append(region_pooled(out.features, cell_weights(masks, geometry_of(row, LONG_SIDE))))
+            weights = cell_weights(masks, geometry_of(row, LONG_SIDE))
+            grids = {**({kind: out.features} if kind in kinds else {}), **out.also}
+            for pooled_kind, grid in grids.items():
+                found[f"{pooled_kind} pooled"].append(region_pooled(grid, weights))
         crops = segment_crops(image, region_boxes(masks), 224)
         found["crop CLS"].append(next(iter(models.values())).cls_embeddings(crops, resize="crop"))
     return {k: np.concatenate(v) for k, v in found.items()}
@@ -91,14 +105,17 @@ def main() -> None:
     parser.add_argument("--voc-root", required=True)
     parser.add_argument("--split", default="Segmentation/trainval")
     parser.add_argument("--backbones", nargs="+", default=[n for n, s in BACKBONES.items() if s.weights != "hub"])
-    parser.add_argument("--features", nargs="+", default=list(FEATURES), help="patch feature kinds to pool")
+    parser.add_argument("--features", nargs="+", default=list(FEATURES),
+                        help="patch feature kinds to pool: FEATURES and blockB (the residual stream after block B)")
+    parser.add_argument("--part", default=None, metavar="FILE",
+                        help="only the masked images whose stems FILE lists (a tune part)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
 
     hub = [n for n, s in BACKBONES.items() if s.weights == "hub" and n not in args.backbones]
     print(f"not run (hub weights; name them with --backbones where the hub is reachable): {', '.join(hub)}")
-    regions = load_regions(args.voc_root, args.split, args.limit)
+    regions = load_regions(args.voc_root, args.split, args.limit, args.part)
     y = np.concatenate([c for _, c, _ in regions])
     majority = float(np.max(np.bincount(y)) / len(y))
     print(f"{len(regions)} images, {len(y)} regions, {len(np.unique(y))} classes; majority class {majority:.3f}")
