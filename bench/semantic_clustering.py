@@ -22,10 +22,11 @@ features pooled under them (the extraction must have --store-features), before t
 fixedN (N segments, the extraction's other settings) or gapN (the number of segments chosen per
 image by the largest eigengap among eigenvalues 2..N, at least --min-segments).
 
---segment-features KIND ... keeps the stored segments but replaces their features by the mean,
-under each segment, of a backbone feature kind (keys, blockB: the residual stream after block
-B), all kinds from one forward pass per image (the extraction's backbone and long side); every
-lever then runs once per kind. --cache DIR keeps those features (one .npy per kind) for reruns.
+--segment-features SETTING ... keeps the stored segments but replaces their features by the
+mean, under each segment, of a backbone feature kind (keys, blockB: the residual stream after
+block B), all kinds from one forward pass per image (the extraction's backbone and long side),
+or joins kinds as the pipeline does ("pool+block9": "pool" is the stored pooled features); every
+lever then runs once per setting. --cache DIR keeps those features (one .npy per kind) for reruns.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from pipeline.io.shards import EIGEN_DIR, scan_batches, shard_config
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters, l2_normalize
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.pseudo_labels import label_image
-from pipeline.semantic.segments import pooled_features, segment_map
+from pipeline.semantic.segments import backbone_kinds, joined, pooled_features, pooled_parts, segment_map
 from pipeline.spectral.affinity import upsample_features
 
 RESEGMENT_COLUMNS = ["image_id", "height", "width", "input_height", "input_width", "grid_h", "grid_w",
@@ -195,9 +196,10 @@ def main() -> None:
     if args.segment_features:
         if args.resegment:
             raise SystemExit("--segment-features pools under the stored segments: leave out --resegment")
-        sources = cached_backbone_pooled(args, digest)
-        if any(len(f) != len(x) for f in sources.values()):
+        pooled = {"pool": x, **cached_backbone_pooled(args, digest)}
+        if any(len(f) != len(x) for f in pooled.values()):
             raise SystemExit("pooled features do not line up with the stored segments (a changed --cache?)")
+        sources = {setting: joined([pooled[kind] for kind in pooled_parts(setting)]) for setting in args.segment_features}
     parts = part_stems(args)
     print(f"extraction {digest}: {len(x)} segments, {len(scored)} scored images, "
           f"{args.clusters} clusters + background, {args.seeds} seeds")
@@ -218,9 +220,13 @@ def main() -> None:
 
 def cached_backbone_pooled(args: argparse.Namespace, digest: str) -> dict[str, np.ndarray]:
     """backbone_pooled for --segment-features, read from / written to --cache when given."""
-    paths = {kind: os.path.join(args.cache, f"{digest}-{kind}.npy") for kind in args.segment_features} if args.cache else {}
-    missing = [kind for kind in args.segment_features if not os.path.exists(paths.get(kind, ""))]
-    found = {kind: np.load(paths[kind]) for kind in args.segment_features if kind not in missing}
+    kinds = list(dict.fromkeys(k for setting in args.segment_features for k in backbone_kinds(setting)))
+    if "pool" in args.segment_features or any("pool" in pooled_parts(s) for s in args.segment_features):
+        if ExtractConfig.from_dict(shard_config(args.shards, digest)).segments.features != "pool":
+            raise SystemExit("'pool' in --segment-features stands for the stored features: the extraction's must be pool")
+    paths = {kind: os.path.join(args.cache, f"{digest}-{kind}.npy") for kind in kinds} if args.cache else {}
+    missing = [kind for kind in kinds if not os.path.exists(paths.get(kind, ""))]
+    found = {kind: np.load(paths[kind]) for kind in kinds if kind not in missing}
     if missing:
         ids = clustered_images(args.shards, digest, args.voc_root, args.split, args.cluster_split)[0]
         found.update(backbone_pooled(args.shards, digest, ids, missing))
@@ -228,7 +234,7 @@ def cached_backbone_pooled(args: argparse.Namespace, digest: str) -> dict[str, n
             if args.cache:
                 os.makedirs(args.cache, exist_ok=True)
                 np.save(paths[kind], found[kind])
-    return {kind: found[kind] for kind in args.segment_features}
+    return found
 
 
 if __name__ == "__main__":

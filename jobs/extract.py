@@ -408,7 +408,8 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
                         metavar="{crop,pool,keys,blockB}",
                         help="crop: re-embed each segment's box crop (CLS); pool: mean patch feature; "
                              "keys: mean last-block attention key; blockB: mean of the residual stream "
-                             "after block B (0-based), from one more forward pass when segments are added")
+                             "after block B (0-based), from one more forward pass when segments are added; "
+                             "pooled kinds join with '+' (pool+block9: each at unit norm, concatenated)")
     parser.add_argument("--segment-backbone", default=sg.backbone, metavar="NAME",
                         help="re-embed segment crops (--segment-features crop) with this registry entry "
                              "instead of the graph's backbone, e.g. efficientnet_lite0_supervised "

@@ -5,7 +5,8 @@ the ceiling its backbone allows.
 Region features follow the extraction's --segment-features: "pool" averages the stored patch
 features over each region (coverage-weighted; needs --store-features), "keys" and "blockB"
 average the last block's keys or block B's tokens the same way (one forward pass per scored
-image), "crop" re-embeds the
+image), joined kinds ("pool+block9") join the regions' features as segments' are, "crop"
+re-embeds the
 box around each region with the backbone's CLS token at --crop-size, as segments are. Only
 the scored images have ground truth, so the oracle clusters their regions alone.
 """
@@ -25,7 +26,7 @@ from pipeline.io.sources import read_bytes
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.oracle import cell_weights, gt_regions, region_boxes, region_labels, region_pooled
-from pipeline.semantic.segments import pooled_backbone_kind, segment_crops
+from pipeline.semantic.segments import backbone_kinds, joined, pooled_parts, segment_crops
 from pipeline.spectral.affinity import upsample_features
 
 
@@ -39,14 +40,15 @@ def _at_image_size(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
                     label_map: LabelMap | None, ignore_index: int) -> tuple[dict[str, np.ndarray], list[str]]:
     """-> ({image_id: (n, D) features of its ground-truth regions}, images that failed)."""
-    pool = cfg.segments.features == "pool"
-    if pool and not cfg.store_features:
-        raise SystemExit("--oracle-segments with --segment-features pool needs --store-features "
-                         "(the regions' features are pooled from the stored patch features)")
     kind = cfg.segments.features
-    pooled_kind = pooled_backbone_kind(kind)
+    parts = pooled_parts(kind)
+    pool = parts is not None and "pool" in parts
+    if pool and not cfg.store_features:
+        raise SystemExit(f"--oracle-segments with --segment-features {kind} needs --store-features "
+                         "(the regions' features are pooled from the stored patch features)")
+    forward = backbone_kinds(kind)
     backbone = None
-    if not pool:
+    if parts is None or forward:
         from pipeline.features.backbones import create_backbone  # torch only when crops, keys or blocks need it
 
         if kind == "crop" and cfg.segments.backbone:  # the crops' own embedder, as segments have
@@ -55,7 +57,7 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
             backbone = segment_embedder(cfg.segments.backbone)
         else:
             backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights, features=cfg.backbone.features,
-                                       resize=(cfg.backbone.long_side or "crop") if pooled_kind else "crop")
+                                       resize=(cfg.backbone.long_side or "crop") if forward else "crop")
     found, failed = {}, []
     for row in segment_rows(shards, cfg.digest(), image_ids=list(samples), with_features=pool):
         try:
@@ -64,14 +66,14 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
             masks = _at_image_size(masks, (row["height"], row["width"]))
             if not len(masks):
                 found[row["image_id"]] = np.zeros((0, row["segment_dim"] or 0), np.float32)
-            elif pool:
+            elif parts is not None:
+                grids = {"pool": features_of(row)} if pool else {}
+                if forward:
+                    image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
+                    out = backbone([image], also=forward)[0]
+                    grids.update({k: upsample_features(out.also[k], cfg.graph.upsample) for k in forward})
                 weights = cell_weights(masks, geometry_of(row, cfg.backbone.long_side))
-                found[row["image_id"]] = region_pooled(features_of(row), weights)
-            elif pooled_kind:
-                image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
-                grid = upsample_features(backbone([image], also=(kind,))[0].also[kind], cfg.graph.upsample)
-                weights = cell_weights(masks, geometry_of(row, cfg.backbone.long_side))
-                found[row["image_id"]] = region_pooled(grid, weights)
+                found[row["image_id"]] = joined([region_pooled(grids[k], weights) for k in parts])
             else:
                 image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
                 crops = segment_crops(image, region_boxes(masks), cfg.segments.crop_size)

@@ -243,12 +243,28 @@ def _block7_by_hook(image):
     return caught[0][0, backbone.model.num_prefix_tokens:].numpy().reshape(grid)
 
 
-@pytest.mark.parametrize("kind", ["keys", "block7"])
+def _expected_pooled(kind, image, labels, n):
+    """Segment features of `kind` computed apart from the extractor: keys from a keys backbone,
+    block 7 from a hook, pool+block7 joined at unit norm by hand."""
+    from pipeline.features.backbones import create_backbone
+    from pipeline.semantic.segments import pooled_features
+
+    if kind == "keys":
+        return pooled_features(create_backbone(features="keys", resize=112)([image])[0].features, labels, n)
+    block7 = pooled_features(_block7_by_hook(image), labels, n)
+    if kind == "block7":
+        return block7
+    tokens = pooled_features(create_backbone(resize=112)([image])[0].features, labels, n)
+    unit = [f / np.linalg.norm(f, axis=1, keepdims=True) for f in (tokens, block7)]
+    return np.concatenate(unit, axis=1) / np.sqrt(2)
+
+
+@pytest.mark.parametrize("kind", ["keys", "block7", "pool+block7"])
 def test_pooled_segment_features_fresh_or_added_to_stored_rows(voc_tree, tmp_path, offline_weights, kind):
-    """--segment-features keys / block7: each segment's feature is the mean under its mask of
-    the last block's keys (from a keys backbone) or block 7's tokens (from a hook), computed
-    independently, whether they come from the graph's own pass or from a second pass over a
-    stored row; the config round-trips and differs from pool's."""
+    """--segment-features keys / block7 / pool+block7: each segment's feature is the mean under
+    its mask of the last block's keys, block 7's tokens (caught by a hook), or the patch tokens'
+    and block 7's means joined, computed independently, whether they come from the graph's own
+    pass or from a second pass over a stored row; the config round-trips and differs from pool's."""
     from pipeline.features.backbones import create_backbone
     from pipeline.io.images import decode_image
     from pipeline.io.sources import read_bytes
@@ -263,18 +279,17 @@ def test_pooled_segment_features_fresh_or_added_to_stored_rows(voc_tree, tmp_pat
                          segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="pool"))
     assert cfg.digest() != pool.digest() and segments_source(cfg) == segments_source(pool)
     fresh = read_table(str(_extract(root, tmp_path / "fresh", cfg))).to_pylist()
-    keys_backbone = create_backbone(features="keys", resize=112)
     tokens = create_backbone(resize=112)
     for row in fresh:
         labels, _, features = segments_of(row)
         image = decode_image(read_bytes(row["source_uri"]))
-        pooled = keys_backbone([image])[0].features if kind == "keys" else _block7_by_hook(image)
-        assert features.shape == (row["n_segments"], 384) and row["n_segments"] > 0
-        np.testing.assert_allclose(features, pooled_features(pooled, labels, row["n_segments"]),
+        dim = 768 if "+" in kind else 384
+        assert features.shape == (row["n_segments"], dim) and row["n_segments"] > 0
+        np.testing.assert_allclose(features, _expected_pooled(kind, image, labels, row["n_segments"]),
                                    rtol=1e-4, atol=1e-4)
-        # Not the tokens: a selector mix-up would pass the shape check above.
-        assert not np.allclose(features, pooled_features(tokens([image])[0].features, labels, row["n_segments"]),
-                               atol=1e-2)
+        # Not the tokens (alone or as both halves): a selector mix-up would pass the shape check.
+        plain = pooled_features(tokens([image])[0].features, labels, row["n_segments"])
+        assert not np.allclose(features, np.tile(plain, (1, dim // 384)) / np.sqrt(dim // 384), atol=1e-2)
     base = _extract(root, tmp_path / "base", segments_source(cfg))
     run_extract(str(root / "JPEGImages"), str(tmp_path / "reused"), cfg, RuntimeConfig(batch_size=4),
                 local=True, reuse=str(base))

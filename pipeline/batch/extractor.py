@@ -21,7 +21,7 @@ from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import ImageError, check_min_size, decode_image
 from pipeline.io.schema import OPTIONAL_DEFAULTS, eigen_row, eigenvectors_of, features_of
-from pipeline.semantic.segments import (SEGMENT_FEATURES, pooled_backbone_kind, pooled_features, segment_boxes,
+from pipeline.semantic.segments import (backbone_kinds, joined, pooled_features, pooled_parts, segment_boxes,
                                         segment_crops, segment_map)
 from pipeline.io.sources import ImageRef, read_bytes
 from pipeline.spectral.spectrum import Spectrum, graph_spectrum, grid_size
@@ -72,8 +72,7 @@ class SpectralExtractor:
         self.segment_embedder = (segment_embedder(cfg.segments.backbone, device)
                                  if cfg.segments.n_segments and cfg.segments.backbone else self.backbone)
         # Pooled keys or block tokens as segment features: from the graph's own forward pass.
-        self._pooled_kind = pooled_backbone_kind(cfg.segments.features) if cfg.segments.n_segments else None
-        self._also = (self._pooled_kind,) if self._pooled_kind else ()
+        self._also = backbone_kinds(cfg.segments.features) if cfg.segments.n_segments else ()
 
     def __call__(self, refs: list[ImageRef]) -> tuple[list[dict], list[dict]]:
         """-> (rows for pipeline.io.schema.eigen_table, rows for error_table)."""
@@ -162,40 +161,33 @@ class SpectralExtractor:
         def grid_features():
             return upsample_features(output.features, self.cfg.graph.upsample)
 
-        def grid_pooled_kind():
-            return upsample_features(output.also[self._pooled_kind], self.cfg.graph.upsample)
+        def grids():
+            return {"pool": grid_features(),
+                    **{kind: upsample_features(output.also[kind], self.cfg.graph.upsample) for kind in self._also}}
 
         if self.cfg.segments.n_segments:
-            row.update(self._segments(image, grid_features, spectrum.eigenvectors, row, grid_pooled_kind))
+            row.update(self._segments(image, grids, spectrum.eigenvectors, row))
         if self.cfg.store_features:
             features = grid_features()
             row["feature_dim"] = features.shape[-1]
             row["features"] = features.astype(np.float32).ravel()
         return row
 
-    def _segments(self, image: np.ndarray, grid_features, eigenvectors: np.ndarray, row: dict,
-                  grid_pooled_kind=None) -> dict:
+    def _segments(self, image: np.ndarray, grids, eigenvectors: np.ndarray, row: dict) -> dict:
         """The row's segment columns (pipeline.io.schema): map, boxes and one feature per segment.
-        `grid_features()` / `grid_pooled_kind()` -> (grid_h, grid_w, C) patch features / the
-        keys or block tokens that cfg.features names, on the eigenvectors' grid, called only for
-        pooling them."""
+        `grids()` -> {"pool": the patch features, and the keys or block tokens cfg.features names:
+        (grid_h, grid_w, C) on the eigenvectors' grid}, called only for pooling them."""
         cfg = self.cfg.segments
         labels = segment_map(eigenvectors, cfg)
         n = int(labels.max())
         boxes = segment_boxes(labels, n, geometry_of(row, self.cfg.backbone.long_side), cfg)
-        if not n:
-            dim = (self.segment_embedder.feature_dim if cfg.features == "crop" else
-                   self.backbone.feature_dim if self._pooled_kind else self.backbone.patch_feature_dim)
-            features = np.zeros((0, dim), np.float32)
-        elif cfg.features == "crop":
+        if cfg.features == "crop":
             crops = segment_crops(image, boxes, cfg.crop_size)
-            features = self.segment_embedder.cls_embeddings(crops, resize="crop")
-        elif self._pooled_kind:
-            features = pooled_features(grid_pooled_kind(), labels, n)
-        elif cfg.features == "pool":
-            features = pooled_features(grid_features(), labels, n)
+            features = (self.segment_embedder.cls_embeddings(crops, resize="crop") if n else
+                        np.zeros((0, self.segment_embedder.feature_dim), np.float32))
         else:
-            raise ValueError(f"segment features must be one of {SEGMENT_FEATURES}, got {cfg.features!r}")
+            found = grids()
+            features = joined([pooled_features(found[kind], labels, n) for kind in pooled_parts(cfg.features)])
         return {"n_segments": n, "segment_map": labels.ravel(), "segment_boxes": boxes.ravel(),
                 "segment_dim": features.shape[1], "segment_features": features.astype(np.float32).ravel()}
 
@@ -211,7 +203,7 @@ class SpectralExtractor:
                 if stored is None:
                     raise ValueError(f"{ref.image_id}: no row of the reused extraction")
                 image = None
-                if self.cfg.segments.features == "crop" or self._pooled_kind:  # both need the image itself
+                if self.cfg.segments.features == "crop" or self._also:  # both need the image itself
                     decoded = next(iter(self.decode([ref])))
                     if isinstance(decoded, dict):
                         errors.append(decoded)
@@ -223,22 +215,25 @@ class SpectralExtractor:
                 if self.cfg.store_features:
                     row.update(feature_dim=stored["feature_dim"], features=stored["features"])
                 if self.cfg.segments.n_segments:
-                    row.update(self._segments(image, lambda: features_of(stored), eigenvectors_of(stored), row,
-                                              lambda: self._stored_pooled_kind(image, stored)))
+                    row.update(self._segments(image, lambda: self._stored_grids(image, stored),
+                                              eigenvectors_of(stored), row))
                 rows.append(row)
             except Exception as exc:
                 errors.append(self.error_row(ref, "segments", exc))
         return rows, errors
 
-    def _stored_pooled_kind(self, image: np.ndarray, stored: dict) -> np.ndarray:
-        """A stored row's image -> the keys or block tokens its segments pool, on the row's grid
-        (one forward pass)."""
-        kind = self._pooled_kind
-        grid = upsample_features(self.backbone([image], also=(kind,))[0].also[kind], self.cfg.graph.upsample)
-        if grid.shape[:2] != (stored["grid_h"], stored["grid_w"]):
-            raise ValueError(f"{kind} grid {grid.shape[:2]} is not the stored row's "
-                             f"{(stored['grid_h'], stored['grid_w'])}")
-        return grid
+    def _stored_grids(self, image: np.ndarray, stored: dict) -> dict[str, np.ndarray]:
+        """A stored row -> {"pool": its stored patch features, and the keys or block tokens its
+        segments pool, on the row's grid (one forward pass, only when some are asked for)}."""
+        found = {"pool": features_of(stored)}
+        if self._also:
+            out = self.backbone([image], also=self._also)[0]
+            for kind in self._also:
+                found[kind] = upsample_features(out.also[kind], self.cfg.graph.upsample)
+                if found[kind].shape[:2] != (stored["grid_h"], stored["grid_w"]):
+                    raise ValueError(f"{kind} grid {found[kind].shape[:2]} is not the stored row's "
+                                     f"{(stored['grid_h'], stored['grid_w'])}")
+        return found
 
     def error_row(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
         # The stage has its own column: an ImageError's reason without its "stage: " prefix.

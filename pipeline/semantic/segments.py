@@ -21,21 +21,44 @@ from pipeline.features.geometry import GridGeometry, cells_to_box
 from pipeline.spectral.spectrum import border_mask
 
 BACKGROUND_RULES = ("border", "fiedler")
-# pipeline.config.SegmentsConfig.features; "blockB" stands for block0, block1, ...
+# pipeline.config.SegmentsConfig.features. "blockB" stands for block0, block1, ...; the pooled
+# kinds (pool, keys, blockB) also combine with "+", e.g. "pool+block9".
 SEGMENT_FEATURES = ("crop", "pool", "keys", "blockB")
 
 
-def pooled_backbone_kind(features: str) -> str | None:
-    """A segment-feature setting -> the backbone feature kind its segments pool, from a forward
-    pass of their own ("keys", "blockB"), or None ("crop", "pool")."""
-    return features if features == "keys" or intermediate_block(features) is not None else None
+def pooled_parts(features: str) -> tuple[str, ...] | None:
+    """A segment-feature setting -> the patch-feature kinds its segments pool ("pool": the
+    graph's own features; "keys", "blockB": the backbone's), or None for "crop"."""
+    if features == "crop":
+        return None
+    parts = tuple(features.split("+"))
+    bad = [p for p in parts if p not in ("pool", "keys") and intermediate_block(p) is None]
+    if bad or len(set(parts)) != len(parts):
+        raise ValueError(f"segment features must be crop, or pool, keys and blockB (B a block index) "
+                         f"joined by '+', got {features!r}")
+    return parts
+
+
+def backbone_kinds(features: str) -> tuple[str, ...]:
+    """The kinds of a segment-feature setting that need the backbone's own output (Backbone's
+    also=): keys and blocks, not the graph's features ("pool") nor crops."""
+    return tuple(p for p in pooled_parts(features) or () if p != "pool")
 
 
 def segment_features_kind(value: str) -> str:
-    """Checks a segment-feature setting (argparse type): one of SEGMENT_FEATURES, B an integer."""
-    if value in SEGMENT_FEATURES[:3] or intermediate_block(value) is not None:
-        return value
-    raise ValueError(f"segment features must be crop, pool, keys or blockB (B a block index), got {value!r}")
+    """Checks a segment-feature setting (argparse type)."""
+    pooled_parts(value)
+    return value
+
+
+def joined(pooled: list[np.ndarray]) -> np.ndarray:
+    """Per-segment features of several kinds, each (n, C_i) -> (n, sum C_i): a single kind as it
+    is; several each at unit norm, concatenated and scaled by 1/sqrt(count), so a cosine of two
+    joined features is the mean of the kinds' cosines."""
+    if len(pooled) == 1:
+        return pooled[0]
+    unit = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in pooled]
+    return (np.concatenate(unit, axis=1) / np.sqrt(len(pooled))).astype(np.float32)
 
 
 def segment_map(eigenvectors: np.ndarray, cfg: SegmentsConfig) -> np.ndarray:
