@@ -339,3 +339,11 @@ def test_segment_features_flag_takes_block_kinds_and_refuses_others():
     for bad in ("blockx", "block", "values"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--segment-features", bad])
+
+
+def test_a_block_the_backbone_lacks_fails_before_any_image(offline_weights):
+    from pipeline.batch.extractor import SpectralExtractor
+
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), segments=SegmentsConfig(n_segments=4, features="pool+block12"))
+    with pytest.raises(ValueError, match="block12"):
+        SpectralExtractor(cfg)

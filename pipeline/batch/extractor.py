@@ -73,6 +73,7 @@ class SpectralExtractor:
                                  if cfg.segments.n_segments and cfg.segments.backbone else self.backbone)
         # Pooled keys or block tokens as segment features: from the graph's own forward pass.
         self._also = backbone_kinds(cfg.segments.features) if cfg.segments.n_segments else ()
+        self.backbone.check_kinds(self._also)  # a block the model lacks fails the run, not every image
 
     def __call__(self, refs: list[ImageRef]) -> tuple[list[dict], list[dict]]:
         """-> (rows for pipeline.io.schema.eigen_table, rows for error_table)."""

@@ -326,10 +326,7 @@ class Backbone:
         stream after block B, 0-based: the earlier blocks of a fine-tuned backbone can hold
         more class information than its last ones; docs/semantic.md).
         """
-        unknown = {kind for kind in also if kind not in _FEATURE_SELECTORS and self._block_of(kind) is None}
-        if unknown:
-            raise ValueError(f"unknown feature kinds {sorted(unknown)}; known: {list(_FEATURE_SELECTORS)} "
-                             f"and block0..block{len(self.model.blocks) - 1}")
+        self.check_kinds(also)
         out: list[BackboneOutput | None] = [None] * len(images)
         kinds = (self.features, *also)
         for idx, crops, scales in self._batches(images, self.long_side):
@@ -366,6 +363,13 @@ class Backbone:
                 for kind in kinds:
                     out[kind][i] = to_first_grid(grids[kind][j], second, first, grid)
         return {kind: torch.stack(v) for kind, v in out.items()}
+
+    def check_kinds(self, kinds: tuple[str, ...]) -> None:
+        """Raises ValueError naming the feature kinds this model cannot return."""
+        unknown = {kind for kind in kinds if kind not in _FEATURE_SELECTORS and self._block_of(kind) is None}
+        if unknown:
+            raise ValueError(f"unknown feature kinds {sorted(unknown)}; known: {list(_FEATURE_SELECTORS)} "
+                             f"and block0..block{len(self.model.blocks) - 1}")
 
     def _block_of(self, kind: str) -> int | None:
         """"blockB" -> B when the model has that block, else None."""
