@@ -51,8 +51,7 @@ from pipeline.io.shards import EIGEN_DIR, scan_batches, shard_config
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters, l2_normalize
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.pseudo_labels import label_image
-from pipeline.semantic.segments import backbone_kinds, joined, pooled_features, pooled_parts, segment_map
-from pipeline.spectral.affinity import upsample_features
+from pipeline.semantic.segments import backbone_grids, backbone_kinds, joined, pooled_features, pooled_parts, segment_map
 
 RESEGMENT_COLUMNS = ["image_id", "height", "width", "input_height", "input_width", "grid_h", "grid_w",
                      "k", "eigenvalues", "eigenvectors", "feature_dim", "features"]
@@ -94,8 +93,7 @@ def backbone_pooled(shards: str, digest: str, ids: list[str], kinds: list[str]) 
     for i, row in enumerate(segment_rows(shards, digest, image_ids=ids)):
         smap = segments_of(row)[0]
         out = backbone([decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)], also=tuple(kinds))[0]
-        for kind in kinds:
-            grid = upsample_features(out.also[kind], cfg.graph.upsample)
+        for kind, grid in backbone_grids(out, tuple(kinds), cfg.graph.upsample).items():
             found[kind].append(pooled_features(grid, smap, int(smap.max())))
         if i % 200 == 0:
             print(f"  {i} images, {time.time() - started:.0f} s", flush=True)
@@ -221,7 +219,7 @@ def main() -> None:
 def cached_backbone_pooled(args: argparse.Namespace, digest: str) -> dict[str, np.ndarray]:
     """backbone_pooled for --segment-features, read from / written to --cache when given."""
     kinds = list(dict.fromkeys(k for setting in args.segment_features for k in backbone_kinds(setting)))
-    if "pool" in args.segment_features or any("pool" in pooled_parts(s) for s in args.segment_features):
+    if any("pool" in pooled_parts(s) for s in args.segment_features):
         if ExtractConfig.from_dict(shard_config(args.shards, digest)).segments.features != "pool":
             raise SystemExit("'pool' in --segment-features stands for the stored features: the extraction's must be pool")
     paths = {kind: os.path.join(args.cache, f"{digest}-{kind}.npy") for kind in kinds} if args.cache else {}

@@ -6,9 +6,9 @@ Region features follow the extraction's --segment-features: "pool" averages the 
 features over each region (coverage-weighted; needs --store-features), "keys" and "blockB"
 average the last block's keys or block B's tokens the same way (one forward pass per scored
 image), joined kinds ("pool+block9") join the regions' features as segments' are, "crop"
-re-embeds the
-box around each region with the backbone's CLS token at --crop-size, as segments are. Only
-the scored images have ground truth, so the oracle clusters their regions alone.
+re-embeds the box around each region with the backbone's CLS token at --crop-size, as
+segments are. Only the scored images have ground truth, so the oracle clusters their regions
+alone.
 """
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ from pipeline.io.sources import read_bytes
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.oracle import cell_weights, gt_regions, region_boxes, region_labels, region_pooled
-from pipeline.semantic.segments import backbone_kinds, joined, pooled_parts, segment_crops
-from pipeline.spectral.affinity import upsample_features
+from pipeline.semantic.segments import backbone_grids, backbone_kinds, joined, pooled_parts, segment_crops
 
 
 def _at_image_size(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -70,8 +69,7 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
                 grids = {"pool": features_of(row)} if pool else {}
                 if forward:
                     image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
-                    out = backbone([image], also=forward)[0]
-                    grids.update({k: upsample_features(out.also[k], cfg.graph.upsample) for k in forward})
+                    grids.update(backbone_grids(backbone([image], also=forward)[0], forward, cfg.graph.upsample))
                 weights = cell_weights(masks, geometry_of(row, cfg.backbone.long_side))
                 found[row["image_id"]] = joined([region_pooled(grids[k], weights) for k in parts])
             else:

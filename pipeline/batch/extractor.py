@@ -21,8 +21,8 @@ from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import ImageError, check_min_size, decode_image
 from pipeline.io.schema import OPTIONAL_DEFAULTS, eigen_row, eigenvectors_of, features_of
-from pipeline.semantic.segments import (backbone_kinds, joined, pooled_features, pooled_parts, segment_boxes,
-                                        segment_crops, segment_map)
+from pipeline.semantic.segments import (backbone_grids, backbone_kinds, joined, pooled_features, pooled_parts,
+                                        segment_boxes, segment_crops, segment_map)
 from pipeline.io.sources import ImageRef, read_bytes
 from pipeline.spectral.spectrum import Spectrum, graph_spectrum, grid_size
 
@@ -163,8 +163,7 @@ class SpectralExtractor:
             return upsample_features(output.features, self.cfg.graph.upsample)
 
         def grids():
-            return {"pool": grid_features(),
-                    **{kind: upsample_features(output.also[kind], self.cfg.graph.upsample) for kind in self._also}}
+            return {"pool": grid_features(), **backbone_grids(output, self._also, self.cfg.graph.upsample)}
 
         if self.cfg.segments.n_segments:
             row.update(self._segments(image, grids, spectrum.eigenvectors, row))
@@ -228,12 +227,11 @@ class SpectralExtractor:
         segments pool, on the row's grid (one forward pass, only when some are asked for)}."""
         found = {"pool": features_of(stored)}
         if self._also:
-            out = self.backbone([image], also=self._also)[0]
-            for kind in self._also:
-                found[kind] = upsample_features(out.also[kind], self.cfg.graph.upsample)
-                if found[kind].shape[:2] != (stored["grid_h"], stored["grid_w"]):
-                    raise ValueError(f"{kind} grid {found[kind].shape[:2]} is not the stored row's "
-                                     f"{(stored['grid_h'], stored['grid_w'])}")
+            found.update(backbone_grids(self.backbone([image], also=self._also)[0], self._also, self.cfg.graph.upsample))
+        for kind in self._also:
+            if found[kind].shape[:2] != (stored["grid_h"], stored["grid_w"]):
+                raise ValueError(f"{kind} grid {found[kind].shape[:2]} is not the stored row's "
+                                 f"{(stored['grid_h'], stored['grid_w'])}")
         return found
 
     def error_row(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:

@@ -4,6 +4,7 @@
     segment_boxes(labels, n, geom, cfg)     -> (n, 4) float pixel boxes of segments 1..n
     segment_crops(image, boxes, size)       -> n crops, size x size x 3 uint8, to re-embed
     pooled_features(features, labels, n)    (h, w, C) -> (n, C) mean feature per segment
+    joined(pooled)                          several kinds' (n, C_i) -> one (n, sum C_i) feature
 
 Segments are k-means clusters of the patches' spectral embedding (eigenvectors 1..m; the
 constant eigenvector 0 carries nothing). Background, label 0, is the segment covering most of
@@ -18,17 +19,17 @@ from scipy import ndimage
 
 from pipeline.config import SegmentsConfig, intermediate_block
 from pipeline.features.geometry import GridGeometry, cells_to_box
+from pipeline.spectral.affinity import upsample_features
 from pipeline.spectral.spectrum import border_mask
 
 BACKGROUND_RULES = ("border", "fiedler")
-# pipeline.config.SegmentsConfig.features. "blockB" stands for block0, block1, ...; the pooled
-# kinds (pool, keys, blockB) also combine with "+", e.g. "pool+block9".
-SEGMENT_FEATURES = ("crop", "pool", "keys", "blockB")
 
 
 def pooled_parts(features: str) -> tuple[str, ...] | None:
-    """A segment-feature setting -> the patch-feature kinds its segments pool ("pool": the
-    graph's own features; "keys", "blockB": the backbone's), or None for "crop"."""
+    """A segment-feature setting (pipeline.config.SegmentsConfig.features) -> the patch-feature
+    kinds its segments pool ("pool": the graph's own features; "keys", "blockB": the
+    backbone's, B a block index), or None for "crop". Pooled kinds combine with "+", e.g.
+    "pool+block9"."""
     if features == "crop":
         return None
     parts = tuple(features.split("+"))
@@ -43,6 +44,12 @@ def backbone_kinds(features: str) -> tuple[str, ...]:
     """The kinds of a segment-feature setting that need the backbone's own output (Backbone's
     also=): keys and blocks, not the graph's features ("pool") nor crops."""
     return tuple(p for p in pooled_parts(features) or () if p != "pool")
+
+
+def backbone_grids(output, kinds: tuple[str, ...], upsample: int) -> dict[str, np.ndarray]:
+    """A BackboneOutput holding `kinds` in its `also` -> {kind: (grid_h, grid_w, C)} on the
+    eigenvectors' grid (the graph's upsampling)."""
+    return {kind: upsample_features(output.also[kind], upsample) for kind in kinds}
 
 
 def segment_features_kind(value: str) -> str:
