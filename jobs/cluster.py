@@ -8,7 +8,7 @@ segment feature from the shards (bounded memory, pipeline.semantic.clustering), 
 seed, and writes:
 
     OUT/labels/<image stem>.png          palette PNG per image, 0 = background, c + 1 = cluster c
-                                         (with --self-train: the labels a linear head on the
+                                         (with --self-train: the labels a head on the stored
                                          patch features predicts after training on these)
     OUT/segment_labels/part-*.parquet    one row per segment (pipeline.io.schema.SEGMENT_LABEL_SCHEMA)
     OUT/clusters.npz                     centroids (+ PCA), to label new images the same way
@@ -32,9 +32,10 @@ import numpy as np
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
 from pipeline.io.schema import segment_label_table
-from pipeline.semantic.self_training import SelfTrainConfig
-from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_digests,
-                               segment_rows, self_train, self_trained_labels)
+from pipeline.semantic.self_training import HEAD_FEATURES, SelfTrainConfig
+from pipeline.config import ExtractConfig
+from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, missing_head_features, pseudo_labels,
+                                         segment_digests, segment_rows, self_train, self_trained_labels)
 from pipeline.io.shards import shard_config, write_shard
 
 LABEL_DIR = "segment_labels"
@@ -72,14 +73,17 @@ def _save_model(out: str, model: SegmentClusters) -> None:
 def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLabelConfig) -> dict:
     """Fit the clusters and write every output; returns the run record (also OUT/cluster.json)."""
     started = time.time()
-    long_side = shard_config(shards, extract_digest)["backbone"]["long_side"]
+    extract = ExtractConfig.from_dict(shard_config(shards, extract_digest))
+    if cfg.self_train and (why := missing_head_features(extract, cfg.self_train.features)):
+        raise ValueError(why)
+    long_side = extract.backbone.long_side
     model = fit_segment_clusters(shards, extract_digest, cfg.cluster)
     head = self_train(shards, extract_digest, model, cfg.self_train) if cfg.self_train else None
     fit_seconds = time.time() - started
     digest = cfg.digest(extract_digest)
     pending, images, sizes = [], 0, np.zeros(cfg.cluster.n_clusters + 1, np.int64)
     failed = []
-    for row in segment_rows(shards, extract_digest, with_features=head is not None):
+    for row in segment_rows(shards, extract_digest, patch_features=cfg.self_train.features if head else None):
         try:  # e.g. a source image gone since extraction (guided refinement reads it)
             labels, image_labels = pseudo_labels(row, model, cfg, long_side)
             if head is not None:
@@ -168,13 +172,17 @@ def add_self_train_arguments(parser) -> None:
     parser.add_argument("--self-train-whiten", type=int, default=d.whiten, metavar="D",
                         help="--self-train: a fixed PCA whitening of the patch sample to D dimensions in "
                              "front of the head (needs --self-train-patches; 0 = none)")
+    parser.add_argument("--self-train-features", choices=HEAD_FEATURES, default=d.features,
+                        help="--self-train: the head's patch features: the graph's tokens "
+                             "(extracted with --store-features) or the kinds the segments pool, per patch "
+                             "(--store-segment-patches), e.g. pool+block9")
 
 
 def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig:
     try:
         return SelfTrainConfig(epochs=args.self_train_epochs, sample_patches=args.self_train_patches,
                                hidden=args.self_train_hidden, balance=args.self_train_balance,
-                               whiten=args.self_train_whiten, seed=seed)
+                               whiten=args.self_train_whiten, features=args.self_train_features, seed=seed)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
 

@@ -38,8 +38,8 @@ from jobs.tasks import data_flags, extract_samples
 from pipeline.semantic.clustering import ClusterConfig
 from pipeline.io.ground_truth import Sample, folder_pairs, voc_split_ids
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
-from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, pseudo_labels, segment_rows,
-                               self_train, self_trained_labels)
+from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, missing_head_features, pseudo_labels,
+                                         segment_rows, self_train, self_trained_labels)
 from pipeline.io.semantic_masks import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
 from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
 
@@ -57,7 +57,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--label-refine", choices=REFINE_MODES, default="none",
                        help="pseudo-labels at pixel level: cell classes, or guided-filter edges")
     group.add_argument("--self-train", action="store_true",
-                       help="also score a linear head trained on the pseudo-labels (needs --store-features)")
+                       help="also score a head trained on the pseudo-labels (needs --store-features, or "
+                            "--store-segment-patches with --self-train-features segment)")
     add_self_train_arguments(group)
     group.add_argument("--cluster-split", default=None,
                        help="VOC: also extract and cluster every image of ImageSets/Main/SPLIT.txt "
@@ -146,7 +147,8 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
     counts_parts = {name: counts.copy() for name in parts}
     counts_self_parts = {name: counts.copy() for name in parts}
     scored = []
-    for row in segment_rows(shards, digest, image_ids=list(samples), with_features=self_training):
+    for row in segment_rows(shards, digest, image_ids=list(samples),
+                            patch_features=labels_cfg.self_train.features if self_training else None):
         try:  # one unreadable or mismatched mask must not cost the benchmark
             _, labels = pseudo_labels(row, model, labels_cfg, long_side)
             gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
@@ -209,6 +211,8 @@ def run(args: argparse.Namespace) -> dict:
     if not samples:
         raise SystemExit("no images found for these dataset flags")
     cfg, runtime = _extract_config(args)
+    if args.self_train and (why := missing_head_features(cfg, args.self_train_features)):
+        raise SystemExit(f"error: {why}")
     unlabeled = _cluster_only(args, samples)
     out, shards, summary, extract_seconds = extract_samples(args, cfg, runtime, samples + unlabeled)
 

@@ -417,6 +417,9 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment-background", choices=["fiedler", "border"], default=sg.background,
                         help="background segments: the Fiedler vector's background side, or only "
                              "the segment covering most of the border (the reference)")
+    parser.add_argument("--store-segment-patches", action="store_true",
+                        help="also store every patch's pooled-kind features (float16), for a "
+                             "self-training head over them (--self-train-features segment)")
     parser.add_argument("--segment-seed", type=int, default=sg.seed)
     parser.add_argument("--segment-erode", type=int, default=sg.erode,
                         help="patch-level erosions of each segment before its box is taken")
@@ -466,7 +469,7 @@ def _extract_config(args: argparse.Namespace) -> ExtractConfig:
                           storage_dtype="float16" if args.float16 else "float32"),
         segments=SegmentsConfig(n_segments=args.segments, n_eigenvectors=args.segment_eigenvectors,
                                 features=args.segment_features, background=args.segment_background,
-                                backbone=args.segment_backbone,
+                                backbone=args.segment_backbone, store_patches=args.store_segment_patches,
                                 seed=args.segment_seed, erode=args.segment_erode, dilate=args.segment_dilate),
         store_features=args.store_features,
     )

@@ -20,7 +20,6 @@ from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
 from pipeline.features.geometry import geometry_of
 from pipeline.io.ground_truth import Sample
 from pipeline.io.images import decode_image
-from pipeline.io.schema import features_of
 from pipeline.io.semantic_masks import LabelMap, read_class_mask
 from pipeline.io.sources import read_bytes
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters
@@ -58,7 +57,7 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
             backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights, features=cfg.backbone.features,
                                        resize=(cfg.backbone.long_side or "crop") if forward else "crop")
     found, failed = {}, []
-    for row in segment_rows(shards, cfg.digest(), image_ids=list(samples), with_features=pool):
+    for row in segment_rows(shards, cfg.digest(), image_ids=list(samples), patch_features="tokens" if pool else None):
         try:
             gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
             _, masks = gt_regions(gt, ignore_index)
@@ -66,7 +65,7 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
             if not len(masks):
                 found[row["image_id"]] = np.zeros((0, row["segment_dim"] or 0), np.float32)
             elif parts is not None:
-                grids = {"pool": features_of(row)} if pool else {}
+                grids = {"pool": row["patch_features"]} if pool else {}
                 if forward:
                     image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
                     grids.update(backbone_grids(backbone([image], also=forward)[0], forward, cfg.graph.upsample))

@@ -87,7 +87,7 @@ SPARSE_DEFAULT_TOPK = 10
 # Fields added after shards were written, omitted from the JSON (and so the digest) while at
 # these defaults: a default run keeps the digest it always had and its shards stay valid.
 _OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"}, "backbone": {"flip_average": False, "second_long_side": None},
-                       "segments": {"backbone": None}}
+                       "segments": {"backbone": None, "store_patches": False}}
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,18 @@ class SegmentsConfig:
     erode: int = 2
     dilate: int = 3
     seed: int = 0
+    # Also store every patch's feature of the pooled kinds (`features`, joined per patch as the
+    # segments join them; float16 column segment_patch_features), so a self-training head can
+    # learn from the features the segments were clustered on (SelfTrainConfig.features).
+    store_patches: bool = False
 
     def __post_init__(self):
         if self.backbone is not None and self.features != "crop":
             raise ValueError(f"a segment backbone ({self.backbone!r}) re-embeds crops: it needs "
                              f"features 'crop', not {self.features!r}")
+        if self.store_patches and self.features == "crop":
+            raise ValueError("store_patches stores the patch features the segments pool: crop features "
+                             "have none (store the graph's with store_features)")
 
 
 @dataclass(frozen=True)

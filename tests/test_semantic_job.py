@@ -138,7 +138,7 @@ def test_cluster_command_line(shards, tmp_path):
     assert record["config"]["cluster"]["whiten"] is True
     assert len(list((tmp_path / "labels" / "labels").glob("*.png"))) == record["n_images"]
     assert record["n_failed"] == 0
-    with pytest.raises(ValueError, match="store_features"):  # self-training needs patch features
+    with pytest.raises(ValueError, match="store-features"):  # self-training needs patch features
         main(["cluster", str(out), "--out", str(tmp_path / "st"), "--clusters", "2", "--self-train", "--local"])
 
 

@@ -290,15 +290,20 @@ def test_self_train_flags_reach_the_recorded_config():
     add_arguments(parser)
     args = parser.parse_args(["shards", "--out", "o", "--self-train", "--self-train-patches", "5000",
                               "--self-train-hidden", "64", "--self-train-balance", "--self-train-epochs", "3",
-                              "--self-train-whiten", "32"])
+                              "--self-train-whiten", "32", "--self-train-features", "segment"])
     cfg = PseudoLabelConfig(self_train=self_train_from_args(args, 4))
     recorded = json.loads(json.dumps(cfg.to_dict()))["self_train"]
     assert recorded == {"epochs": 3, "lr": 1e-2, "weight_decay": 1e-4, "batch_patches": 4096, "seed": 4,
-                        "sample_patches": 5000, "hidden": 64, "balance": True, "whiten": 32}
+                        "sample_patches": 5000, "hidden": 64, "balance": True, "whiten": 32,
+                        "features": "segment"}
     assert SelfTrainConfig(**recorded) == cfg.self_train
     assert cfg.digest("x") != PseudoLabelConfig(self_train=SelfTrainConfig(seed=4)).digest("x")
     with pytest.raises(SystemExit, match="needs sample_patches"):
         self_train_from_args(parser.parse_args(["s", "--out", "o", "--self-train-balance"]), 0)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["s", "--out", "o", "--self-train-features", "keys"])
+    with pytest.raises(ValueError, match="tokens"):
+        SelfTrainConfig(features="keys")
 
 
 # ------------------------------------------------------------------------- ground truth

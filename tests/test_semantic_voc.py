@@ -347,3 +347,66 @@ def test_a_block_the_backbone_lacks_fails_before_any_image(offline_weights):
     cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), segments=SegmentsConfig(n_segments=4, features="pool+block12"))
     with pytest.raises(ValueError, match="block12"):
         SpectralExtractor(cfg)
+
+
+def test_segment_patch_features_are_the_pooled_kinds_of_each_patch(voc_tree, tmp_path, offline_weights):
+    """store_patches: every patch's tokens and block 7 (a hook's), each at unit norm and joined
+    as the segments join them, stored at float16, fresh or added to stored rows; pooled under a
+    segment they point where its feature does. Off by default, and out of the default's digest."""
+    from pipeline.features.backbones import create_backbone
+    from pipeline.io.images import decode_image
+    from pipeline.io.schema import segment_patch_features_of
+    from pipeline.io.sources import read_bytes
+    from pipeline.semantic.segments import pooled_features
+
+    root, ids = voc_tree
+    segments = SegmentsConfig(n_segments=4, n_eigenvectors=5, features="pool+block7")
+    plain = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6), segments=segments,
+                          store_features=True)
+    cfg = ExtractConfig(backbone=plain.backbone, eigen=plain.eigen, store_features=True,
+                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="pool+block7", store_patches=True))
+    assert "store_patches" not in json.loads(plain.to_json())["segments"] and cfg.digest() != plain.digest()
+    assert ExtractConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ValueError, match="crop"):
+        SegmentsConfig(n_segments=4, features="crop", store_patches=True)
+    fresh = {r["image_id"]: r for r in read_table(str(_extract(root, tmp_path / "fresh", cfg))).to_pylist()}
+    tokens = create_backbone(resize=112)
+    for row in fresh.values():
+        patches = segment_patch_features_of(row)
+        image = decode_image(read_bytes(row["source_uri"]))
+        unit = [f / np.linalg.norm(f, axis=-1, keepdims=True) for f in (tokens([image])[0].features, _block7_by_hook(image))]
+        np.testing.assert_allclose(patches, np.concatenate(unit, axis=-1) / np.sqrt(2), atol=2e-3)
+        labels, _, features = segments_of(row)
+        pooled = pooled_features(patches, labels, row["n_segments"])
+        cosine = np.sum(pooled * features, axis=1) / np.linalg.norm(pooled, axis=1) / np.linalg.norm(features, axis=1)
+        assert cosine.min() > 0.95
+    assert all(r["segment_patch_features"] is None for r in read_table(str(_extract(root, tmp_path / "plain", plain))).to_pylist())
+    base = _extract(root, tmp_path / "base", segments_source(cfg))
+    run_extract(str(root / "JPEGImages"), str(tmp_path / "reused"), cfg, RuntimeConfig(batch_size=4),
+                local=True, reuse=str(base))
+    for row in read_table(str(tmp_path / "reused")).to_pylist():
+        np.testing.assert_allclose(segment_patch_features_of(row), segment_patch_features_of(fresh[row["image_id"]]),
+                                   atol=2e-3)
+
+
+def test_self_training_head_over_the_segments_patch_features(voc_tree, tmp_path, offline_weights):
+    """--self-train-features segment trains the head on the stored per-patch pool+block7
+    features (768 wide, not the 384 tokens), scores it, and records the choice; shards without
+    them are a clear error."""
+    from pipeline.semantic.labelling import fit_segment_clusters, self_train
+    from pipeline.semantic.self_training import SelfTrainConfig
+
+    root, ids = voc_tree
+    flags = ["--segment-features", "pool+block7", "--self-train", "--self-train-patches", "5000"]
+    report = _evaluate(root, tmp_path / "a", *flags, "--store-segment-patches", "--self-train-features", "segment")
+    assert report["config"]["task"]["self_train"]["features"] == "segment"
+    assert 0 <= report["self_trained_miou"] <= 1 and len(report["per_seed"]) == 2
+    shards, digest = str(tmp_path / "a" / "spectral"), read_table(str(tmp_path / "a" / "spectral"))["config_digest"][0].as_py()
+    model = fit_segment_clusters(shards, digest, ClusterConfig(n_clusters=2))
+    widths = {kind: next(m for m in self_train(shards, digest, model, SelfTrainConfig(
+        epochs=1, sample_patches=2000, features=kind)).modules() if hasattr(m, "in_features")).in_features
+        for kind in ("tokens", "segment")}
+    assert widths == {"tokens": 384, "segment": 768}
+    with pytest.raises(SystemExit, match="store-segment-patches"):  # none stored: refused before extraction
+        _evaluate(root, tmp_path / "b", *flags, "--self-train-features", "segment")
+    assert not (tmp_path / "b").exists()

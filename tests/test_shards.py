@@ -108,3 +108,28 @@ def test_labels_written_before_a_new_column_read_it_as_null(tmp_path):
                 name="part-1.parquet")
     rows = [r for b in scan_batches(str(tmp_path), LABELS_DIR, ["image_id", "soft"]) for r in b.to_pylist()]
     assert rows == [{"image_id": "a.jpg", "soft": None}, {"image_id": "b.jpg", "soft": b"png"}]
+
+
+def test_eigen_shards_written_before_a_new_column_read_it_as_null(tmp_path):
+    # An eigen shard of an older version (no segment_patch_features; float16 eigenvectors)
+    # first in shard order, beside a new one: one scan reads both, the old row's as null.
+    import pyarrow as pa
+
+    from pipeline.io.schema import eigen_schema, segment_patch_features_of
+    from pipeline.io.shards import scan_batches
+
+    old_row, vecs = make_row("a.jpg", "d")
+    old_row["eigenvectors"] = vecs.astype(np.float16).ravel()
+    old_schema = pa.schema([f for f in eigen_schema("float16") if f.name != "segment_patch_features"])
+    write_shard(pa.Table.from_pylist([{k: v for k, v in old_row.items() if k in old_schema.names}], schema=old_schema),
+                str(tmp_path), EIGEN_DIR, "{}", name="part-0.parquet")
+    patches = np.arange(4 * 5 * 2, dtype=np.float16)
+    new_row = {**make_row("b.jpg", "d")[0], "segment_dim": 2, "segment_patch_features": patches}
+    write_shard(eigen_table([{**new_row, "eigenvectors": vecs.astype(np.float16).ravel()}], "float16"),
+                str(tmp_path), EIGEN_DIR, "{}", name="part-1.parquet")
+    rows = [r for b in scan_batches(str(tmp_path), EIGEN_DIR, ["image_id", "grid_h", "grid_w", "segment_dim",
+                                                               "segment_patch_features"]) for r in b.to_pylist()]
+    assert [r["image_id"] for r in rows] == ["a.jpg", "b.jpg"] and rows[0]["segment_patch_features"] is None
+    np.testing.assert_array_equal(segment_patch_features_of(rows[1]), patches.reshape(4, 5, 2))
+    with pytest.raises(ValueError, match="store-segment-patches"):
+        segment_patch_features_of(rows[0])

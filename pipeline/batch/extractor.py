@@ -187,9 +187,14 @@ class SpectralExtractor:
                         np.zeros((0, self.segment_embedder.feature_dim), np.float32))
         else:
             found = grids()
-            features = joined([pooled_features(found[kind], labels, n) for kind in pooled_parts(cfg.features)])
-        return {"n_segments": n, "segment_map": labels.ravel(), "segment_boxes": boxes.ravel(),
-                "segment_dim": features.shape[1], "segment_features": features.astype(np.float32).ravel()}
+            parts = pooled_parts(cfg.features)
+            features = joined([pooled_features(found[kind], labels, n) for kind in parts])
+        columns = {"n_segments": n, "segment_map": labels.ravel(), "segment_boxes": boxes.ravel(),
+                   "segment_dim": features.shape[1], "segment_features": features.astype(np.float32).ravel()}
+        if cfg.store_patches:  # each patch joined as the segments are: a head sees the same features
+            patches = joined([found[kind].reshape(-1, found[kind].shape[-1]) for kind in parts])
+            columns["segment_patch_features"] = patches.astype(np.float16).ravel()
+        return columns
 
     def from_stored(self, items: list[tuple[ImageRef, dict | None]]) -> tuple[list[dict], list[dict]]:
         """(ref, its row from an extraction with config segments_source(cfg), or None) pairs ->

@@ -10,6 +10,8 @@ shape in sibling columns:
                   only with segments (pipeline.semantic.segments); then also
     segment_boxes: n_segments × 4 pixel boxes [x0, y0, x1, y1] of segments 1..n
     segment_features: n_segments × segment_dim, the features the dataset-wide clustering reads
+    segment_patch_features: (grid_h · grid_w) × segment_dim float16, the pooled kinds' feature of
+                  every patch, present only with SegmentsConfig.store_patches
 
 The full run configuration (JSON) is in each file's metadata under b"deep_spectral.config";
 `config_digest` on every row says which configuration produced it.
@@ -48,6 +50,8 @@ EIGEN_SCHEMA = pa.schema(
         pa.field("segment_boxes", pa.list_(pa.float32()), nullable=True),
         pa.field("segment_dim", pa.int32(), nullable=True),
         pa.field("segment_features", pa.large_list(pa.float32()), nullable=True),
+        # Added after shards were written: older shards lack the column (read as null).
+        pa.field("segment_patch_features", pa.large_list(pa.float16()), nullable=True),
     ]
 )
 
@@ -131,9 +135,19 @@ def features_of(row: dict) -> np.ndarray:
     return flat.reshape(row["grid_h"], row["grid_w"], row["feature_dim"])
 
 
+def segment_patch_features_of(row: dict) -> np.ndarray:
+    """A row with stored segment patch features -> (grid_h, grid_w, segment_dim) float32."""
+    if row.get("segment_patch_features") is None:
+        raise ValueError(f"{row['image_id']}: shard was written without the segments' patch features "
+                         "(--store-segment-patches)")
+    flat = np.asarray(row["segment_patch_features"], dtype=np.float32)
+    return flat.reshape(row["grid_h"], row["grid_w"], row["segment_dim"])
+
+
 # Columns a row may leave out: features without store_features, segments without --segments.
 OPTIONAL_DEFAULTS = {"feature_dim": None, "features": None, "n_segments": 0, "segment_map": None,
-                     "segment_boxes": None, "segment_dim": None, "segment_features": None}
+                     "segment_boxes": None, "segment_dim": None, "segment_features": None,
+                     "segment_patch_features": None}
 
 
 def eigen_row(**columns) -> dict:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.io.schema import CONFIG_METADATA_KEY, OBJECT_SCHEMA
+from pipeline.io.schema import CONFIG_METADATA_KEY, EIGEN_SCHEMA, OBJECT_SCHEMA
 from pipeline.io.storage import fresh_listing, put_whole
 
 EIGEN_DIR = "eigs"
@@ -85,12 +85,27 @@ def _dataset(out: str, kind: str):
     # An explicit sorted file list: scans then visit shards in the same order every run.
     files = sorted(p for p in fs.find(folder) if p.endswith(".parquet")
                    and not p.rsplit("/", 1)[-1].startswith(("_", ".")))
-    return ds.dataset(files, filesystem=fs, format="parquet", schema=KIND_SCHEMAS.get(kind)) if files else None
+    if not files:
+        return None
+    if kind == EIGEN_DIR:
+        return ds.dataset(files, filesystem=fs, format="parquet", schema=_eigen_read_schema(fs, files[0]))
+    return ds.dataset(files, filesystem=fs, format="parquet", schema=KIND_SCHEMAS.get(kind))
 
 
 # Kinds read with a fixed schema (not the first file's): columns added later read as null in
-# older shards. Eigen shards are left to their files (float16 or float32 eigenvectors).
+# older shards.
 KIND_SCHEMAS = {LABELS_DIR: OBJECT_SCHEMA}
+
+
+def _eigen_read_schema(fs, first_file: str) -> pa.Schema:
+    """The first eigen shard's schema (its eigenvectors float16 or float32) with the columns
+    added to EIGEN_SCHEMA since it was written, so older shards read them as null."""
+    with fs.open(first_file, "rb") as f:
+        schema = pq.read_schema(f)
+    for field in EIGEN_SCHEMA:
+        if field.name not in schema.names:
+            schema = schema.append(field)
+    return schema
 
 
 KEY_COLUMNS = ["image_id", "config_digest"]

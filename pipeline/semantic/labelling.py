@@ -20,12 +20,13 @@ from typing import Iterator, Optional
 import numpy as np
 import pyarrow.compute as pc
 
+from pipeline.config import ExtractConfig
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, fit_clusters
 from pipeline.semantic.self_training import SelfTrainConfig, predict_probabilities, train_head
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
 from pipeline.semantic.pseudo_labels import label_grid, label_image, label_image_from_scores
-from pipeline.io.schema import features_of, segments_of
+from pipeline.io.schema import segments_of
 from pipeline.io.shards import EIGEN_DIR, scan_batches
 from pipeline.io.sources import read_bytes
 
@@ -81,20 +82,40 @@ def fit_segment_clusters(shards: str, digest: str, cfg: ClusterConfig, batch_row
     return fit_clusters(segment_feature_batches(shards, digest, batch_rows, image_ids), cfg)
 
 
-def segment_rows(shards: str, digest: str, batch_rows: int = 256,
-                 image_ids: list[str] | None = None, with_features: bool = False) -> Iterator[dict]:
-    """Rows (ROW_COLUMNS, plus the patch features if asked) of images with segments, streamed
-    in shard order."""
-    columns = ROW_COLUMNS + (["feature_dim", "features"] if with_features else [])
+# SelfTrainConfig.features -> the (width, per-patch values) columns of a shard row it reads.
+HEAD_FEATURE_COLUMNS = {"tokens": ("feature_dim", "features"), "segment": ("segment_dim", "segment_patch_features")}
+
+
+def missing_head_features(extract: ExtractConfig, features: str) -> str | None:
+    """Why shards of `extract` cannot feed a head over `features` (a HEAD_FEATURE_COLUMNS key),
+    or None when they can."""
+    if features == "tokens" and not extract.store_features:
+        return "a self-training head over the tokens needs shards extracted with --store-features"
+    if features == "segment" and not extract.segments.store_patches:
+        return ("a self-training head over the segments' patch features needs shards extracted with "
+                "--store-segment-patches")
+    return None
+
+
+def segment_rows(shards: str, digest: str, batch_rows: int = 256, image_ids: list[str] | None = None,
+                 patch_features: str | None = None) -> Iterator[dict]:
+    """Rows (ROW_COLUMNS) of images with segments, streamed in shard order; with
+    `patch_features` (a HEAD_FEATURE_COLUMNS key) also row["patch_features"], (grid_h, grid_w, C)."""
+    width, values = HEAD_FEATURE_COLUMNS[patch_features] if patch_features else (None, None)
+    columns = ROW_COLUMNS + ([c for c in (width, values) if c not in ROW_COLUMNS] if values else [])
     for batch in scan_batches(shards, EIGEN_DIR, columns, digest, batch_rows, image_ids):
         # The patch features stay one NumPy buffer sliced per row: as Python lists (to_pylist)
         # they cost more than reading them (self-training reads them once per epoch).
-        features = _list_rows(batch.column("features")) if with_features else None
-        rest = batch.drop_columns(["features"]) if with_features else batch
+        features = _list_rows(batch.column(values)) if values else None
+        rest = batch.drop_columns([values]) if values else batch
         for i, row in enumerate(rest.to_pylist()):
             if row["segment_map"] is not None:
                 if features is not None:
-                    row["features"] = features[i]
+                    if features[i] is None:
+                        raise ValueError(f"{row['image_id']}: shard row has no {values} (extract with "
+                                         + ("--store-features)" if patch_features == "tokens" else
+                                            "--store-segment-patches)"))
+                    row["patch_features"] = features[i].reshape(row["grid_h"], row["grid_w"], row[width])
                 yield row
 
 
@@ -124,23 +145,25 @@ def pseudo_labels(row: dict, model: SegmentClusters, cfg: PseudoLabelConfig,
 
 def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainConfig,
                image_ids: list[str] | None = None):
-    """Train a linear head on every patch's stored feature and its pseudo-label (needs shards
-    extracted with --store-features) -> the head (pipeline.semantic.self_training)."""
+    """Train a head on every patch's stored feature (cfg.features: extracted with
+    --store-features, or --store-segment-patches) and its pseudo-label -> the head
+    (pipeline.semantic.self_training)."""
     def epoch():
-        for batch in _batched(segment_rows(shards, digest, image_ids=image_ids, with_features=True), 32):
+        rows = segment_rows(shards, digest, image_ids=image_ids, patch_features=cfg.features)
+        for batch in _batched(rows, 32):
             features, labels = [], []
             for row in batch:
                 segment_map, _, segment_features = segments_of(row)
                 classes = model.assign(segment_features) + 1 if len(segment_features) else np.zeros(0, int)
-                features.append(features_of(row).reshape(-1, row["feature_dim"]))
+                features.append(row["patch_features"].reshape(-1, row["patch_features"].shape[-1]))
                 labels.append(label_grid(segment_map, classes).ravel())
             yield np.concatenate(features), np.concatenate(labels)
     return train_head(epoch, len(model.centroids) + 1, cfg)
 
 
 def self_trained_labels(row: dict, head, long_side: int | None) -> np.ndarray:
-    """A row with stored features -> (H, W) uint8 labels predicted by the self-trained head."""
-    scores = predict_probabilities(head, features_of(row))
+    """A row read with patch_features (segment_rows) -> (H, W) uint8 labels the head predicts."""
+    scores = predict_probabilities(head, row["patch_features"])
     return label_image_from_scores(scores, geometry_of(row, long_side))
 
 
