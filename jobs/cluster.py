@@ -87,7 +87,7 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
         try:  # e.g. a source image gone since extraction (guided refinement reads it)
             labels, image_labels = pseudo_labels(row, model, cfg, long_side)
             if head is not None:
-                image_labels = self_trained_labels(row, head, long_side)
+                image_labels = self_trained_labels(row, head, long_side, cfg.self_train.context)
         except Exception as exc:
             failed.append({"image_id": row["image_id"], "reason": f"{type(exc).__name__}: {exc}"[:500]})
             continue
@@ -176,13 +176,17 @@ def add_self_train_arguments(parser) -> None:
                         help="--self-train: the head's patch features: the graph's tokens "
                              "(extracted with --store-features) or the kinds the segments pool, per patch "
                              "(--store-segment-patches), e.g. pool+block9")
+    parser.add_argument("--self-train-context", type=int, default=d.context, metavar="R",
+                        help="--self-train: join each patch's feature with its (2R+1)^2 neighbourhood "
+                             "mean (0 = the patch alone)")
 
 
 def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig:
     try:
         return SelfTrainConfig(epochs=args.self_train_epochs, sample_patches=args.self_train_patches,
                                hidden=args.self_train_hidden, balance=args.self_train_balance,
-                               whiten=args.self_train_whiten, features=args.self_train_features, seed=seed)
+                               whiten=args.self_train_whiten, features=args.self_train_features,
+                               context=args.self_train_context, seed=seed)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
 

@@ -155,7 +155,7 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
             image_counts = confusion(_at(labels, gt.shape), gt, n_labels, len(classes), ignore_index)
             self_counts = 0
             if head is not None:
-                predicted = _at(self_trained_labels(row, head, long_side), gt.shape)
+                predicted = _at(self_trained_labels(row, head, long_side, labels_cfg.self_train.context), gt.shape)
                 self_counts = confusion(predicted, gt, n_labels, len(classes), ignore_index)
         except Exception as exc:
             print(f"  failed {row['image_id']}: {type(exc).__name__}: {exc}")

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from pipeline.config import ExtractConfig
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, fit_clusters
-from pipeline.semantic.self_training import SelfTrainConfig, predict_probabilities, train_head
+from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict_probabilities, train_head
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
 from pipeline.semantic.pseudo_labels import label_grid, label_image, label_image_from_scores
@@ -155,15 +155,17 @@ def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainC
             for row in batch:
                 segment_map, _, segment_features = segments_of(row)
                 classes = model.assign(segment_features) + 1 if len(segment_features) else np.zeros(0, int)
-                features.append(row["patch_features"].reshape(-1, row["patch_features"].shape[-1]))
+                grid = head_input(row["patch_features"], cfg.context)
+                features.append(grid.reshape(-1, grid.shape[-1]))
                 labels.append(label_grid(segment_map, classes).ravel())
             yield np.concatenate(features), np.concatenate(labels)
     return train_head(epoch, len(model.centroids) + 1, cfg)
 
 
-def self_trained_labels(row: dict, head, long_side: int | None) -> np.ndarray:
-    """A row read with patch_features (segment_rows) -> (H, W) uint8 labels the head predicts."""
-    scores = predict_probabilities(head, row["patch_features"])
+def self_trained_labels(row: dict, head, long_side: int | None, context: int = 0) -> np.ndarray:
+    """A row read with patch_features (segment_rows) -> (H, W) uint8 labels the head predicts
+    (`context`: the SelfTrainConfig's it was trained with)."""
+    scores = predict_probabilities(head, head_input(row["patch_features"], context))
     return label_image_from_scores(scores, geometry_of(row, long_side))
 
 

@@ -1,7 +1,8 @@
 """Optional self-training: a linear segmentation head on frozen patch features, trained on
 the pseudo-labels, whose predictions replace them.
 
-    train_head(batches, n_labels, cfg)    stream of (patch features (n, C), labels (n,)) -> head
+    head_input(grid, context)             (h, w, C) patch features -> (h, w, C') what the head reads
+    train_head(batches, n_labels, cfg)    stream of (patch features (n, C'), labels (n,)) -> head
     predict_probabilities(head, features) (h, w, C) -> (n_labels, h, w) class probabilities
 
 The head sees every patch's own feature, so it can relabel patches that the per-image
@@ -44,6 +45,9 @@ class SelfTrainConfig:
     # the graph's stored features (store_features); "segment", the features the segments pooled,
     # stored per patch (SegmentsConfig.store_patches), e.g. pool+block9.
     features: str = "tokens"
+    # Context: each patch's feature joined with the mean over its (2r+1)^2 neighbourhood on the
+    # grid (head_input), so a per-patch head sees what surrounds it; 0 = the patch alone.
+    context: int = 0
 
     def __post_init__(self):
         if self.features not in HEAD_FEATURES:
@@ -52,6 +56,20 @@ class SelfTrainConfig:
             raise ValueError("balance weights classes by their share of the patch sample: it needs sample_patches")
         if self.whiten and not self.sample_patches:
             raise ValueError("whiten fits PCA on the patch sample: it needs sample_patches")
+
+
+def head_input(grid: np.ndarray, context: int) -> np.ndarray:
+    """(h, w, C) patch features -> what the head reads of each patch: (h, w, C) as they are, or
+    with context r > 0 (h, w, 2C): the feature and its (2r+1)^2 neighbourhood mean (edges
+    repeated), each at unit norm, joined and scaled by 1/sqrt(2)."""
+    if not context:
+        return grid
+    from scipy.ndimage import uniform_filter
+
+    x = np.asarray(grid, dtype=np.float32)
+    around = uniform_filter(x, size=(2 * context + 1, 2 * context + 1, 1), mode="nearest")
+    unit = [v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12) for v in (x, around)]
+    return np.concatenate(unit, axis=-1) / np.sqrt(2)
 
 
 def _normalized(features: np.ndarray) -> torch.Tensor:
