@@ -179,6 +179,9 @@ def add_self_train_arguments(parser) -> None:
     parser.add_argument("--self-train-context", type=int, default=d.context, metavar="R",
                         help="--self-train: join each patch's feature with its (2R+1)^2 neighbourhood "
                              "mean (0 = the patch alone)")
+    parser.add_argument("--self-train-max-ratio", type=float, default=d.max_ratio, metavar="Q",
+                        help="--self-train: train only on foreground segments whose nearest-centroid "
+                             "distance is at most Q times the second nearest (1 = all)")
 
 
 def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig:
@@ -186,7 +189,7 @@ def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig
         return SelfTrainConfig(epochs=args.self_train_epochs, sample_patches=args.self_train_patches,
                                hidden=args.self_train_hidden, balance=args.self_train_balance,
                                whiten=args.self_train_whiten, features=args.self_train_features,
-                               context=args.self_train_context, seed=seed)
+                               context=args.self_train_context, max_ratio=args.self_train_max_ratio, seed=seed)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
 

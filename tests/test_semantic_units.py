@@ -314,6 +314,20 @@ def test_context_lets_a_head_label_regions_whose_patches_are_noisy_alone():
     assert accuracy[1] > 0.9 and accuracy[1] > accuracy[0] + 0.07
 
 
+def test_distance_ratio_is_nearest_over_second_nearest_centroid():
+    from pipeline.semantic.clustering import SegmentClusters
+
+    model = SegmentClusters(centroids=np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32),
+                            pca_mean=None, pca_components=None, n_fitted=3, n_passes=0)
+    x = np.array([[1.0, 0.0], [1.0, 1.0], [3.0, 1.0]], np.float32)  # unit-normalised before assignment
+    ratio = model.distance_ratio(x)
+    np.testing.assert_allclose(ratio[:2], [0.0, 1.0], atol=1e-6)
+    u = x[2] / np.linalg.norm(x[2])
+    np.testing.assert_allclose(ratio[2], np.linalg.norm(u - [1, 0]) / np.linalg.norm(u - [0, 1]), rtol=1e-5)
+    with pytest.raises(ValueError, match="max_ratio"):
+        SelfTrainConfig(max_ratio=0)
+
+
 def test_self_train_flags_reach_the_recorded_config():
     import argparse
 
@@ -324,12 +338,13 @@ def test_self_train_flags_reach_the_recorded_config():
     add_arguments(parser)
     args = parser.parse_args(["shards", "--out", "o", "--self-train", "--self-train-patches", "5000",
                               "--self-train-hidden", "64", "--self-train-balance", "--self-train-epochs", "3",
-                              "--self-train-whiten", "32", "--self-train-features", "segment", "--self-train-context", "2"])
+                              "--self-train-whiten", "32", "--self-train-features", "segment", "--self-train-context", "2",
+                              "--self-train-max-ratio", "0.8"])
     cfg = PseudoLabelConfig(self_train=self_train_from_args(args, 4))
     recorded = json.loads(json.dumps(cfg.to_dict()))["self_train"]
     assert recorded == {"epochs": 3, "lr": 1e-2, "weight_decay": 1e-4, "batch_patches": 4096, "seed": 4,
                         "sample_patches": 5000, "hidden": 64, "balance": True, "whiten": 32,
-                        "features": "segment", "context": 2}
+                        "features": "segment", "context": 2, "max_ratio": 0.8}
     assert SelfTrainConfig(**recorded) == cfg.self_train
     assert cfg.digest("x") != PseudoLabelConfig(self_train=SelfTrainConfig(seed=4)).digest("x")
     with pytest.raises(SystemExit, match="needs sample_patches"):

@@ -407,6 +407,13 @@ def test_self_training_head_over_the_segments_patch_features(voc_tree, tmp_path,
         epochs=1, sample_patches=2000, features=kind)).modules() if hasattr(m, "in_features")).in_features
         for kind in ("tokens", "segment")}
     assert widths == {"tokens": 384, "segment": 768}
+    # max_ratio near 0 leaves every foreground segment in doubt: the head learns background alone.
+    from pipeline.semantic.labelling import segment_rows, self_trained_labels
+
+    head = self_train(shards, digest, model, SelfTrainConfig(epochs=2, sample_patches=2000, features="segment",
+                                                             max_ratio=1e-6))
+    row = next(segment_rows(shards, digest, patch_features="segment"))
+    assert segments_of(row)[0].max() > 0 and not self_trained_labels(row, head, 112).any()
     with pytest.raises(SystemExit, match="store-segment-patches"):  # none stored: refused before extraction
         _evaluate(root, tmp_path / "b", *flags, "--self-train-features", "segment")
     assert not (tmp_path / "b").exists()

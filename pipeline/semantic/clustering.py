@@ -60,6 +60,16 @@ class SegmentClusters:
         """(n, D) -> (n,) int index of the nearest centroid."""
         return nearest(self.transform(features), self.centroids)
 
+    def distance_ratio(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) -> (n,) distance to the nearest centroid over the distance to the second
+        nearest, in [0, 1]: near 1, the assignment is a toss-up (0 with a single centroid)."""
+        if len(self.centroids) < 2:
+            return np.zeros(len(features), np.float32)
+        x = self.transform(features)
+        d = np.sqrt(np.maximum(((x[:, None, :] - self.centroids[None]) ** 2).sum(axis=2), 0))
+        two = np.sort(d, axis=1)[:, :2]
+        return (two[:, 0] / np.maximum(two[:, 1], 1e-12)).astype(np.float32)
+
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)

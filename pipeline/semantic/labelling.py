@@ -156,8 +156,14 @@ def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainC
                 segment_map, _, segment_features = segments_of(row)
                 classes = model.assign(segment_features) + 1 if len(segment_features) else np.zeros(0, int)
                 grid = head_input(row["patch_features"], cfg.context)
-                features.append(grid.reshape(-1, grid.shape[-1]))
-                labels.append(label_grid(segment_map, classes).ravel())
+                grid = grid.reshape(-1, grid.shape[-1])
+                patch_labels = label_grid(segment_map, classes).ravel()
+                keep = np.ones(len(patch_labels), bool)
+                if cfg.max_ratio < 1 and len(segment_features):
+                    doubtful = np.flatnonzero(model.distance_ratio(segment_features) > cfg.max_ratio) + 1
+                    keep = ~np.isin(segment_map.ravel(), doubtful)
+                features.append(grid[keep])
+                labels.append(patch_labels[keep])
             yield np.concatenate(features), np.concatenate(labels)
     return train_head(epoch, len(model.centroids) + 1, cfg)
 

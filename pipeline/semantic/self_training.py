@@ -48,8 +48,14 @@ class SelfTrainConfig:
     # Context: each patch's feature joined with the mean over its (2r+1)^2 neighbourhood on the
     # grid (head_input), so a per-patch head sees what surrounds it; 0 = the patch alone.
     context: int = 0
+    # Train only on the foreground segments whose distance ratio (nearest centroid over second
+    # nearest, SegmentClusters.distance_ratio) is at most this: their label is least in doubt.
+    # Background segments are always trained on; 1.0 = every segment.
+    max_ratio: float = 1.0
 
     def __post_init__(self):
+        if not 0 < self.max_ratio <= 1:
+            raise ValueError(f"max_ratio is a distance ratio in (0, 1], got {self.max_ratio}")
         if self.features not in HEAD_FEATURES:
             raise ValueError(f"self-training features must be one of {HEAD_FEATURES}, got {self.features!r}")
         if self.balance and not self.sample_patches:
