@@ -2,10 +2,10 @@
 ground-truth regions as the segments (pipeline.semantic.oracle), so every figure comes with
 the ceiling its backbone allows.
 
-Region features follow the extraction's --segment-features: "pool" averages the stored patch
-features over each region (coverage-weighted; needs --store-features), "keys" and "blockB"
-average the last block's keys or block B's tokens the same way (one forward pass per scored
-image), joined kinds ("pool+block9") join the regions' features as segments' are, "crop"
+Region features follow the extraction's --segment-features: "pool" averages the graph's patch
+features over each region (coverage-weighted; the stored ones with --store-features, else from
+a forward pass per scored image), "keys" and "blockB" average the last block's keys or block
+B's tokens the same way (one forward pass per scored image), joined kinds ("pool+block9") join the regions' features as segments' are, "crop"
 re-embeds the box around each region with the backbone's CLS token at --crop-size, as
 segments are. Only the scored images have ground truth, so the oracle clusters their regions
 alone.
@@ -26,6 +26,7 @@ from pipeline.semantic.clustering import ClusterConfig, fit_clusters
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.oracle import cell_weights, gt_regions, region_boxes, region_labels, region_pooled
 from pipeline.semantic.segments import backbone_grids, backbone_kinds, joined, pooled_parts, segment_crops
+from pipeline.spectral.affinity import upsample_features
 
 
 def _at_image_size(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -41,12 +42,11 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
     kind = cfg.segments.features
     parts = pooled_parts(kind)
     pool = parts is not None and "pool" in parts
-    if pool and not cfg.store_features:
-        raise SystemExit(f"--oracle-segments with --segment-features {kind} needs --store-features "
-                         "(the regions' features are pooled from the stored patch features)")
+    stored = pool and cfg.store_features  # else the graph's features come from a forward pass
     forward = backbone_kinds(kind)
+    needs_pass = bool(forward) or (pool and not stored)
     backbone = None
-    if parts is None or forward:
+    if parts is None or needs_pass:
         from pipeline.features.backbones import create_backbone  # torch only when crops, keys or blocks need it
 
         if kind == "crop" and cfg.segments.backbone:  # the crops' own embedder, as segments have
@@ -55,9 +55,9 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
             backbone = segment_embedder(cfg.segments.backbone)
         else:
             backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights, features=cfg.backbone.features,
-                                       resize=(cfg.backbone.long_side or "crop") if forward else "crop")
+                                       resize=(cfg.backbone.long_side or "crop") if needs_pass else "crop")
     found, failed = {}, []
-    for row in segment_rows(shards, cfg.digest(), image_ids=list(samples), patch_features="tokens" if pool else None):
+    for row in segment_rows(shards, cfg.digest(), image_ids=list(samples), patch_features="tokens" if stored else None):
         try:
             gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
             _, masks = gt_regions(gt, ignore_index)
@@ -65,10 +65,13 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
             if not len(masks):
                 found[row["image_id"]] = np.zeros((0, row["segment_dim"] or 0), np.float32)
             elif parts is not None:
-                grids = {"pool": row["patch_features"]} if pool else {}
-                if forward:
+                grids = {"pool": row["patch_features"]} if stored else {}
+                if needs_pass:
                     image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
-                    grids.update(backbone_grids(backbone([image], also=forward)[0], forward, cfg.graph.upsample))
+                    output = backbone([image], also=forward)[0]
+                    grids.update(backbone_grids(output, forward, cfg.graph.upsample))
+                    if pool and not stored:
+                        grids["pool"] = upsample_features(output.features, cfg.graph.upsample)
                 weights = cell_weights(masks, geometry_of(row, cfg.backbone.long_side))
                 found[row["image_id"]] = joined([region_pooled(grids[k], weights) for k in parts])
             else:

@@ -97,12 +97,6 @@ def test_cell_weights_and_coverage_weighted_pooling():
         cell_weights(masks[:, :9], geom)
 
 
-def test_oracle_pool_without_stored_features_is_a_clear_error():
-    cfg = ExtractConfig(segments=SegmentsConfig(n_segments=4, features="pool"))
-    with pytest.raises(SystemExit, match="--store-features"):
-        region_features("nowhere", cfg, {}, None, 255)
-
-
 @pytest.fixture(scope="module")
 def voc_tree(tmp_path_factory):
     """Six images in Main/trainval (the samples and their mirror images), two of them in
@@ -325,6 +319,22 @@ def test_oracle_pools_keys_or_block_tokens_over_each_region(voc_tree, tmp_path, 
         pooled = keys_backbone([image])[0].features if kind == "keys" else _block7_by_hook(image)
         want = region_pooled(pooled, cell_weights(masks, geometry_of(row, 112)))
         np.testing.assert_allclose(features, want, rtol=1e-4, atol=1e-4)
+
+
+def test_oracle_pools_the_graph_features_from_a_forward_pass_when_none_are_stored(voc_tree, tmp_path, offline_weights):
+    from pipeline.io.semantic_masks import voc_semantic
+
+    root, ids = voc_tree
+    samples = {s.image_id.rpartition("/")[2]: s for s in voc_semantic(str(root), "Segmentation/trainval")}
+    found = {}
+    for store in (True, False):
+        cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6), store_features=store,
+                            segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="pool+block7"))
+        found[store], failed = region_features(str(_extract(root, tmp_path / str(store), cfg)), cfg, samples, None, 255)
+        assert not failed and set(found[store]) == set(samples)
+    for image_id, features in found[True].items():
+        assert features.shape[1] == 768
+        np.testing.assert_allclose(found[False][image_id], features, rtol=1e-4, atol=1e-5)
 
 
 def test_segment_features_flag_takes_block_kinds_and_refuses_others():
