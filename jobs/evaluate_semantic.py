@@ -127,10 +127,8 @@ def _cluster_only(args: argparse.Namespace, scored: list[Sample]) -> list[Sample
 
 
 def _extract_config(args: argparse.Namespace):
-    cfg, runtime = extract.configs_from_args(args)
-    if not cfg.segments.n_segments:
-        cfg = dataclasses.replace(cfg, segments=dataclasses.replace(cfg.segments, n_segments=DEFAULT_SEGMENTS))
-    return cfg, runtime
+    # Segments on before the config is made: their default features depend on it (extract).
+    return extract.configs_from_args(argparse.Namespace(**{**vars(args), "segments": args.segments or DEFAULT_SEGMENTS}))
 
 
 def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: tuple[str, ...],

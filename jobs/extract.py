@@ -404,9 +404,11 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
                         help="k-means segments per image for semantic segmentation (0 = none; paper: 15)")
     parser.add_argument("--segment-eigenvectors", type=int, default=sg.n_eigenvectors,
                         help="eigenvectors 1..m that the per-image k-means clusters")
-    parser.add_argument("--segment-features", type=segment_features_kind, default=sg.features,
+    parser.add_argument("--segment-features", type=segment_features_kind, default=None,
                         metavar="{crop,pool,keys,blockB}",
-                        help="crop: re-embed each segment's box crop (CLS); pool: mean patch feature; "
+                        help="default: the backbone registry's (crop; pool+block9 on the offline backbone, "
+                             "crop with --segment-backbone); "
+                             "crop: re-embed each segment's box crop (CLS); pool: mean patch feature; "
                              "keys: mean last-block attention key; blockB: mean of the residual stream "
                              "after block B (0-based), from one more forward pass when segments are added; "
                              "pooled kinds join with '+' (pool+block9: each at unit norm, concatenated)")
@@ -457,6 +459,18 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeC
     return cfg, runtime
 
 
+def _segment_features(args: argparse.Namespace) -> str:
+    """--segment-features, else the backbone registry's default for segments (crop when a
+    segment backbone re-embeds them, or when no segments are made)."""
+    if args.segment_features:
+        return args.segment_features
+    if args.segment_backbone or not args.segments:
+        return SegmentsConfig().features
+    from pipeline.features.backbones import get_spec  # torch: only when segments are asked for
+
+    return get_spec(args.backbone).segment_features
+
+
 def _extract_config(args: argparse.Namespace) -> ExtractConfig:
     return ExtractConfig(
         backbone=BackboneConfig(name=args.backbone, weights=args.weights, features=args.features,
@@ -468,7 +482,7 @@ def _extract_config(args: argparse.Namespace) -> ExtractConfig:
         eigen=EigenConfig(k=args.k, method=args.eigensolver,
                           storage_dtype="float16" if args.float16 else "float32"),
         segments=SegmentsConfig(n_segments=args.segments, n_eigenvectors=args.segment_eigenvectors,
-                                features=args.segment_features, background=args.segment_background,
+                                features=_segment_features(args), background=args.segment_background,
                                 backbone=args.segment_backbone, store_patches=args.store_segment_patches,
                                 seed=args.segment_seed, erode=args.segment_erode, dilate=args.segment_dilate),
         store_features=args.store_features,

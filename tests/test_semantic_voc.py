@@ -351,6 +351,30 @@ def test_segment_features_flag_takes_block_kinds_and_refuses_others():
             parser.parse_args(["--segment-features", bad])
 
 
+def test_segment_features_default_to_the_backbone_registry_entry():
+    """No --segment-features: the registry's per-backbone default (pool+block9 on the offline
+    backbone, crop on DINO); crop with a segment backbone, and crop without segments, so an
+    extraction without segments keeps the digest it always had. evaluate semantic turns
+    segments on before the default is read."""
+    import argparse
+
+    from jobs.evaluate_semantic import _extract_config
+    from jobs.extract import add_extract_options, configs_from_args
+
+    parser = argparse.ArgumentParser()
+    add_extract_options(parser)
+
+    def features(*flags):
+        return configs_from_args(parser.parse_args(list(flags)))[0].segments.features
+    assert features("--segments", "15") == "pool+block9"
+    assert features("--segments", "15", "--backbone", "dino_vits16") == "crop"
+    assert features("--segments", "15", "--segment-backbone", "efficientnet_lite0_supervised") == "crop"
+    assert features("--segments", "15", "--segment-features", "pool") == "pool"
+    assert configs_from_args(parser.parse_args([]))[0].digest() == ExtractConfig().digest()
+    cfg, _ = _extract_config(parser.parse_args([]))
+    assert cfg.segments.n_segments == 15 and cfg.segments.features == "pool+block9"
+
+
 def test_a_block_the_backbone_lacks_fails_before_any_image(offline_weights):
     from pipeline.batch.extractor import SpectralExtractor
 
