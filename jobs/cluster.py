@@ -137,8 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", choices=REFINE_MODES, default="none",
                         help="pixel labels: cell classes, or snapped to edges by the guided filter")
     parser.add_argument("--self-train", action="store_true",
-                        help="label pixels with a linear head trained on the pseudo-labels "
-                             "(shards extracted with --store-features)")
+                        help="label pixels with a head trained on the pseudo-labels (shards extracted "
+                             "with --store-features or --store-segment-patches)")
     add_self_train_arguments(parser)
     parser.add_argument("--config-digest", default=None, help="which extraction config to cluster")
     parser.add_argument("--local", action="store_true", help="run in this process instead of a Ray task")
@@ -172,10 +172,11 @@ def add_self_train_arguments(parser) -> None:
     parser.add_argument("--self-train-whiten", type=int, default=d.whiten, metavar="D",
                         help="--self-train: a fixed PCA whitening of the patch sample to D dimensions in "
                              "front of the head (needs --self-train-patches; 0 = none)")
-    parser.add_argument("--self-train-features", choices=HEAD_FEATURES, default=d.features,
+    parser.add_argument("--self-train-features", choices=HEAD_FEATURES, default=None,
                         help="--self-train: the head's patch features: the graph's tokens "
                              "(extracted with --store-features) or the kinds the segments pool, per patch "
-                             "(--store-segment-patches), e.g. pool+block9")
+                             "(--store-segment-patches), e.g. pool+block9; default: segment where the "
+                             "shards hold them, else tokens")
     parser.add_argument("--self-train-context", type=int, default=d.context, metavar="R",
                         help="--self-train: join each patch's feature with its (2R+1)^2 neighbourhood "
                              "mean (0 = the patch alone)")
@@ -184,20 +185,26 @@ def add_self_train_arguments(parser) -> None:
                              "distance is at most Q times the second nearest (1 = all)")
 
 
-def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig:
+def self_train_from_args(args: argparse.Namespace, seed: int, extract: ExtractConfig | None = None) -> SelfTrainConfig:
+    """The head's config; without --self-train-features, the segments' patch features where
+    `extract` (the shards' config) stored them, else the tokens."""
+    features = args.self_train_features or ("segment" if extract and extract.segments.store_patches else "tokens")
     try:
         return SelfTrainConfig(epochs=args.self_train_epochs, sample_patches=args.self_train_patches,
                                hidden=args.self_train_hidden, balance=args.self_train_balance,
-                               whiten=args.self_train_whiten, features=args.self_train_features,
+                               whiten=args.self_train_whiten, features=features,
                                context=args.self_train_context, max_ratio=args.self_train_max_ratio, seed=seed)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
 
 
 def main(args: argparse.Namespace) -> int:
+    extract = None
+    if args.self_train and not args.self_train_features:  # its default depends on what the shards hold
+        extract = ExtractConfig.from_dict(shard_config(args.shards, pick_digest(args.shards, args.config_digest)))
     cfg = PseudoLabelConfig(cluster_config_from_args(args, args.clusters, args.seed, args.sample_size),
                             refine=args.refine,
-                            self_train=self_train_from_args(args, args.seed) if args.self_train else None)
+                            self_train=self_train_from_args(args, args.seed, extract) if args.self_train else None)
     record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address)
     print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "
           f"in {record['seconds']} s; pseudo-labels in {args.out}/labels")

@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> dict:
     if not samples:
         raise SystemExit("no images found for these dataset flags")
     cfg, runtime = _extract_config(args)
-    if args.self_train and (why := missing_head_features(cfg, args.self_train_features)):
+    if args.self_train and (why := missing_head_features(cfg, self_train_from_args(args, 0, cfg).features)):
         raise SystemExit(f"error: {why}")
     unlabeled = _cluster_only(args, samples)
     out, shards, summary, extract_seconds = extract_samples(args, cfg, runtime, samples + unlabeled)
@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
     for seed in range(args.seeds):
         labels_cfg = PseudoLabelConfig(cluster_config_from_args(args, clusters, seed),
                                        refine=args.label_refine,
-                                       self_train=self_train_from_args(args, seed) if args.self_train else None)
+                                       self_train=self_train_from_args(args, seed, cfg) if args.self_train else None)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
                                      f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids, parts)
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> dict:
                        "labels": PseudoLabelConfig(cluster_config_from_args(args, clusters, ClusterConfig().seed),
                                                    refine=args.label_refine).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
-                       "self_train": dataclasses.asdict(self_train_from_args(args, 0)) if args.self_train else None,
+                       "self_train": dataclasses.asdict(self_train_from_args(args, 0, cfg)) if args.self_train else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index,
                        "cluster_split": args.cluster_split, "oracle_segments": args.oracle_segments,
                        "score_list": args.score_list, "parts": args.part, "reuse_shards": args.reuse_shards},

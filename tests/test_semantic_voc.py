@@ -432,7 +432,7 @@ def test_self_training_head_over_the_segments_patch_features(voc_tree, tmp_path,
 
     root, ids = voc_tree
     flags = ["--segment-features", "pool+block7", "--self-train", "--self-train-patches", "5000"]
-    report = _evaluate(root, tmp_path / "a", *flags, "--store-segment-patches", "--self-train-features", "segment")
+    report = _evaluate(root, tmp_path / "a", *flags, "--store-segment-patches")  # segment: the default where stored
     assert report["config"]["task"]["self_train"]["features"] == "segment"
     assert 0 <= report["self_trained_miou"] <= 1 and len(report["per_seed"]) == 2
     shards, digest = str(tmp_path / "a" / "spectral"), read_table(str(tmp_path / "a" / "spectral"))["config_digest"][0].as_py()
@@ -448,6 +448,8 @@ def test_self_training_head_over_the_segments_patch_features(voc_tree, tmp_path,
                                                              max_ratio=1e-6))
     row = next(segment_rows(shards, digest, patch_features="segment"))
     assert segments_of(row)[0].max() > 0 and not self_trained_labels(row, head, 112).any()
+    tokens = _evaluate(root, tmp_path / "t", *flags, "--seeds", "1")  # none stored: the tokens' head
+    assert tokens["config"]["task"]["self_train"]["features"] == "tokens"
     with pytest.raises(SystemExit, match="store-segment-patches"):  # none stored: refused before extraction
         _evaluate(root, tmp_path / "b", *flags, "--self-train-features", "segment")
     assert not (tmp_path / "b").exists()
