@@ -20,6 +20,7 @@ same files.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -35,7 +36,8 @@ from pipeline.io.schema import segment_label_table
 from pipeline.semantic.self_training import HEAD_FEATURES, SelfTrainConfig
 from pipeline.config import ExtractConfig
 from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, missing_head_features, pseudo_labels,
-                                         segment_digests, segment_rows, self_train, self_trained_labels)
+                                         segment_digests, segment_rows, self_train, self_trained_labels,
+                                         with_head_features)
 from pipeline.io.shards import shard_config, write_shard
 
 LABEL_DIR = "segment_labels"
@@ -74,8 +76,10 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
     """Fit the clusters and write every output; returns the run record (also OUT/cluster.json)."""
     started = time.time()
     extract = ExtractConfig.from_dict(shard_config(shards, extract_digest))
-    if cfg.self_train and (why := missing_head_features(extract, cfg.self_train.features)):
-        raise ValueError(why)
+    if cfg.self_train:
+        cfg = dataclasses.replace(cfg, self_train=with_head_features(cfg.self_train, extract))
+        if why := missing_head_features(extract, cfg.self_train.features):
+            raise ValueError(why)
     long_side = extract.backbone.long_side
     model = fit_segment_clusters(shards, extract_digest, cfg.cluster)
     head = self_train(shards, extract_digest, model, cfg.self_train) if cfg.self_train else None
@@ -185,26 +189,22 @@ def add_self_train_arguments(parser) -> None:
                              "distance is at most Q times the second nearest (1 = all)")
 
 
-def self_train_from_args(args: argparse.Namespace, seed: int, extract: ExtractConfig | None = None) -> SelfTrainConfig:
-    """The head's config; without --self-train-features, the segments' patch features where
-    `extract` (the shards' config) stored them, else the tokens."""
-    features = args.self_train_features or ("segment" if extract and extract.segments.store_patches else "tokens")
+def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig:
+    """The head's config; without --self-train-features, features None: made definite from the
+    shards' config (labelling.with_head_features)."""
     try:
         return SelfTrainConfig(epochs=args.self_train_epochs, sample_patches=args.self_train_patches,
                                hidden=args.self_train_hidden, balance=args.self_train_balance,
-                               whiten=args.self_train_whiten, features=features,
+                               whiten=args.self_train_whiten, features=args.self_train_features,
                                context=args.self_train_context, max_ratio=args.self_train_max_ratio, seed=seed)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
 
 
 def main(args: argparse.Namespace) -> int:
-    extract = None
-    if args.self_train and not args.self_train_features:  # its default depends on what the shards hold
-        extract = ExtractConfig.from_dict(shard_config(args.shards, pick_digest(args.shards, args.config_digest)))
     cfg = PseudoLabelConfig(cluster_config_from_args(args, args.clusters, args.seed, args.sample_size),
                             refine=args.refine,
-                            self_train=self_train_from_args(args, args.seed, extract) if args.self_train else None)
+                            self_train=self_train_from_args(args, args.seed) if args.self_train else None)
     record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address)
     print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "
           f"in {record['seconds']} s; pseudo-labels in {args.out}/labels")

@@ -39,7 +39,9 @@ from pipeline.semantic.clustering import ClusterConfig
 from pipeline.io.ground_truth import Sample, folder_pairs, voc_split_ids
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
 from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, missing_head_features, pseudo_labels,
-                                         segment_rows, self_train, self_trained_labels)
+                                         segment_rows, self_train, self_trained_labels, with_head_features)
+from pipeline.semantic.self_training import SelfTrainConfig
+from pipeline.config import ExtractConfig
 from pipeline.io.semantic_masks import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
 from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
 
@@ -57,8 +59,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--label-refine", choices=REFINE_MODES, default="none",
                        help="pseudo-labels at pixel level: cell classes, or guided-filter edges")
     group.add_argument("--self-train", action="store_true",
-                       help="also score a head trained on the pseudo-labels (needs --store-features, or "
-                            "--store-segment-patches with --self-train-features segment)")
+                       help="also score a head trained on the pseudo-labels (needs --store-features "
+                            "or --store-segment-patches; --self-train-features)")
     add_self_train_arguments(group)
     group.add_argument("--cluster-split", default=None,
                        help="VOC: also extract and cluster every image of ImageSets/Main/SPLIT.txt "
@@ -129,6 +131,10 @@ def _cluster_only(args: argparse.Namespace, scored: list[Sample]) -> list[Sample
 def _extract_config(args: argparse.Namespace):
     # Segments on before the config is made: their default features depend on it (extract).
     return extract.configs_from_args(argparse.Namespace(**{**vars(args), "segments": args.segments or DEFAULT_SEGMENTS}))
+
+
+def _self_train(args: argparse.Namespace, seed: int, cfg: ExtractConfig) -> SelfTrainConfig:
+    return with_head_features(self_train_from_args(args, seed), cfg)
 
 
 def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: tuple[str, ...],
@@ -209,7 +215,7 @@ def run(args: argparse.Namespace) -> dict:
     if not samples:
         raise SystemExit("no images found for these dataset flags")
     cfg, runtime = _extract_config(args)
-    if args.self_train and (why := missing_head_features(cfg, self_train_from_args(args, 0, cfg).features)):
+    if args.self_train and (why := missing_head_features(cfg, _self_train(args, 0, cfg).features)):
         raise SystemExit(f"error: {why}")
     unlabeled = _cluster_only(args, samples)
     out, shards, summary, extract_seconds = extract_samples(args, cfg, runtime, samples + unlabeled)
@@ -223,7 +229,7 @@ def run(args: argparse.Namespace) -> dict:
     for seed in range(args.seeds):
         labels_cfg = PseudoLabelConfig(cluster_config_from_args(args, clusters, seed),
                                        refine=args.label_refine,
-                                       self_train=self_train_from_args(args, seed, cfg) if args.self_train else None)
+                                       self_train=_self_train(args, seed, cfg) if args.self_train else None)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
                                      f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids, parts)
@@ -268,7 +274,7 @@ def run(args: argparse.Namespace) -> dict:
                        "labels": PseudoLabelConfig(cluster_config_from_args(args, clusters, ClusterConfig().seed),
                                                    refine=args.label_refine).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
-                       "self_train": dataclasses.asdict(self_train_from_args(args, 0, cfg)) if args.self_train else None,
+                       "self_train": dataclasses.asdict(_self_train(args, 0, cfg)) if args.self_train else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index,
                        "cluster_split": args.cluster_split, "oracle_segments": args.oracle_segments,
                        "score_list": args.score_list, "parts": args.part, "reuse_shards": args.reuse_shards},

@@ -5,9 +5,9 @@ the ceiling its backbone allows.
 Region features follow the extraction's --segment-features: "pool" averages the graph's patch
 features over each region (coverage-weighted; the stored ones with --store-features, else from
 a forward pass per scored image), "keys" and "blockB" average the last block's keys or block
-B's tokens the same way (one forward pass per scored image), joined kinds ("pool+block9") join the regions' features as segments' are, "crop"
-re-embeds the box around each region with the backbone's CLS token at --crop-size, as
-segments are. Only the scored images have ground truth, so the oracle clusters their regions
+B's tokens the same way (one forward pass per scored image), joined kinds ("pool+block9") join
+the regions' features as segments' are, "crop" re-embeds the box around each region with the
+backbone's CLS token at --crop-size, as segments are. Only the scored images have ground truth, so the oracle clusters their regions
 alone.
 """
 from __future__ import annotations

@@ -328,6 +328,16 @@ def test_distance_ratio_is_nearest_over_second_nearest_centroid():
         SelfTrainConfig(max_ratio=0)
 
 
+def test_head_features_default_to_what_the_shards_hold():
+    from pipeline.config import ExtractConfig, SegmentsConfig
+    from pipeline.semantic.labelling import with_head_features
+
+    patches = ExtractConfig(segments=SegmentsConfig(n_segments=4, features="pool", store_patches=True))
+    assert with_head_features(SelfTrainConfig(features=None), patches).features == "segment"
+    assert with_head_features(SelfTrainConfig(features=None), ExtractConfig(store_features=True)).features == "tokens"
+    assert with_head_features(SelfTrainConfig(features="tokens"), patches).features == "tokens"
+
+
 def test_self_train_flags_reach_the_recorded_config():
     import argparse
 

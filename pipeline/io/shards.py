@@ -87,22 +87,20 @@ def _dataset(out: str, kind: str):
                    and not p.rsplit("/", 1)[-1].startswith(("_", ".")))
     if not files:
         return None
-    if kind == EIGEN_DIR:
-        return ds.dataset(files, filesystem=fs, format="parquet", schema=_eigen_read_schema(fs, files[0]))
-    return ds.dataset(files, filesystem=fs, format="parquet", schema=KIND_SCHEMAS.get(kind))
+    schema = _read_schema(fs, files[0], KIND_SCHEMAS[kind]) if kind in KIND_SCHEMAS else None
+    return ds.dataset(files, filesystem=fs, format="parquet", schema=schema)
 
 
-# Kinds read with a fixed schema (not the first file's): columns added later read as null in
-# older shards.
-KIND_SCHEMAS = {LABELS_DIR: OBJECT_SCHEMA}
+# Kinds whose schema gained columns after shards were written: older shards read them as null.
+KIND_SCHEMAS = {LABELS_DIR: OBJECT_SCHEMA, EIGEN_DIR: EIGEN_SCHEMA}
 
 
-def _eigen_read_schema(fs, first_file: str) -> pa.Schema:
-    """The first eigen shard's schema (its eigenvectors float16 or float32) with the columns
-    added to EIGEN_SCHEMA since it was written, so older shards read them as null."""
+def _read_schema(fs, first_file: str, current: pa.Schema) -> pa.Schema:
+    """The first shard's schema (eigen shards: eigenvectors float16 or float32) with the columns
+    `current` added since it was written."""
     with fs.open(first_file, "rb") as f:
         schema = pq.read_schema(f)
-    for field in EIGEN_SCHEMA:
+    for field in current:
         if field.name not in schema.names:
             schema = schema.append(field)
     return schema

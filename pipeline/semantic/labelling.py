@@ -26,7 +26,7 @@ from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
 from pipeline.semantic.pseudo_labels import label_grid, label_image, label_image_from_scores
-from pipeline.io.schema import segments_of
+from pipeline.io.schema import features_of, segment_patch_features_of, segments_of
 from pipeline.io.shards import EIGEN_DIR, scan_batches
 from pipeline.io.sources import read_bytes
 
@@ -82,8 +82,18 @@ def fit_segment_clusters(shards: str, digest: str, cfg: ClusterConfig, batch_row
     return fit_clusters(segment_feature_batches(shards, digest, batch_rows, image_ids), cfg)
 
 
-# SelfTrainConfig.features -> the (width, per-patch values) columns of a shard row it reads.
-HEAD_FEATURE_COLUMNS = {"tokens": ("feature_dim", "features"), "segment": ("segment_dim", "segment_patch_features")}
+# SelfTrainConfig.features -> the (width, per-patch values) columns of a shard row it reads,
+# and the schema's reader of them.
+HEAD_FEATURE_COLUMNS = {"tokens": ("feature_dim", "features", features_of),
+                        "segment": ("segment_dim", "segment_patch_features", segment_patch_features_of)}
+
+
+def with_head_features(cfg: SelfTrainConfig, extract: ExtractConfig) -> SelfTrainConfig:
+    """cfg with features None (the default's "where stored") made definite for shards of
+    `extract`: the segments' patch features where it stored them, else the tokens."""
+    if cfg.features is not None:
+        return cfg
+    return dataclasses.replace(cfg, features="segment" if extract.segments.store_patches else "tokens")
 
 
 def missing_head_features(extract: ExtractConfig, features: str) -> str | None:
@@ -101,7 +111,7 @@ def segment_rows(shards: str, digest: str, batch_rows: int = 256, image_ids: lis
                  patch_features: str | None = None) -> Iterator[dict]:
     """Rows (ROW_COLUMNS) of images with segments, streamed in shard order; with
     `patch_features` (a HEAD_FEATURE_COLUMNS key) also row["patch_features"], (grid_h, grid_w, C)."""
-    width, values = HEAD_FEATURE_COLUMNS[patch_features] if patch_features else (None, None)
+    width, values, read = HEAD_FEATURE_COLUMNS[patch_features] if patch_features else (None, None, None)
     columns = ROW_COLUMNS + ([c for c in (width, values) if c not in ROW_COLUMNS] if values else [])
     for batch in scan_batches(shards, EIGEN_DIR, columns, digest, batch_rows, image_ids):
         # The patch features stay one NumPy buffer sliced per row: as Python lists (to_pylist)
@@ -111,11 +121,8 @@ def segment_rows(shards: str, digest: str, batch_rows: int = 256, image_ids: lis
         for i, row in enumerate(rest.to_pylist()):
             if row["segment_map"] is not None:
                 if features is not None:
-                    if features[i] is None:
-                        raise ValueError(f"{row['image_id']}: shard row has no {values} (extract with "
-                                         + ("--store-features)" if patch_features == "tokens" else
-                                            "--store-segment-patches)"))
-                    row["patch_features"] = features[i].reshape(row["grid_h"], row["grid_w"], row[width])
+                    row[values] = features[i]
+                    row["patch_features"] = read(row)
                 yield row
 
 

@@ -10,9 +10,10 @@ k-means put in the wrong segment; whether that helps is measured, not assumed (R
 Training streams the data once per epoch, so memory does not grow with the dataset; with
 `sample_patches` one pass draws a seeded uniform sample of at most that many patches and the
 epochs run over it (memory bounded by the sample, one read of the shards instead of one per
-epoch). `features` picks the patch features: the graph's tokens, or the kinds the segments pooled
-(on a backbone whose middle blocks carry the classes, those; docs/semantic.md). `hidden` > 0 makes the head a one-hidden-layer MLP; `balance` weights the loss by the
-inverse frequency of each pseudo-label in the sample (background dominates the patches);
+epoch). `features` picks the patch features: the graph's tokens, or the kinds the segments
+pooled (on a backbone whose middle blocks carry the classes, those; docs/semantic.md).
+`hidden` > 0 makes the head a one-hidden-layer MLP; `balance` weights the loss by the inverse
+frequency of each pseudo-label in the sample (background dominates the patches);
 `whiten` > 0 puts a fixed PCA whitening of the sample (to that many dimensions) in front of the
 head, as the clustering's --whiten does for the segments (the same features' few dominant
 directions otherwise dominate a head trained with a few epochs of AdamW).
@@ -43,8 +44,9 @@ class SelfTrainConfig:
     whiten: int = 0  # sample_patches only: PCA-whitened dimensions in front of the head (0 = none)
     # What the head sees of each patch (pipeline.semantic.labelling.HEAD_FEATURE_COLUMNS): "tokens",
     # the graph's stored features (store_features); "segment", the features the segments pooled,
-    # stored per patch (SegmentsConfig.store_patches), e.g. pool+block9.
-    features: str = "tokens"
+    # stored per patch (SegmentsConfig.store_patches), e.g. pool+block9; None, "segment" where
+    # the shards hold them, else "tokens" (made definite by labelling.with_head_features).
+    features: Optional[str] = "tokens"
     # Context: each patch's feature joined with the mean over its (2r+1)^2 neighbourhood on the
     # grid (head_input), so a per-patch head sees what surrounds it; 0 = the patch alone.
     context: int = 0
@@ -56,7 +58,7 @@ class SelfTrainConfig:
     def __post_init__(self):
         if not 0 < self.max_ratio <= 1:
             raise ValueError(f"max_ratio is a distance ratio in (0, 1], got {self.max_ratio}")
-        if self.features not in HEAD_FEATURES:
+        if self.features is not None and self.features not in HEAD_FEATURES:
             raise ValueError(f"self-training features must be one of {HEAD_FEATURES}, got {self.features!r}")
         if self.balance and not self.sample_patches:
             raise ValueError("balance weights classes by their share of the patch sample: it needs sample_patches")
