@@ -82,7 +82,8 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
             raise ValueError(why)
     long_side = extract.backbone.long_side
     model = fit_segment_clusters(shards, extract_digest, cfg.cluster)
-    head = self_train(shards, extract_digest, model, cfg.self_train) if cfg.self_train else None
+    head = (self_train(shards, extract_digest, model, cfg.self_train, min_share=cfg.min_cluster_share)
+            if cfg.self_train else None)
     fit_seconds = time.time() - started
     digest = cfg.digest(extract_digest)
     pending, images, sizes = [], 0, np.zeros(cfg.cluster.n_clusters + 1, np.int64)
@@ -140,6 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segments held in memory for the k-means fit; more are streamed")
     parser.add_argument("--refine", choices=REFINE_MODES, default="none",
                         help="pixel labels: cell classes, or snapped to edges by the guided filter")
+    add_min_share_argument(parser)
     parser.add_argument("--self-train", action="store_true",
                         help="label pixels with a head trained on the pseudo-labels (shards extracted "
                              "with --store-features or --store-segment-patches)")
@@ -147,6 +149,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-digest", default=None, help="which extraction config to cluster")
     parser.add_argument("--local", action="store_true", help="run in this process instead of a Ray task")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local)")
+
+
+def add_min_share_argument(parser) -> None:
+    parser.add_argument("--min-cluster-share", type=float, default=PseudoLabelConfig.min_cluster_share, metavar="S",
+                        help="per image, a cluster covering less than share S of the foreground gives its "
+                             "segments to the nearest cluster covering more (0 = off)")
 
 
 def add_pca_arguments(parser) -> None:
@@ -202,9 +210,12 @@ def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = PseudoLabelConfig(cluster_config_from_args(args, args.clusters, args.seed, args.sample_size),
-                            refine=args.refine,
-                            self_train=self_train_from_args(args, args.seed) if args.self_train else None)
+    try:
+        cfg = PseudoLabelConfig(cluster_config_from_args(args, args.clusters, args.seed, args.sample_size),
+                                refine=args.refine, min_cluster_share=args.min_cluster_share,
+                                self_train=self_train_from_args(args, args.seed) if args.self_train else None)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address)
     print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "
           f"in {record['seconds']} s; pseudo-labels in {args.out}/labels")

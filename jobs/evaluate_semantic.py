@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
-from jobs.cluster import add_pca_arguments, add_self_train_arguments, cluster_config_from_args, self_train_from_args
+from jobs.cluster import (add_min_share_argument, add_pca_arguments, add_self_train_arguments, cluster_config_from_args,
+                          self_train_from_args)
 from jobs.semantic_oracle import region_features, score_oracle
 from jobs.tasks import data_flags, extract_samples
 from pipeline.semantic.clustering import ClusterConfig
@@ -58,6 +59,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     add_pca_arguments(group)
     group.add_argument("--label-refine", choices=REFINE_MODES, default="none",
                        help="pseudo-labels at pixel level: cell classes, or guided-filter edges")
+    add_min_share_argument(group)
     group.add_argument("--self-train", action="store_true",
                        help="also score a head trained on the pseudo-labels (needs --store-features "
                             "or --store-segment-patches; --self-train-features)")
@@ -144,7 +146,8 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
     """Fit over `cluster_ids` (the scored images and any unlabeled ones), score `samples`
     (and each part of them on its own)."""
     model = fit_segment_clusters(shards, digest, labels_cfg.cluster, image_ids=cluster_ids)
-    head = self_train(shards, digest, model, labels_cfg.self_train, cluster_ids) if self_training else None
+    head = (self_train(shards, digest, model, labels_cfg.self_train, cluster_ids, labels_cfg.min_cluster_share)
+            if self_training else None)
     n_labels = labels_cfg.cluster.n_clusters + 1
     counts = np.zeros((n_labels, len(classes)), np.int64)
     counts_self = counts.copy()
@@ -214,6 +217,10 @@ def run(args: argparse.Namespace) -> dict:
     samples, classes, label_map = _samples(args)
     if not samples:
         raise SystemExit("no images found for these dataset flags")
+    try:  # bad labelling flags fail before any extraction
+        PseudoLabelConfig(min_cluster_share=args.min_cluster_share)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     cfg, runtime = _extract_config(args)
     if args.self_train and (why := missing_head_features(cfg, _self_train(args, 0, cfg).features)):
         raise SystemExit(f"error: {why}")
@@ -228,7 +235,7 @@ def run(args: argparse.Namespace) -> dict:
     per_seed, scored = [], []
     for seed in range(args.seeds):
         labels_cfg = PseudoLabelConfig(cluster_config_from_args(args, clusters, seed),
-                                       refine=args.label_refine,
+                                       refine=args.label_refine, min_cluster_share=args.min_cluster_share,
                                        self_train=_self_train(args, seed, cfg) if args.self_train else None)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
@@ -272,7 +279,8 @@ def run(args: argparse.Namespace) -> dict:
         "config_digest": cfg.digest(),
         "config": {"extract": cfg.to_dict(), "task": {
                        "labels": PseudoLabelConfig(cluster_config_from_args(args, clusters, ClusterConfig().seed),
-                                                   refine=args.label_refine).to_dict(),
+                                                   refine=args.label_refine,
+                                                   min_cluster_share=args.min_cluster_share).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
                        "self_train": dataclasses.asdict(_self_train(args, 0, cfg)) if args.self_train else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index,

@@ -76,6 +76,24 @@ def test_cluster_task_writes_labels_deterministically(shards, tmp_path):
     assert record["config"]["cluster"]["n_clusters"] == 2 and sum(record["segments_per_label"]) == first["n_segments"]
 
 
+def test_cluster_task_keeps_only_clusters_with_a_large_share_of_each_image(shards, tmp_path):
+    out, cfg = shards
+    labels_cfg = PseudoLabelConfig(ClusterConfig(n_clusters=3, pca_dim=0, whiten=False), min_cluster_share=0.5)
+    record = cluster_and_label(str(out), str(tmp_path), cfg.digest(), labels_cfg)
+    assert record["config"]["min_cluster_share"] == 0.5
+    table = pq.read_table(tmp_path / LABEL_DIR).to_pylist()
+    for row in read_table(str(out)).to_pylist():
+        if not row["n_segments"]:
+            continue
+        areas = np.bincount(segments_of(row)[0].ravel(), minlength=row["n_segments"] + 1)[1:]
+        cover = {}
+        for r in table:
+            if r["image_id"] == row["image_id"]:
+                cover[r["label"]] = cover.get(r["label"], 0) + areas[r["segment"] - 1]
+        # Every label left covers half the foreground, or it is the image's only one.
+        assert len(cover) == 1 or min(cover.values()) >= 0.5 * areas.sum()
+
+
 @pytest.mark.ray
 def test_cluster_runs_as_a_ray_task_with_the_same_labels(shards, tmp_path):
     ray = pytest.importorskip("ray")
@@ -132,12 +150,15 @@ def test_cluster_command_line(shards, tmp_path):
 
     out, _ = shards
     assert main(["cluster", str(out), "--out", str(tmp_path / "labels"), "--clusters", "2",
-                 "--pca", "4", "--whiten", "--refine", "guided", "--local"]) == 0
+                 "--pca", "4", "--whiten", "--refine", "guided", "--min-cluster-share", "0.3", "--local"]) == 0
     record = json.loads((tmp_path / "labels" / "cluster.json").read_text())
     assert record["config"]["cluster"]["pca_dim"] == 4 and record["config"]["refine"] == "guided"
+    assert record["config"]["min_cluster_share"] == 0.3
     assert record["config"]["cluster"]["whiten"] is True
     assert len(list((tmp_path / "labels" / "labels").glob("*.png"))) == record["n_images"]
     assert record["n_failed"] == 0
+    with pytest.raises(SystemExit, match="min_cluster_share"):
+        main(["cluster", str(out), "--out", str(tmp_path / "x"), "--min-cluster-share", "2", "--local"])
     with pytest.raises(ValueError, match="store-features"):  # self-training needs patch features
         main(["cluster", str(out), "--out", str(tmp_path / "st"), "--clusters", "2", "--self-train", "--local"])
 

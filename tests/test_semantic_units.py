@@ -328,6 +328,43 @@ def test_distance_ratio_is_nearest_over_second_nearest_centroid():
         SelfTrainConfig(max_ratio=0)
 
 
+def test_consolidation_moves_an_images_small_clusters_to_its_nearest_large_one():
+    from pipeline.semantic.image_clusters import consolidate
+
+    # Four segments: two parts of an object near centroid 0, one near 2 (the stray part, area 1),
+    # one near 1 (a second object, area 4). Columns are squared distances to centroids 0, 1, 2.
+    distances = np.array([[0.1, 2.0, 1.0], [0.2, 2.0, 1.5], [0.9, 2.5, 0.3], [2.0, 0.1, 2.0]])
+    areas = np.array([5, 3, 1, 4])
+    np.testing.assert_array_equal(consolidate(distances, areas, 0.0), [0, 0, 2, 1])
+    # Cluster 2 covers 1/13 of the foreground (< 0.2): its segment goes to its nearest kept one.
+    np.testing.assert_array_equal(consolidate(distances, areas, 0.2), [0, 0, 0, 1])
+    # Cluster 1 covers 4/13 (< 0.4): only cluster 0 (8/13) is kept.
+    np.testing.assert_array_equal(consolidate(distances, areas, 0.4), [0, 0, 0, 0])
+    # No cluster reaches the share: the largest is kept alone.
+    np.testing.assert_array_equal(consolidate(distances, np.array([1, 1, 1, 1]), 0.9), [0, 0, 0, 0])
+    assert consolidate(np.zeros((0, 3)), np.zeros(0), 0.2).shape == (0,)
+
+
+def test_segment_classes_consolidate_by_area_on_the_segment_map():
+    from pipeline.semantic.clustering import SegmentClusters
+    from pipeline.semantic.labelling import PseudoLabelConfig, segment_classes
+
+    model = SegmentClusters(centroids=np.array([[1.0, 0.0], [0.0, 1.0]], np.float32),
+                            pca_mean=None, pca_components=None, n_fitted=2, n_passes=0)
+    segment_map = np.array([[0, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 2]])  # segment 2: 1 cell of 7
+    features = np.array([[1.0, 0.1], [0.3, 1.0]], np.float32)  # nearest: cluster 0, cluster 1
+    np.testing.assert_array_equal(segment_classes(segment_map, features, model), [1, 2])
+    np.testing.assert_array_equal(segment_classes(segment_map, features, model, 0.2), [1, 1])
+    np.testing.assert_array_equal(segment_classes(segment_map, features, model, 0.1), [1, 2])
+    np.testing.assert_allclose(model.distances(features)[:, 0] == model.distances(features).min(axis=1), [1, 0])
+    # Left out of the digest when off, so runs made before the option keep their digests.
+    assert "min_cluster_share" not in PseudoLabelConfig().to_dict()
+    assert PseudoLabelConfig(min_cluster_share=0.2).to_dict()["min_cluster_share"] == 0.2
+    assert PseudoLabelConfig(min_cluster_share=0.2).digest("x") != PseudoLabelConfig().digest("x")
+    with pytest.raises(ValueError, match="min_cluster_share"):
+        PseudoLabelConfig(min_cluster_share=1.5)
+
+
 def test_head_features_default_to_what_the_shards_hold():
     from pipeline.config import ExtractConfig, SegmentsConfig
     from pipeline.semantic.labelling import with_head_features

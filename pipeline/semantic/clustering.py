@@ -2,6 +2,7 @@
 
     fit_clusters(batches, cfg)   a re-iterable of (n, D) feature batches -> SegmentClusters
     SegmentClusters.assign(x)    (n, D) -> (n,) cluster ids 0..C-1
+    SegmentClusters.distances(x) (n, D) -> (n, C) squared distances to the centroids
 
 The features are L2-normalised. One pass draws a seeded reservoir sample (at most
 cfg.sample_size vectors) and counts the input; PCA (optional, whitened if asked) and k-means
@@ -60,14 +61,17 @@ class SegmentClusters:
         """(n, D) -> (n,) int index of the nearest centroid."""
         return nearest(self.transform(features), self.centroids)
 
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) -> (n, C) float32 squared distance of each feature to each centroid."""
+        x = self.transform(features)
+        return np.maximum(((x[:, None, :] - self.centroids[None]) ** 2).sum(axis=2), 0).astype(np.float32)
+
     def distance_ratio(self, features: np.ndarray) -> np.ndarray:
         """(n, D) -> (n,) distance to the nearest centroid over the distance to the second
         nearest, in [0, 1]: near 1, the assignment is a toss-up (0 with a single centroid)."""
         if len(self.centroids) < 2:
             return np.zeros(len(features), np.float32)
-        x = self.transform(features)
-        d = np.sqrt(np.maximum(((x[:, None, :] - self.centroids[None]) ** 2).sum(axis=2), 0))
-        two = np.sort(d, axis=1)[:, :2]
+        two = np.sqrt(np.sort(self.distances(features), axis=1)[:, :2])
         return (two[:, 0] / np.maximum(two[:, 1], 1e-12)).astype(np.float32)
 
 

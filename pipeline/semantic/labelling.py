@@ -4,6 +4,7 @@ every image's segment features -> dataset-wide clusters -> per-image pseudo-labe
     segment_feature_batches(shards, digest)     a re-iterable stream of (n, D) feature batches
     fit_segment_clusters(shards, digest, cfg)   -> SegmentClusters (pipeline.semantic.clustering)
     segment_rows(shards, digest)                streams the rows pseudo-labels need
+    segment_classes(segment_map, features, model, min_share)   -> (n,) classes 1..C of one image's segments
     pseudo_labels(row, model, cfg, long_side)   -> (segment labels (n,), label image (H, W))
 
 Shards are read in a fixed order, a batch at a time, so memory does not grow with the
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 
 from pipeline.config import ExtractConfig
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, fit_clusters
+from pipeline.semantic.image_clusters import consolidate
 from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict_probabilities, train_head
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
@@ -41,9 +43,19 @@ class PseudoLabelConfig:
     refine: str = "none"  # pipeline.semantic.pseudo_labels.REFINE_MODES
     # Replace the pixel labels by a linear head's, trained on them (needs stored features).
     self_train: Optional[SelfTrainConfig] = None
+    # Per image, a cluster covering less than this share of the foreground gives its segments
+    # to the nearest cluster that covers more (pipeline.semantic.image_clusters; 0 = off).
+    min_cluster_share: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.min_cluster_share <= 1:
+            raise ValueError(f"min_cluster_share is a share of the foreground in [0, 1], got {self.min_cluster_share}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.min_cluster_share:  # added later: digests of runs without it stay as they were
+            del d["min_cluster_share"]
+        return d
 
     def digest(self, extract_digest: str) -> str:
         """Names a clustering run: these settings over the shards of one extraction config."""
@@ -143,25 +155,37 @@ def pseudo_labels(row: dict, model: SegmentClusters, cfg: PseudoLabelConfig,
     decoded it) is read from the row's source when guided refinement needs it and none is given.
     """
     segment_map, _, features = segments_of(row)
-    labels = model.assign(features) + 1 if len(features) else np.zeros(0, np.int64)
+    labels = segment_classes(segment_map, features, model, cfg.min_cluster_share)
     grid = label_grid(segment_map, labels)
     if cfg.refine != "none" and image is None:
         image = decode_image(read_bytes(row["source_uri"]))
     return labels, label_image(grid, geometry_of(row, long_side), image, cfg.refine)
 
 
+def segment_classes(segment_map: np.ndarray, features: np.ndarray, model: SegmentClusters,
+                    min_share: float = 0.0) -> np.ndarray:
+    """One image's (h, w) segment map (0 = background) and (n, D) segment features -> (n,)
+    int64 classes 1..C: the nearest cluster + 1, consolidated per image when min_share > 0."""
+    if not len(features):
+        return np.zeros(0, np.int64)
+    if not min_share:
+        return model.assign(features).astype(np.int64) + 1
+    areas = np.bincount(segment_map.ravel(), minlength=len(features) + 1)[1:len(features) + 1]
+    return consolidate(model.distances(features), areas, min_share).astype(np.int64) + 1
+
+
 def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainConfig,
-               image_ids: list[str] | None = None):
+               image_ids: list[str] | None = None, min_share: float = 0.0):
     """Train a head on every patch's stored feature (cfg.features: extracted with
-    --store-features, or --store-segment-patches) and its pseudo-label -> the head
-    (pipeline.semantic.self_training)."""
+    --store-features, or --store-segment-patches) and its pseudo-label (segment_classes with
+    min_share) -> the head (pipeline.semantic.self_training)."""
     def epoch():
         rows = segment_rows(shards, digest, image_ids=image_ids, patch_features=cfg.features)
         for batch in _batched(rows, 32):
             features, labels = [], []
             for row in batch:
                 segment_map, _, segment_features = segments_of(row)
-                classes = model.assign(segment_features) + 1 if len(segment_features) else np.zeros(0, int)
+                classes = segment_classes(segment_map, segment_features, model, min_share)
                 grid = head_input(row["patch_features"], cfg.context)
                 grid = grid.reshape(-1, grid.shape[-1])
                 patch_labels = label_grid(segment_map, classes).ravel()
