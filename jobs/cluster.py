@@ -35,7 +35,7 @@ from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
 from pipeline.io.schema import segment_label_table
 from pipeline.semantic.self_training import HEAD_FEATURES, SelfTrainConfig
 from pipeline.config import ExtractConfig
-from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, missing_head_features, pseudo_labels,
+from pipeline.semantic.labelling import (PseudoLabelConfig, fit_label_clusters, missing_head_features, pseudo_labels,
                                          segment_digests, segment_rows, self_train, self_trained_labels,
                                          with_head_features)
 from pipeline.io.shards import shard_config, write_shard
@@ -81,7 +81,7 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
         if why := missing_head_features(extract, cfg.self_train.features):
             raise ValueError(why)
     long_side = extract.backbone.long_side
-    model = fit_segment_clusters(shards, extract_digest, cfg.cluster)
+    model, n_segments = fit_label_clusters(shards, extract_digest, cfg)
     head = (self_train(shards, extract_digest, model, cfg.self_train, min_share=cfg.min_cluster_share)
             if cfg.self_train else None)
     fit_seconds = time.time() - started
@@ -108,7 +108,8 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
         write_shard(segment_label_table(pending), out, LABEL_DIR, json.dumps(cfg.to_dict()))
     _save_model(out, model)
     record = {"config_digest": digest, "extract_digest": extract_digest, "shards": shards,
-              "config": cfg.to_dict(), "n_images": images, "n_segments": model.n_fitted,
+              "config": cfg.to_dict(), "n_images": images, "n_segments": n_segments,
+              "n_regions": model.n_fitted if cfg.region_rounds else None,
               "n_failed": len(failed), "failed": failed[:100],
               "segments_per_label": sizes[1:].tolist(), "lloyd_passes": model.n_passes,
               "fit_seconds": round(fit_seconds, 2), "seconds": round(time.time() - started, 2)}
@@ -141,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segments held in memory for the k-means fit; more are streamed")
     parser.add_argument("--refine", choices=REFINE_MODES, default="none",
                         help="pixel labels: cell classes, or snapped to edges by the guided filter")
-    add_min_share_argument(parser)
+    add_consolidation_arguments(parser)
     parser.add_argument("--self-train", action="store_true",
                         help="label pixels with a head trained on the pseudo-labels (shards extracted "
                              "with --store-features or --store-segment-patches)")
@@ -151,10 +152,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local)")
 
 
-def add_min_share_argument(parser) -> None:
+def add_consolidation_arguments(parser) -> None:
     parser.add_argument("--min-cluster-share", type=float, default=PseudoLabelConfig.min_cluster_share, metavar="S",
                         help="per image, a cluster covering less than share S of the foreground gives its "
-                             "segments to the nearest cluster covering more (0 = off)")
+                             "segments to the nearest cluster covering more (0 = off, the paper's labels)")
+    parser.add_argument("--region-rounds", type=int, default=PseudoLabelConfig.region_rounds, metavar="N",
+                        help="refit the clusters N times over every image's regions (its segments "
+                             "grouped by label) instead of its segments (0 = off)")
 
 
 def add_pca_arguments(parser) -> None:
@@ -213,6 +217,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = PseudoLabelConfig(cluster_config_from_args(args, args.clusters, args.seed, args.sample_size),
                                 refine=args.refine, min_cluster_share=args.min_cluster_share,
+                                region_rounds=args.region_rounds,
                                 self_train=self_train_from_args(args, args.seed) if args.self_train else None)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc

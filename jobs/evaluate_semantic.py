@@ -32,14 +32,14 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
-from jobs.cluster import (add_min_share_argument, add_pca_arguments, add_self_train_arguments, cluster_config_from_args,
+from jobs.cluster import (add_consolidation_arguments, add_pca_arguments, add_self_train_arguments, cluster_config_from_args,
                           self_train_from_args)
 from jobs.semantic_oracle import region_features, score_oracle
 from jobs.tasks import data_flags, extract_samples
 from pipeline.semantic.clustering import ClusterConfig
 from pipeline.io.ground_truth import Sample, folder_pairs, voc_split_ids
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
-from pipeline.semantic.labelling import (PseudoLabelConfig, fit_segment_clusters, missing_head_features, pseudo_labels,
+from pipeline.semantic.labelling import (PseudoLabelConfig, fit_label_clusters, missing_head_features, pseudo_labels,
                                          segment_rows, self_train, self_trained_labels, with_head_features)
 from pipeline.semantic.self_training import SelfTrainConfig
 from pipeline.config import ExtractConfig
@@ -59,7 +59,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     add_pca_arguments(group)
     group.add_argument("--label-refine", choices=REFINE_MODES, default="none",
                        help="pseudo-labels at pixel level: cell classes, or guided-filter edges")
-    add_min_share_argument(group)
+    add_consolidation_arguments(group)
     group.add_argument("--self-train", action="store_true",
                        help="also score a head trained on the pseudo-labels (needs --store-features "
                             "or --store-segment-patches; --self-train-features)")
@@ -145,7 +145,7 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
                 cluster_ids: list[str], parts: dict[str, set[str]]) -> tuple[dict, list[str]]:
     """Fit over `cluster_ids` (the scored images and any unlabeled ones), score `samples`
     (and each part of them on its own)."""
-    model = fit_segment_clusters(shards, digest, labels_cfg.cluster, image_ids=cluster_ids)
+    model, n_segments = fit_label_clusters(shards, digest, labels_cfg, image_ids=cluster_ids)
     head = (self_train(shards, digest, model, labels_cfg.self_train, cluster_ids, labels_cfg.min_cluster_share)
             if self_training else None)
     n_labels = labels_cfg.cluster.n_clusters + 1
@@ -182,7 +182,8 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
     score = hungarian_miou(counts)
     result = {"seed": labels_cfg.cluster.seed, "miou": score.miou, "pixel_accuracy": score.pixel_accuracy,
               "iou": score.iou.tolist(), "match": score.match.tolist(),
-              "n_segments": model.n_fitted, "lloyd_passes": model.n_passes}
+              "n_segments": n_segments, "n_regions": model.n_fitted if labels_cfg.region_rounds else None,
+              "lloyd_passes": model.n_passes}
     result["parts"] = {name: _part_score(c) for name, c in counts_parts.items()}
     if head is not None:
         self_score = hungarian_miou(counts_self)
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
     if not samples:
         raise SystemExit("no images found for these dataset flags")
     try:  # bad labelling flags fail before any extraction
-        PseudoLabelConfig(min_cluster_share=args.min_cluster_share)
+        PseudoLabelConfig(min_cluster_share=args.min_cluster_share, region_rounds=args.region_rounds)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
     cfg, runtime = _extract_config(args)
@@ -236,6 +237,7 @@ def run(args: argparse.Namespace) -> dict:
     for seed in range(args.seeds):
         labels_cfg = PseudoLabelConfig(cluster_config_from_args(args, clusters, seed),
                                        refine=args.label_refine, min_cluster_share=args.min_cluster_share,
+                                       region_rounds=args.region_rounds,
                                        self_train=_self_train(args, seed, cfg) if args.self_train else None)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
@@ -280,7 +282,8 @@ def run(args: argparse.Namespace) -> dict:
         "config": {"extract": cfg.to_dict(), "task": {
                        "labels": PseudoLabelConfig(cluster_config_from_args(args, clusters, ClusterConfig().seed),
                                                    refine=args.label_refine,
-                                                   min_cluster_share=args.min_cluster_share).to_dict(),
+                                                   min_cluster_share=args.min_cluster_share,
+                                                   region_rounds=args.region_rounds).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
                        "self_train": dataclasses.asdict(_self_train(args, 0, cfg)) if args.self_train else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index,

@@ -94,6 +94,38 @@ def test_cluster_task_keeps_only_clusters_with_a_large_share_of_each_image(shard
         assert len(cover) == 1 or min(cover.values()) >= 0.5 * areas.sum()
 
 
+def test_region_rounds_refit_the_clusters_over_each_images_regions(shards, tmp_path):
+    import dataclasses
+
+    from pipeline.semantic.clustering import fit_clusters
+    from pipeline.semantic.labelling import (fit_label_clusters, fit_segment_clusters, region_feature_batches,
+                                             segment_classes)
+
+    out, cfg = shards
+    labels_cfg = PseudoLabelConfig(ClusterConfig(n_clusters=2, pca_dim=0, whiten=False), min_cluster_share=0.3)
+    first = fit_segment_clusters(str(out), cfg.digest(), labels_cfg.cluster)
+    regions = np.concatenate(list(region_feature_batches(str(out), cfg.digest(), first, 0.3)()))
+    expected = []  # by hand: per image, the area-weighted mean feature of each label's segments
+    for row in read_table(str(out)).to_pylist():
+        segment_map, _, features = segments_of(row)
+        if len(features):
+            classes = segment_classes(segment_map, features, first, 0.3)
+            areas = np.bincount(segment_map.ravel(), minlength=len(features) + 1)[1:]
+            expected += [np.average(features[classes == c], axis=0, weights=areas[classes == c])
+                         for c in np.unique(classes)]
+    np.testing.assert_allclose(regions, np.array(expected), rtol=1e-5, atol=1e-6)
+    assert len(regions) < first.n_fitted  # some image had two segments under one label
+
+    rounds = dataclasses.replace(labels_cfg, region_rounds=1)
+    model, n_segments = fit_label_clusters(str(out), cfg.digest(), rounds)
+    assert n_segments == first.n_fitted and model.n_fitted == len(regions)
+    np.testing.assert_allclose(model.centroids, fit_clusters(lambda: iter([regions]), rounds.cluster).centroids,
+                               rtol=1e-5, atol=1e-6)
+    record = cluster_and_label(str(out), str(tmp_path), cfg.digest(), rounds)
+    assert record["n_regions"] == len(regions) and record["n_segments"] == first.n_fitted
+    assert record["config"]["region_rounds"] == 1
+
+
 @pytest.mark.ray
 def test_cluster_runs_as_a_ray_task_with_the_same_labels(shards, tmp_path):
     ray = pytest.importorskip("ray")
@@ -150,10 +182,10 @@ def test_cluster_command_line(shards, tmp_path):
 
     out, _ = shards
     assert main(["cluster", str(out), "--out", str(tmp_path / "labels"), "--clusters", "2",
-                 "--pca", "4", "--whiten", "--refine", "guided", "--min-cluster-share", "0.3", "--local"]) == 0
+                 "--pca", "4", "--whiten", "--refine", "guided", "--min-cluster-share", "0.3", "--region-rounds", "2", "--local"]) == 0
     record = json.loads((tmp_path / "labels" / "cluster.json").read_text())
     assert record["config"]["cluster"]["pca_dim"] == 4 and record["config"]["refine"] == "guided"
-    assert record["config"]["min_cluster_share"] == 0.3
+    assert record["config"]["min_cluster_share"] == 0.3 and record["config"]["region_rounds"] == 2
     assert record["config"]["cluster"]["whiten"] is True
     assert len(list((tmp_path / "labels" / "labels").glob("*.png"))) == record["n_images"]
     assert record["n_failed"] == 0

@@ -345,6 +345,15 @@ def test_consolidation_moves_an_images_small_clusters_to_its_nearest_large_one()
     assert consolidate(np.zeros((0, 3)), np.zeros(0), 0.2).shape == (0,)
 
 
+def test_image_regions_are_the_area_weighted_mean_of_each_clusters_segments():
+    from pipeline.semantic.image_clusters import image_regions
+
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [4.0, 2.0]], np.float32)
+    regions = image_regions(features, np.array([1, 3, 2, 5]), np.array([7, 2, 7, 2]))
+    # cluster 2: segments 1 and 3 (areas 3, 5); cluster 7: segments 0 and 2 (areas 1, 2)
+    np.testing.assert_allclose(regions, [[20 / 8, 13 / 8], [3 / 3, 2 / 3]], rtol=1e-6)
+
+
 def test_segment_classes_consolidate_by_area_on_the_segment_map():
     from pipeline.semantic.clustering import SegmentClusters
     from pipeline.semantic.labelling import PseudoLabelConfig, segment_classes
