@@ -121,6 +121,12 @@ def test_region_rounds_refit_the_clusters_over_each_images_regions(shards, tmp_p
     assert n_segments == first.n_fitted and model.n_fitted == len(regions)
     np.testing.assert_allclose(model.centroids, fit_clusters(lambda: iter([regions]), rounds.cluster).centroids,
                                rtol=1e-5, atol=1e-6)
+    # With PCA the refit keeps the segments' projection: only the centroids move.
+    whitened = dataclasses.replace(rounds, cluster=ClusterConfig(n_clusters=2, pca_dim=3))
+    segment_model = fit_segment_clusters(str(out), cfg.digest(), whitened.cluster)
+    model, _ = fit_label_clusters(str(out), cfg.digest(), whitened)
+    np.testing.assert_array_equal(model.pca_components, segment_model.pca_components)
+    assert not np.allclose(model.centroids, segment_model.centroids)
     record = cluster_and_label(str(out), str(tmp_path), cfg.digest(), rounds)
     assert record["n_regions"] == len(regions) and record["n_segments"] == first.n_fitted
     assert record["config"]["region_rounds"] == 1

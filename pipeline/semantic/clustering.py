@@ -126,15 +126,20 @@ def reservoir_sample(batches: Iterable[np.ndarray], size: int, seed: int) -> tup
     return sample[:filled], seen
 
 
-def fit_clusters(batches: Callable[[], Iterable[np.ndarray]], cfg: ClusterConfig) -> SegmentClusters:
-    """`batches()` yields the stream of (n, D) raw feature batches; called once per pass."""
+def fit_clusters(batches: Callable[[], Iterable[np.ndarray]], cfg: ClusterConfig,
+                 projection: SegmentClusters | None = None) -> SegmentClusters:
+    """`batches()` yields the stream of (n, D) raw feature batches; called once per pass.
+    `projection`: reuse that model's PCA (its feature space) instead of fitting one."""
     sample, total = reservoir_sample(batches(), cfg.sample_size, cfg.seed)
     if len(sample) < cfg.n_clusters:
         raise ValueError(f"{len(sample)} segments cannot make {cfg.n_clusters} clusters")
     mean = components = None
     x = sample
-    if cfg.pca_dim:
+    if projection is not None:
+        mean, components = projection.pca_mean, projection.pca_components
+    elif cfg.pca_dim:
         mean, components = pca_projection(sample, cfg.pca_dim, cfg.seed, cfg.whiten)
+    if components is not None:
         x = (sample - mean) @ components.T
     km = KMeans(n_clusters=cfg.n_clusters, n_init=cfg.n_init, random_state=cfg.seed).fit(x)
     model = SegmentClusters(km.cluster_centers_.astype(np.float32), mean, components, total, 0)

@@ -124,14 +124,15 @@ def region_feature_batches(shards: str, digest: str, model: SegmentClusters, min
 def fit_label_clusters(shards: str, digest: str, cfg: PseudoLabelConfig, batch_rows: int = 1024,
                        image_ids: list[str] | None = None) -> tuple[SegmentClusters, int]:
     """The clusters pseudo-labels are assigned from -> (model, segments clustered): k-means over
-    the segments, then cfg.region_rounds refits over every image's regions under the last model
-    (model.n_fitted then counts regions). Streamed like the segments: memory stays flat."""
-    model = fit_segment_clusters(shards, digest, cfg.cluster, batch_rows, image_ids)
-    n_segments = model.n_fitted
+    the segments, then cfg.region_rounds refits of the centroids over every image's regions
+    under the last model (model.n_fitted then counts regions). The refits keep the segments'
+    PCA: the segments are what gets labelled, and a dataset has fewer regions to fit one on.
+    Streamed like the segments: memory stays flat."""
+    segments = model = fit_segment_clusters(shards, digest, cfg.cluster, batch_rows, image_ids)
     for _ in range(cfg.region_rounds):
         model = fit_clusters(region_feature_batches(shards, digest, model, cfg.min_cluster_share,
-                                                    image_ids=image_ids), cfg.cluster)
-    return model, n_segments
+                                                    image_ids=image_ids), cfg.cluster, projection=segments)
+    return model, segments.n_fitted
 
 
 # SelfTrainConfig.features -> the (width, per-patch values) columns of a shard row it reads,
