@@ -17,6 +17,12 @@ Ward merging of the K centroids into 20); overKw (the same, merged by k-means of
 weighted by their segment counts); spectral (scikit-learn spectral clustering of a 10-NN cosine
 graph of the segments).
 
+--min-cluster-share S ... and --region-rounds N ... label the model levers (kmeans, pcaD, whitenD)
+as the pipeline does (pipeline.semantic.image_clusters): each image's segments take their nearest
+cluster, a cluster under share S of the image's foreground gives its segments to the nearest one
+above it, and N refits of the centroids over every image's regions (the segments grouped by label)
+come first; every combination is a row.
+
 --resegment RULE recomputes every image's segments from its stored eigenvectors, with patch
 features pooled under them (the extraction must have --store-features), before the levers run:
 fixedN (N segments, the extraction's other settings) or gapN (the number of segments chosen per
@@ -48,7 +54,8 @@ from pipeline.io.ground_truth import voc_split_ids
 from pipeline.io.schema import eigenvectors_of, features_of, segments_of
 from pipeline.io.semantic_masks import VOC_CLASSES, read_class_mask, voc_semantic
 from pipeline.io.shards import EIGEN_DIR, scan_batches, shard_config
-from pipeline.semantic.clustering import ClusterConfig, fit_clusters, l2_normalize
+from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, fit_clusters, l2_normalize
+from pipeline.semantic.image_clusters import consolidate, image_regions
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.pseudo_labels import label_image
 from pipeline.semantic.segments import backbone_grids, backbone_kinds, joined, pooled_features, pooled_parts, segment_map
@@ -114,15 +121,17 @@ def clustered_images(shards: str, digest: str, voc_root: str, split: str, cluste
 
 def load(shards: str, digest: str, voc_root: str, split: str, cluster_split: str | None,
          resegment: str | None = None, smallest: int = 3):
-    """-> (features (S, D) in stream order, areas (S,) cells, scored {image stem: (offset, table)})
-    where table is the (n + 1, classes) pixel counts of segment s (0 = background) per class."""
+    """-> (features (S, D) in stream order, areas (S,) cells, scored {image stem: (offset, table)},
+    images [(offset, n)] of every clustered image) where table is the (n + 1, classes) pixel
+    counts of segment s (0 = background) per class."""
     ids, samples, cfg = clustered_images(shards, digest, voc_root, split, cluster_split)
-    features, areas, scored, offset = [], [], {}, 0
+    features, areas, scored, images, offset = [], [], {}, [], 0
     rows = (resegmented_rows(shards, digest, ids, resegment, smallest) if resegment else
             ((row, *segments_of(row)[::2]) for row in segment_rows(shards, digest, image_ids=ids)))
     for row, smap, f in rows:
         n = len(f)
         features.append(f)
+        images.append((offset, n))
         areas.append(np.bincount(smap.ravel(), minlength=n + 1)[1:])
         if row["image_id"] in samples:
             gt = read_class_mask(samples[row["image_id"]].mask_uri)
@@ -130,16 +139,40 @@ def load(shards: str, digest: str, voc_root: str, split: str, cluster_split: str
             stem = os.path.splitext(os.path.basename(row["image_id"]))[0]
             scored[stem] = (offset, confusion(pixels, gt, n + 1, len(VOC_CLASSES)))
         offset += n
-    return np.concatenate(features), np.concatenate(areas).astype(np.float64), scored
+    return np.concatenate(features), np.concatenate(areas).astype(np.float64), scored, images
 
 
-def cluster(lever: str, x: np.ndarray, areas: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
-    """One lever on (S, D) raw segment features -> (S,) cluster ids 0..n_clusters-1."""
+def image_labels(model: SegmentClusters, x: np.ndarray, areas: np.ndarray, images: list, share: float) -> np.ndarray:
+    """Every segment's cluster under `model`, consolidated per image (share 0: nearest)."""
+    distances = model.distances(x)
+    labels = np.argmin(distances, axis=1)
+    for offset, n in images if share else []:
+        if n:
+            labels[offset:offset + n] = consolidate(distances[offset:offset + n], areas[offset:offset + n], share)
+    return labels
+
+
+def region_refits(model: SegmentClusters, x: np.ndarray, areas: np.ndarray, images: list, share: float,
+                  rounds: int, cfg: ClusterConfig) -> SegmentClusters:
+    """pipeline.semantic.labelling.fit_label_clusters on in-memory segments."""
+    segments = model
+    for _ in range(rounds):
+        labels = image_labels(model, x, areas, images, share)
+        regions = np.concatenate([image_regions(x[o:o + n], areas[o:o + n], labels[o:o + n]) for o, n in images if n])
+        model = fit_clusters(lambda: iter([regions]), cfg, projection=segments)
+    return model
+
+
+def cluster(lever: str, x: np.ndarray, areas: np.ndarray, n_clusters: int, seed: int,
+            images: list | None = None, share: float = 0.0, rounds: int = 0) -> np.ndarray:
+    """One lever on (S, D) raw segment features -> (S,) cluster ids 0..n_clusters-1 (the model
+    levers labelled with `share` and `rounds` as image_labels and region_refits do)."""
     xn = l2_normalize(x)
     if lever == "kmeans" or re.fullmatch(r"(pca|whiten)\d+", lever):
         dim = int(re.sub(r"\D", "", lever) or 0)
         cfg = ClusterConfig(n_clusters=n_clusters, seed=seed, pca_dim=dim, whiten=lever.startswith("whiten"))
-        return fit_clusters(lambda: iter([x]), cfg).assign(x)
+        model = region_refits(fit_clusters(lambda: iter([x]), cfg), x, areas, images or [], share, rounds, cfg)
+        return image_labels(model, x, areas, images or [], share)
     if lever == "area":
         return KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(xn, sample_weight=areas)
     if lever.startswith("over"):
@@ -185,10 +218,14 @@ def main() -> None:
     parser.add_argument("--segment-features", nargs="+", default=[], metavar="KIND",
                         help="keys | blockB ...: segment features pooled from a forward pass (see above)")
     parser.add_argument("--cache", default=None, help="directory keeping --segment-features' features")
+    parser.add_argument("--min-cluster-share", type=float, nargs="+", default=[0.0], metavar="S",
+                        help="model levers: per-image consolidation shares (see above)")
+    parser.add_argument("--region-rounds", type=int, nargs="+", default=[0], metavar="N",
+                        help="model levers: refits over the regions (see above)")
     args = parser.parse_args()
 
     digest = pick_digest(args.shards, args.config_digest)
-    x, areas, scored = load(args.shards, digest, args.voc_root, args.split, args.cluster_split,
+    x, areas, scored, images = load(args.shards, digest, args.voc_root, args.split, args.cluster_split,
                             args.resegment, args.min_segments)
     sources = {"stored": x}
     if args.segment_features:
@@ -202,16 +239,19 @@ def main() -> None:
     print(f"extraction {digest}: {len(x)} segments, {len(scored)} scored images, "
           f"{args.clusters} clusters + background, {args.seeds} seeds")
     names = ["all"] + list(parts)
-    print(f"{'features':>10} {'lever':>10} " + " ".join(f"{n:>13}" for n in names) + f" {'s per seed':>10}")
+    print(f"{'features':>10} {'lever':>10} {'share':>5} {'rounds':>6} " + " ".join(f"{n:>13}" for n in names)
+          + f" {'s per seed':>10}")
+    model_lever = re.compile(r"kmeans|(pca|whiten)\d+")
     for source, features in sources.items():
-        for lever in args.levers:
+        for lever, share, rounds in [(lv, s, r) for lv in args.levers for s in args.min_cluster_share
+                                     for r in args.region_rounds if model_lever.fullmatch(lv) or (s, r) == (0, 0)]:
             started, results = time.time(), {n: [] for n in names}
             for seed in range(args.seeds):
-                labels = cluster(lever, features, areas, args.clusters, seed)
+                labels = cluster(lever, features, areas, args.clusters, seed, images, share, rounds)
                 for name in names:
                     results[name].append(score(labels, scored, parts.get(name), args.clusters))
             seconds = (time.time() - started) / args.seeds
-            print(f"{source:>10} {lever:>10} " + " ".join(f"{100 * np.mean(v):>7.1f} ± {100 * np.std(v):>3.1f}"
+            print(f"{source:>10} {lever:>10} {share:>5} {rounds:>6} " + " ".join(f"{100 * np.mean(v):>7.1f} ± {100 * np.std(v):>3.1f}"
                                                           for v in results.values()) + f" {seconds:>10.1f}",
                   flush=True)
 
