@@ -81,7 +81,7 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
         if why := missing_head_features(extract, cfg.self_train.features):
             raise ValueError(why)
     long_side = extract.backbone.long_side
-    model, n_segments = fit_label_clusters(shards, extract_digest, cfg)
+    model, n_segments, n_regions = fit_label_clusters(shards, extract_digest, cfg)
     head = (self_train(shards, extract_digest, model, cfg.self_train, min_share=cfg.min_cluster_share)
             if cfg.self_train else None)
     fit_seconds = time.time() - started
@@ -109,7 +109,7 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
     _save_model(out, model)
     record = {"config_digest": digest, "extract_digest": extract_digest, "shards": shards,
               "config": cfg.to_dict(), "n_images": images, "n_segments": n_segments,
-              "n_regions": model.n_fitted if cfg.region_rounds else None,
+              "n_regions": n_regions,
               "n_failed": len(failed), "failed": failed[:100],
               "segments_per_label": sizes[1:].tolist(), "lloyd_passes": model.n_passes,
               "fit_seconds": round(fit_seconds, 2), "seconds": round(time.time() - started, 2)}

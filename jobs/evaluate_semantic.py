@@ -145,7 +145,7 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
                 cluster_ids: list[str], parts: dict[str, set[str]]) -> tuple[dict, list[str]]:
     """Fit over `cluster_ids` (the scored images and any unlabeled ones), score `samples`
     (and each part of them on its own)."""
-    model, n_segments = fit_label_clusters(shards, digest, labels_cfg, image_ids=cluster_ids)
+    model, n_segments, n_regions = fit_label_clusters(shards, digest, labels_cfg, image_ids=cluster_ids)
     head = (self_train(shards, digest, model, labels_cfg.self_train, cluster_ids, labels_cfg.min_cluster_share)
             if self_training else None)
     n_labels = labels_cfg.cluster.n_clusters + 1
@@ -182,7 +182,7 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
     score = hungarian_miou(counts)
     result = {"seed": labels_cfg.cluster.seed, "miou": score.miou, "pixel_accuracy": score.pixel_accuracy,
               "iou": score.iou.tolist(), "match": score.match.tolist(),
-              "n_segments": n_segments, "n_regions": model.n_fitted if labels_cfg.region_rounds else None,
+              "n_segments": n_segments, "n_regions": n_regions,
               "lloyd_passes": model.n_passes}
     result["parts"] = {name: _part_score(c) for name, c in counts_parts.items()}
     if head is not None:

@@ -117,19 +117,27 @@ def test_region_rounds_refit_the_clusters_over_each_images_regions(shards, tmp_p
     assert len(regions) < first.n_fitted  # some image had two segments under one label
 
     rounds = dataclasses.replace(labels_cfg, region_rounds=1)
-    model, n_segments = fit_label_clusters(str(out), cfg.digest(), rounds)
-    assert n_segments == first.n_fitted and model.n_fitted == len(regions)
+    model, n_segments, n_regions = fit_label_clusters(str(out), cfg.digest(), rounds)
+    assert n_segments == first.n_fitted and model.n_fitted == n_regions == len(regions)
     np.testing.assert_allclose(model.centroids, fit_clusters(lambda: iter([regions]), rounds.cluster).centroids,
                                rtol=1e-5, atol=1e-6)
     # With PCA the refit keeps the segments' projection: only the centroids move.
     whitened = dataclasses.replace(rounds, cluster=ClusterConfig(n_clusters=2, pca_dim=3))
     segment_model = fit_segment_clusters(str(out), cfg.digest(), whitened.cluster)
-    model, _ = fit_label_clusters(str(out), cfg.digest(), whitened)
+    model = fit_label_clusters(str(out), cfg.digest(), whitened).model
     np.testing.assert_array_equal(model.pca_components, segment_model.pca_components)
     assert not np.allclose(model.centroids, segment_model.centroids)
     record = cluster_and_label(str(out), str(tmp_path), cfg.digest(), rounds)
     assert record["n_regions"] == len(regions) and record["n_segments"] == first.n_fitted
     assert record["config"]["region_rounds"] == 1
+    # Fewer regions than clusters: the segments' model stays, and no regions are recorded. With
+    # share 1 every image is one region, so one cluster more than the images is too many.
+    images = sum(r["n_segments"] > 0 for r in read_table(str(out)).to_pylist())
+    assert images + 1 <= first.n_fitted
+    many = PseudoLabelConfig(ClusterConfig(n_clusters=images + 1, pca_dim=0, whiten=False), min_cluster_share=1.0,
+                             region_rounds=1)
+    fitted = fit_label_clusters(str(out), cfg.digest(), many)
+    assert fitted.n_regions is None and fitted.model.n_fitted == first.n_fitted
 
 
 @pytest.mark.ray

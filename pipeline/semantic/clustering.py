@@ -21,6 +21,10 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 
+class TooFewToCluster(ValueError):
+    """Fewer feature vectors than clusters."""
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     n_clusters: int = 20  # foreground clusters; per-image background segments are label 0
@@ -132,7 +136,7 @@ def fit_clusters(batches: Callable[[], Iterable[np.ndarray]], cfg: ClusterConfig
     `projection`: reuse that model's PCA (its feature space) instead of fitting one."""
     sample, total = reservoir_sample(batches(), cfg.sample_size, cfg.seed)
     if len(sample) < cfg.n_clusters:
-        raise ValueError(f"{len(sample)} segments cannot make {cfg.n_clusters} clusters")
+        raise TooFewToCluster(f"{len(sample)} segments cannot make {cfg.n_clusters} clusters")
     mean = components = None
     x = sample
     if projection is not None:

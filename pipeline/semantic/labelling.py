@@ -17,13 +17,13 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 import pyarrow.compute as pc
 
 from pipeline.config import ExtractConfig
-from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, fit_clusters
+from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, TooFewToCluster, fit_clusters
 from pipeline.semantic.image_clusters import consolidate, image_regions
 from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict_probabilities, train_head
 from pipeline.features.geometry import geometry_of
@@ -121,18 +121,29 @@ def region_feature_batches(shards: str, digest: str, model: SegmentClusters, min
     return stream
 
 
+class LabelClusters(NamedTuple):
+    model: SegmentClusters  # the clusters labels are assigned from
+    n_segments: int  # segments clustered
+    n_regions: int | None  # regions of the last refit; None without one
+
+
 def fit_label_clusters(shards: str, digest: str, cfg: PseudoLabelConfig, batch_rows: int = 1024,
-                       image_ids: list[str] | None = None) -> tuple[SegmentClusters, int]:
-    """The clusters pseudo-labels are assigned from -> (model, segments clustered): k-means over
-    the segments, then cfg.region_rounds refits of the centroids over every image's regions
-    under the last model (model.n_fitted then counts regions). The refits keep the segments'
-    PCA: the segments are what gets labelled, and a dataset has fewer regions to fit one on.
-    Streamed like the segments: memory stays flat."""
+                       image_ids: list[str] | None = None) -> LabelClusters:
+    """k-means over the segments, then cfg.region_rounds refits of the centroids over every
+    image's regions under the last model. The refits keep the segments' PCA: the segments are
+    what gets labelled, and a dataset has fewer regions to fit one on. A dataset with fewer
+    regions than clusters keeps the last model it could fit. Streamed like the segments:
+    memory stays flat."""
     segments = model = fit_segment_clusters(shards, digest, cfg.cluster, batch_rows, image_ids)
+    n_regions = None
     for _ in range(cfg.region_rounds):
-        model = fit_clusters(region_feature_batches(shards, digest, model, cfg.min_cluster_share,
-                                                    image_ids=image_ids), cfg.cluster, projection=segments)
-    return model, segments.n_fitted
+        try:
+            model = fit_clusters(region_feature_batches(shards, digest, model, cfg.min_cluster_share,
+                                                        image_ids=image_ids), cfg.cluster, projection=segments)
+        except TooFewToCluster:
+            break
+        n_regions = model.n_fitted
+    return LabelClusters(model, segments.n_fitted, n_regions)
 
 
 # SelfTrainConfig.features -> the (width, per-patch values) columns of a shard row it reads,
