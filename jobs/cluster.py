@@ -36,7 +36,7 @@ from pipeline.io.schema import segment_label_table
 from pipeline.semantic.self_training import HEAD_FEATURES, SelfTrainConfig
 from pipeline.config import ExtractConfig
 from pipeline.semantic.labelling import (PseudoLabelConfig, fit_label_clusters, missing_head_features, pseudo_labels,
-                                         segment_digests, segment_rows, self_train, self_trained_labels,
+                                         segment_digests, segment_rows, self_train, self_trained_labels, source_image,
                                          with_head_features)
 from pipeline.io.shards import shard_config, write_shard
 
@@ -90,9 +90,10 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
     failed = []
     for row in segment_rows(shards, extract_digest, patch_features=cfg.self_train.features if head else None):
         try:  # e.g. a source image gone since extraction (guided refinement reads it)
-            labels, image_labels = pseudo_labels(row, model, cfg, long_side)
+            image = source_image(row) if cfg.refine != "none" else None
+            labels, image_labels = pseudo_labels(row, model, cfg, long_side, image)
             if head is not None:
-                image_labels = self_trained_labels(row, head, long_side, cfg.self_train.context)
+                image_labels = self_trained_labels(row, head, labels, cfg, long_side, image)
         except Exception as exc:
             failed.append({"image_id": row["image_id"], "reason": f"{type(exc).__name__}: {exc}"[:500]})
             continue
@@ -141,7 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-size", type=int, default=d.sample_size,
                         help="segments held in memory for the k-means fit; more are streamed")
     parser.add_argument("--refine", choices=REFINE_MODES, default="none",
-                        help="pixel labels: cell classes, or snapped to edges by the guided filter")
+                        help="pixel labels (and self-trained ones): cell classes, or snapped to image edges by the "
+                             "guided filter or the bilateral solver")
     add_consolidation_arguments(parser)
     parser.add_argument("--self-train", action="store_true",
                         help="label pixels with a head trained on the pseudo-labels (shards extracted "
@@ -199,6 +201,9 @@ def add_self_train_arguments(parser) -> None:
     parser.add_argument("--self-train-max-ratio", type=float, default=d.max_ratio, metavar="Q",
                         help="--self-train: train only on foreground segments whose nearest-centroid "
                              "distance is at most Q times the second nearest (1 = all)")
+    parser.add_argument("--self-train-label-weight", type=float, default=d.label_weight, metavar="W",
+                        help="--self-train: the final labels are the argmax of (1 - W) x the head's "
+                             "probabilities + W x the pseudo-labels' one-hot (0 = the head alone)")
 
 
 def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig:
@@ -208,7 +213,8 @@ def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig
         return SelfTrainConfig(epochs=args.self_train_epochs, sample_patches=args.self_train_patches,
                                hidden=args.self_train_hidden, balance=args.self_train_balance,
                                whiten=args.self_train_whiten, features=args.self_train_features,
-                               context=args.self_train_context, max_ratio=args.self_train_max_ratio, seed=seed)
+                               context=args.self_train_context, max_ratio=args.self_train_max_ratio,
+                               label_weight=args.self_train_label_weight, seed=seed)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
 

@@ -40,7 +40,8 @@ from pipeline.semantic.clustering import ClusterConfig
 from pipeline.io.ground_truth import Sample, folder_pairs, voc_split_ids
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
 from pipeline.semantic.labelling import (PseudoLabelConfig, fit_label_clusters, missing_head_features, pseudo_labels,
-                                         segment_rows, self_train, self_trained_labels, with_head_features)
+                                         segment_rows, self_train, self_trained_labels, source_image,
+                                         with_head_features)
 from pipeline.semantic.self_training import SelfTrainConfig
 from pipeline.config import ExtractConfig
 from pipeline.io.semantic_masks import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
@@ -58,7 +59,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="foreground clusters (default: classes - 1)")
     add_pca_arguments(group)
     group.add_argument("--label-refine", choices=REFINE_MODES, default="none",
-                       help="pseudo-labels at pixel level: cell classes, or guided-filter edges")
+                       help="pixel labels (and self-trained ones): cell classes, or snapped to image edges by the "
+                            "guided filter or the bilateral solver")
     add_consolidation_arguments(group)
     group.add_argument("--self-train", action="store_true",
                        help="also score a head trained on the pseudo-labels (needs --store-features "
@@ -157,12 +159,13 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
     for row in segment_rows(shards, digest, image_ids=list(samples),
                             patch_features=labels_cfg.self_train.features if self_training else None):
         try:  # one unreadable or mismatched mask must not cost the benchmark
-            _, labels = pseudo_labels(row, model, labels_cfg, long_side)
+            image = source_image(row) if labels_cfg.refine != "none" else None
+            segment_labels, labels = pseudo_labels(row, model, labels_cfg, long_side, image)
             gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
             image_counts = confusion(_at(labels, gt.shape), gt, n_labels, len(classes), ignore_index)
             self_counts = 0
             if head is not None:
-                predicted = _at(self_trained_labels(row, head, long_side, labels_cfg.self_train.context), gt.shape)
+                predicted = _at(self_trained_labels(row, head, segment_labels, labels_cfg, long_side, image), gt.shape)
                 self_counts = confusion(predicted, gt, n_labels, len(classes), ignore_index)
         except Exception as exc:
             print(f"  failed {row['image_id']}: {type(exc).__name__}: {exc}")

@@ -1,5 +1,6 @@
 """Semantic segmentation building blocks: per-image segments, dataset clustering, pseudo-label
 PNGs, label maps and Hungarian mIoU, on synthetic inputs whose answers are known."""
+import dataclasses
 import json
 
 import numpy as np
@@ -10,10 +11,11 @@ from PIL import Image
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters, reservoir_sample
 from pipeline.config import SegmentsConfig
 from pipeline.features.geometry import GridGeometry
-from pipeline.semantic.pseudo_labels import decode_label_png, encode_label_png, label_grid, label_image
+from pipeline.semantic.pseudo_labels import (decode_label_png, encode_label_png, label_grid, label_image,
+                                            label_image_from_scores)
 from pipeline.semantic.segments import pooled_features, segment_boxes, segment_crops, segment_map
 from pipeline.io.semantic_masks import read_class_mask, read_label_map, voc_semantic
-from pipeline.semantic.self_training import SelfTrainConfig, predict_probabilities, train_head
+from pipeline.semantic.self_training import SelfTrainConfig, predict_probabilities, train_head, with_labels
 from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
 from tests.conftest import shared_data
 
@@ -209,6 +211,38 @@ def test_label_png_round_trip_and_pixel_labels():
     assert guided.shape == (20, 30) and set(np.unique(guided)) <= {0, 2, 4}
 
 
+def test_pixel_refinement_snaps_labels_to_the_image_edge_inside_a_cell():
+    # Two classes split by an image edge at x = 18, which the 14-px cells put at x = 14.
+    geom = GridGeometry(2, 3, height=28, width=42, cell_h=14, cell_w=14, scale_y=1.0, scale_x=1.0)
+    grid = np.array([[1, 2, 2], [1, 2, 2]])
+    image = np.zeros((28, 42, 3), np.uint8)
+    image[:, :18] = 255
+    truth = np.where(np.arange(42) < 18, 1, 2)[None].repeat(28, axis=0)
+    cells = label_image(grid, geom)
+    assert (cells != truth).sum() == 4 * 28
+    for refine in ("guided", "bilateral"):
+        snapped = label_image(grid, geom, image, refine)
+        assert (snapped != truth).sum() < (cells != truth).sum() / 2, refine
+        np.testing.assert_array_equal(snapped, label_image_from_scores(
+            (np.arange(3)[:, None, None] == grid).astype(np.float32), geom, image, refine))
+    with pytest.raises(ValueError, match="needs the image"):
+        label_image(grid, geom, None, "bilateral")
+
+
+def test_head_blended_with_the_labels_overrules_them_only_where_it_is_confident():
+    grid = np.array([[1, 1, 2, 2]])
+    head = np.array([[[0.05, 0.1, 0.4, 0.9]],   # background
+                     [[0.9, 0.1, 0.3, 0.05]],   # class 1
+                     [[0.05, 0.8, 0.3, 0.05]]])  # class 2
+    blended = with_labels(head, grid, 0.3)
+    np.testing.assert_allclose(blended.sum(axis=0), 1, atol=1e-6)
+    # The head overrules the label in cells 1 (0.8 for 2 against 0.1 for the label 1) and 3
+    # (0.9 background), not in cell 2, where it is unsure (0.4 background, 0.3 the label 2).
+    np.testing.assert_array_equal(blended.argmax(axis=0), [[1, 2, 2, 0]])
+    np.testing.assert_array_equal(head.argmax(axis=0), [[1, 2, 0, 0]])
+    np.testing.assert_array_equal(with_labels(head, grid, 0).argmax(axis=0), head.argmax(axis=0))
+
+
 def test_self_trained_head_learns_noisy_pseudo_labels_and_corrects_them():
     x, truth = blobs(200, seed=2)
     noisy = truth.copy()
@@ -366,9 +400,8 @@ def test_segment_classes_consolidate_by_area_on_the_segment_map():
     np.testing.assert_array_equal(segment_classes(segment_map, features, model, 0.2), [1, 1])
     np.testing.assert_array_equal(segment_classes(segment_map, features, model, 0.1), [1, 2])
     np.testing.assert_allclose(model.distances(features)[:, 0] == model.distances(features).min(axis=1), [1, 0])
-    # Left out of the digest when off, so runs made before the option keep their digests.
-    assert "min_cluster_share" not in PseudoLabelConfig(min_cluster_share=0).to_dict()
     assert PseudoLabelConfig().to_dict()["min_cluster_share"] == 0.2  # the default
+    assert PseudoLabelConfig(min_cluster_share=0).to_dict()["min_cluster_share"] == 0  # recorded as set
     assert PseudoLabelConfig(min_cluster_share=0).digest("x") != PseudoLabelConfig().digest("x")
     with pytest.raises(ValueError, match="min_cluster_share"):
         PseudoLabelConfig(min_cluster_share=1.5)
@@ -384,6 +417,21 @@ def test_head_features_default_to_what_the_shards_hold():
     assert with_head_features(SelfTrainConfig(features="tokens"), patches).features == "tokens"
 
 
+def test_options_added_later_keep_the_digests_of_runs_made_before_them_where_off():
+    from pipeline.semantic.labelling import PseudoLabelConfig
+
+    # Digests computed by the code before --min-cluster-share, --region-rounds and
+    # --self-train-label-weight (commit 38fbd5f), for its defaults and a self-trained run.
+    before = PseudoLabelConfig(min_cluster_share=0, region_rounds=0)
+    assert before.digest("x") == "6203e35731ac741e"
+    trained = PseudoLabelConfig(min_cluster_share=0, region_rounds=0, self_train=SelfTrainConfig(seed=4, label_weight=0))
+    assert trained.digest("x") == "03597421c66321f6"
+    assert len({before.digest("x"), PseudoLabelConfig().digest("x"), trained.digest("x"),
+                dataclasses.replace(trained, self_train=SelfTrainConfig(seed=4)).digest("x")}) == 4
+    with pytest.raises(ValueError, match="label_weight"):
+        SelfTrainConfig(label_weight=1.0)
+
+
 def test_self_train_flags_reach_the_recorded_config():
     import argparse
 
@@ -395,12 +443,12 @@ def test_self_train_flags_reach_the_recorded_config():
     args = parser.parse_args(["shards", "--out", "o", "--self-train", "--self-train-patches", "5000",
                               "--self-train-hidden", "64", "--self-train-balance", "--self-train-epochs", "3",
                               "--self-train-whiten", "32", "--self-train-features", "segment", "--self-train-context", "2",
-                              "--self-train-max-ratio", "0.8"])
+                              "--self-train-max-ratio", "0.8", "--self-train-label-weight", "0.4"])
     cfg = PseudoLabelConfig(self_train=self_train_from_args(args, 4))
     recorded = json.loads(json.dumps(cfg.to_dict()))["self_train"]
     assert recorded == {"epochs": 3, "lr": 1e-2, "weight_decay": 1e-4, "batch_patches": 4096, "seed": 4,
                         "sample_patches": 5000, "hidden": 64, "balance": True, "whiten": 32,
-                        "features": "segment", "context": 2, "max_ratio": 0.8}
+                        "features": "segment", "context": 2, "max_ratio": 0.8, "label_weight": 0.4}
     assert SelfTrainConfig(**recorded) == cfg.self_train
     assert cfg.digest("x") != PseudoLabelConfig(self_train=SelfTrainConfig(seed=4)).digest("x")
     with pytest.raises(SystemExit, match="needs sample_patches"):

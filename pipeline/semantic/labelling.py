@@ -7,6 +7,7 @@ every image's segment features -> dataset-wide clusters -> per-image pseudo-labe
     segment_rows(shards, digest)                streams the rows pseudo-labels need
     segment_classes(segment_map, features, model, min_share)   -> (n,) classes 1..C of one image's segments
     pseudo_labels(row, model, cfg, long_side)   -> (segment labels (n,), label image (H, W))
+    self_trained_labels(row, head, labels, cfg, long_side)   -> the head's label image (H, W)
 
 Shards are read in a fixed order, a batch at a time, so memory does not grow with the
 dataset and the same seed gives the same labels.
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 from pipeline.config import ExtractConfig
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, TooFewToCluster, fit_clusters
 from pipeline.semantic.image_clusters import consolidate, image_regions
-from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict_probabilities, train_head
+from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict_probabilities, train_head, with_labels
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
 from pipeline.semantic.pseudo_labels import label_grid, label_image, label_image_from_scores
@@ -62,16 +63,19 @@ class PseudoLabelConfig:
             raise ValueError(f"region_rounds counts refits, got {self.region_rounds}")
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        # Added later: a digest without them means 0, as before them.
-        for key in ("min_cluster_share", "region_rounds"):
-            if not d[key]:
-                del d[key]
-        return d
+        return dataclasses.asdict(self)
 
     def digest(self, extract_digest: str) -> str:
         """Names a clustering run: these settings over the shards of one extraction config."""
-        text = json.dumps({"labels": self.to_dict(), "extract": extract_digest}, sort_keys=True)
+        d = self.to_dict()
+        # Options added later are left out where they are off, so the runs made before them
+        # keep their digests.
+        for key in ("min_cluster_share", "region_rounds"):
+            if not d[key]:
+                del d[key]
+        if d["self_train"] and not d["self_train"]["label_weight"]:
+            del d["self_train"]["label_weight"]
+        text = json.dumps({"labels": d, "extract": extract_digest}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -206,14 +210,19 @@ def pseudo_labels(row: dict, model: SegmentClusters, cfg: PseudoLabelConfig,
     """A shard row with segments -> (class of each segment 1..n (n,) int, (H, W) uint8 labels).
 
     Classes are cluster + 1; the background segment is 0. `image` (decoded as extraction
-    decoded it) is read from the row's source when guided refinement needs it and none is given.
+    decoded it) is read from the row's source when pixel refinement needs it and none is given.
     """
     segment_map, _, features = segments_of(row)
     labels = segment_classes(segment_map, features, model, cfg.min_cluster_share)
     grid = label_grid(segment_map, labels)
     if cfg.refine != "none" and image is None:
-        image = decode_image(read_bytes(row["source_uri"]))
+        image = source_image(row)
     return labels, label_image(grid, geometry_of(row, long_side), image, cfg.refine)
+
+
+def source_image(row: dict) -> np.ndarray:
+    """The row's source image, decoded as extraction decoded it (H, W, 3) uint8."""
+    return decode_image(read_bytes(row["source_uri"]))
 
 
 def segment_classes(segment_map: np.ndarray, features: np.ndarray, model: SegmentClusters,
@@ -258,11 +267,17 @@ def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainC
     return train_head(epoch, len(model.centroids) + 1, cfg)
 
 
-def self_trained_labels(row: dict, head, long_side: int | None, context: int = 0) -> np.ndarray:
-    """A row read with patch_features (segment_rows) -> (H, W) uint8 labels the head predicts
-    (`context`: the SelfTrainConfig's it was trained with)."""
-    scores = predict_probabilities(head, head_input(row["patch_features"], context))
-    return label_image_from_scores(scores, geometry_of(row, long_side))
+def self_trained_labels(row: dict, head, segment_labels: np.ndarray, cfg: PseudoLabelConfig,
+                        long_side: int | None, image: np.ndarray | None = None) -> np.ndarray:
+    """A row read with patch_features (segment_rows), its segments' pseudo-labels (n,)
+    (pseudo_labels) -> (H, W) uint8 labels: the head's probabilities blended with the labels
+    (cfg.self_train.label_weight), refined at pixels as the labels are (cfg.refine)."""
+    st = cfg.self_train
+    probabilities = predict_probabilities(head, head_input(row["patch_features"], st.context))
+    scores = with_labels(probabilities, label_grid(segments_of(row)[0], segment_labels), st.label_weight)
+    if cfg.refine != "none" and image is None:
+        image = source_image(row)
+    return label_image_from_scores(scores, geometry_of(row, long_side), image, cfg.refine)
 
 
 def _batched(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:

@@ -2,6 +2,7 @@
 
     label_grid(segment_map, segment_labels)        (h, w) segments -> (h, w) uint8 class ids
     label_image(grid, geom, image, refine)         -> (H, W) uint8 over the original image
+    label_image_from_scores(scores, geom, ...)     (L, h, w) class scores -> the same
     encode_label_png(labels) / decode_label_png    palette PNG bytes <-> (H, W) uint8
 
 Class 0 is background (each image's background segment); cluster c is class c + 1.
@@ -14,9 +15,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
-from pipeline.objects.masks import SegmentConfig, refine_guided
+from pipeline.objects.masks import PIXEL_REFINERS, SegmentConfig
 
-REFINE_MODES = ("none", "guided")
+REFINE_MODES = ("none",) + tuple(PIXEL_REFINERS)
 
 
 def voc_palette() -> list[int]:
@@ -44,26 +45,35 @@ def label_image(grid: np.ndarray, geom: GridGeometry, image: np.ndarray | None =
                 refine: str = "none") -> np.ndarray:
     """(grid_h, grid_w) class ids -> (height, width) uint8 over the original image.
 
-    "none": each pixel takes its cell's class. "guided": each present class's indicator is
-    upsampled bilinearly and snapped to image edges by the guided filter (as single-object
-    masks are), and every pixel takes the class with the highest response.
+    "none": each pixel takes its cell's class. "guided" / "bilateral": each present class's
+    indicator is upsampled bilinearly and snapped to image edges (pipeline.objects.masks, as
+    single-object masks are), and every pixel takes the class with the highest response.
     """
     if refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
-    classes = np.unique(grid)
-    if refine == "none" or len(classes) == 1:
+    if refine == "none" or len(np.unique(grid)) == 1:
         return np.rint(grid_to_pixels(grid, geom, bilinear=False)).astype(np.uint8)
+    indicators = np.arange(int(grid.max()) + 1)[:, None, None] == grid
+    return label_image_from_scores(indicators.astype(np.float32), geom, image, refine)
+
+
+def label_image_from_scores(scores: np.ndarray, geom: GridGeometry, image: np.ndarray | None = None,
+                            refine: str = "none") -> np.ndarray:
+    """(L, grid_h, grid_w) per-class scores (a self-trained head's probabilities) -> (height,
+    width) uint8: the argmax of their bilinear upsampling, or with refine, of the classes that
+    win some cell, each snapped to image edges as label_image does."""
+    if refine not in REFINE_MODES:
+        raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
+    if refine == "none":
+        return np.argmax(np.stack([grid_to_pixels(s, geom) for s in scores]), axis=0).astype(np.uint8)
     if image is None:
-        raise ValueError("guided refinement needs the image")
-    indicators = np.stack([grid_to_pixels(grid == c, geom) for c in classes])
-    scores = refine_guided(image, indicators, SegmentConfig())
-    return classes[np.argmax(scores, axis=0)].astype(np.uint8)
-
-
-def label_image_from_scores(scores: np.ndarray, geom: GridGeometry) -> np.ndarray:
-    """(L, grid_h, grid_w) per-class scores -> (height, width) uint8 argmax of their bilinear
-    upsampling (a self-trained head's probabilities)."""
-    return np.argmax(np.stack([grid_to_pixels(s, geom) for s in scores]), axis=0).astype(np.uint8)
+        raise ValueError(f"{refine} refinement needs the image")
+    classes = np.unique(np.argmax(scores, axis=0))
+    upsampled = np.stack([grid_to_pixels(scores[c], geom) for c in classes])
+    if len(classes) == 1:
+        return np.full(upsampled.shape[1:], classes[0], np.uint8)
+    refined = PIXEL_REFINERS[refine](image, upsampled, SegmentConfig())
+    return classes[np.argmax(refined, axis=0)].astype(np.uint8)
 
 
 def encode_label_png(labels: np.ndarray) -> bytes:

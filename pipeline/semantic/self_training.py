@@ -4,6 +4,7 @@ the pseudo-labels, whose predictions replace them.
     head_input(grid, context)             (h, w, C) patch features -> (h, w, C') what the head reads
     train_head(batches, n_labels, cfg)    stream of (patch features (n, C'), labels (n,)) -> head
     predict_probabilities(head, features) (h, w, C) -> (n_labels, h, w) class probabilities
+    with_labels(probabilities, grid, w)   the head's probabilities blended with the pseudo-labels
 
 The head sees every patch's own feature, so it can relabel patches that the per-image
 k-means put in the wrong segment; whether that helps is measured, not assumed (README).
@@ -54,8 +55,14 @@ class SelfTrainConfig:
     # nearest, SegmentClusters.distance_ratio) is at most this: their label is least in doubt.
     # Background segments are always trained on; 1.0 = every segment.
     max_ratio: float = 1.0
+    # The final scores: (1 - w) * the head's probabilities + w * the pseudo-labels' one-hot
+    # (with_labels). The head overrules a label only where it is confident, so one or the
+    # other's isolated mistakes give way. 0 = the head alone.
+    label_weight: float = 0.3
 
     def __post_init__(self):
+        if not 0 <= self.label_weight < 1:
+            raise ValueError(f"label_weight blends the head with the labels, in [0, 1), got {self.label_weight}")
         if not 0 < self.max_ratio <= 1:
             raise ValueError(f"max_ratio is a distance ratio in (0, 1], got {self.max_ratio}")
         if self.features is not None and self.features not in HEAD_FEATURES:
@@ -174,3 +181,10 @@ def predict_probabilities(head: torch.nn.Module, features: np.ndarray) -> np.nda
     h, w, c = features.shape
     logits = head(_normalized(features.reshape(-1, c)))
     return torch.softmax(logits, dim=-1).T.reshape(-1, h, w).numpy()
+
+
+def with_labels(probabilities: np.ndarray, grid: np.ndarray, weight: float) -> np.ndarray:
+    """(L, h, w) head probabilities, (h, w) pseudo-label ids 0..L-1, weight in [0, 1) ->
+    (L, h, w) float32: (1 - weight) * probabilities + weight * one-hot(grid)."""
+    onehot = np.arange(len(probabilities))[:, None, None] == grid
+    return ((1 - weight) * probabilities + weight * onehot).astype(np.float32)
