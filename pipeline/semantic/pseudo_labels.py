@@ -51,7 +51,7 @@ def label_image(grid: np.ndarray, geom: GridGeometry, image: np.ndarray | None =
     """
     if refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
-    if refine == "none" or len(np.unique(grid)) == 1:
+    if refine == "none":
         return np.rint(grid_to_pixels(grid, geom, bilinear=False)).astype(np.uint8)
     indicators = np.arange(int(grid.max()) + 1)[:, None, None] == grid
     return label_image_from_scores(indicators.astype(np.float32), geom, image, refine)
@@ -66,12 +66,12 @@ def label_image_from_scores(scores: np.ndarray, geom: GridGeometry, image: np.nd
         raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
     if refine == "none":
         return np.argmax(np.stack([grid_to_pixels(s, geom) for s in scores]), axis=0).astype(np.uint8)
+    classes = np.unique(np.argmax(scores, axis=0))
+    if len(classes) == 1:  # nothing to snap: one class everywhere, with or without the image
+        return np.full((geom.height, geom.width), classes[0], np.uint8)
     if image is None:
         raise ValueError(f"{refine} refinement needs the image")
-    classes = np.unique(np.argmax(scores, axis=0))
     upsampled = np.stack([grid_to_pixels(scores[c], geom) for c in classes])
-    if len(classes) == 1:
-        return np.full(upsampled.shape[1:], classes[0], np.uint8)
     refined = PIXEL_REFINERS[refine](image, upsampled, SegmentConfig())
     return classes[np.argmax(refined, axis=0)].astype(np.uint8)
 
