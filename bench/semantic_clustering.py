@@ -201,14 +201,19 @@ def score(labels: np.ndarray, scored: dict, stems: set[str] | None, n_clusters: 
     return hungarian_miou(counts).miou
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_stored_voc_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags naming one VOC extraction's stored shards and the masked images it scores."""
     parser.add_argument("--shards", required=True)
     parser.add_argument("--config-digest", default=None, help="which extraction (default: the only one)")
     parser.add_argument("--voc-root", required=True)
     parser.add_argument("--split", default="Segmentation/trainval")
-    parser.add_argument("--cluster-split", default=None)
     parser.add_argument("--part", action="append", default=[], metavar="NAME=FILE")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_stored_voc_arguments(parser)
+    parser.add_argument("--cluster-split", default=None)
     parser.add_argument("--resegment", default=None, help="fixedN | gapN: segments recomputed (see above)")
     parser.add_argument("--min-segments", type=int, default=3, help="gapN's least segment count")
     parser.add_argument("--clusters", type=int, default=20)

@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from bench.semantic_clustering import add_stored_voc_arguments
 from jobs.cluster import pick_digest
 from jobs.evaluate_semantic import _parts as part_stems
 from pipeline.config import ExtractConfig
@@ -44,20 +45,18 @@ def cell_classes(gt: np.ndarray, geom, n_classes: int) -> np.ndarray:
 
 
 def identity_miou(cm: np.ndarray) -> float:
-    """(C, C) confusion -> mean IoU with output c read as class c."""
+    """(outputs, classes) confusion -> mean IoU with output c read as class c, over the classes
+    present in the ground truth (as hungarian_miou averages)."""
     inter = np.diag(cm).astype(np.float64)
-    union = cm.sum(axis=0) + cm.sum(axis=1) - inter
-    present = union > 0
+    gt_total = cm.sum(axis=0)
+    union = cm.sum(axis=1) + gt_total - inter
+    present = gt_total > 0
     return float((inter[present] / union[present]).mean())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", required=True)
-    parser.add_argument("--config-digest", default=None, help="which extraction (default: the only one)")
-    parser.add_argument("--voc-root", required=True)
-    parser.add_argument("--split", default="Segmentation/trainval")
-    parser.add_argument("--part", action="append", default=[], metavar="NAME=FILE")
+    add_stored_voc_arguments(parser)
     parser.add_argument("--features", default="segment", help="the head's input: segment | tokens")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
@@ -82,11 +81,13 @@ def main() -> None:
         x = np.concatenate([f.reshape(-1, f.shape[-1]) for f, *_ in chosen])
         y = np.concatenate([c.ravel() for _, c, *_ in chosen])
         x, y = x[y != IGNORE], y[y != IGNORE]
+        # One head per seed, trained once and scored on every other part.
+        heads = [train_head(lambda: iter([(x, y)]), n_classes,
+                            SelfTrainConfig(epochs=args.epochs, seed=seed, features=args.features))
+                 for seed in range(args.seeds)]
         for test in (p for p in parts if p != train):
             scores = []
-            for seed in range(args.seeds):
-                cfg = SelfTrainConfig(epochs=args.epochs, seed=seed, features=args.features)
-                head = train_head(lambda: iter([(x, y)]), n_classes, cfg)
+            for head in heads:
                 cm = np.zeros((n_classes, n_classes), np.int64)
                 for stem in parts[test]:
                     if stem in images:
