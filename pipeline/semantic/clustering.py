@@ -23,9 +23,14 @@ from threadpoolctl import threadpool_limits
 
 # scikit-learn's KMeans sums each OpenMP thread's chunks, so its centroids depend on the thread
 # count: VOC07's seed 2 gave labels of 20.4 mIoU with 1 thread and 22.9 with 2, the same shards
-# (docs/semantic.md). A fixed count gives a seed the same clusters on every machine, Ray worker
+# (docs/semantic.md). A fixed count gives a seed the same clusters on any thread count, Ray worker
 # or in-process run; 2 is what every documented figure ran with.
 KMEANS_THREADS = 2
+
+
+def kmeans_threads():
+    """The context every dataset-wide k-means runs in: KMEANS_THREADS OpenMP threads."""
+    return threadpool_limits(limits=KMEANS_THREADS, user_api="openmp")
 
 
 class TooFewToCluster(ValueError):
@@ -152,7 +157,7 @@ def fit_clusters(batches: Callable[[], Iterable[np.ndarray]], cfg: ClusterConfig
         mean, components = pca_projection(sample, cfg.pca_dim, cfg.seed, cfg.whiten)
     if components is not None:
         x = (sample - mean) @ components.T
-    with threadpool_limits(limits=KMEANS_THREADS, user_api="openmp"):
+    with kmeans_threads():
         km = KMeans(n_clusters=cfg.n_clusters, n_init=cfg.n_init, random_state=cfg.seed).fit(x)
     model = SegmentClusters(km.cluster_centers_.astype(np.float32), mean, components, total, 0)
     if total > len(sample):
