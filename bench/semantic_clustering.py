@@ -58,7 +58,8 @@ from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, fit_clu
 from pipeline.semantic.image_clusters import consolidate, image_regions
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.pseudo_labels import label_image
-from pipeline.semantic.segments import backbone_grids, backbone_kinds, joined, pooled_features, pooled_parts, segment_map
+from pipeline.semantic.segments import (backbone_grids, backbone_kinds, feature_kinds, joined, pooled_features,
+                                        pooled_parts, segment_map)
 
 RESEGMENT_COLUMNS = ["image_id", "height", "width", "input_height", "input_width", "grid_h", "grid_w",
                      "k", "eigenvalues", "eigenvectors", "feature_dim", "features"]
@@ -243,6 +244,8 @@ def main() -> None:
     if args.segment_features:
         if args.resegment:
             raise SystemExit("--segment-features pools under the stored segments: leave out --resegment")
+        if any("crop" in feature_kinds(s) for s in args.segment_features):
+            raise SystemExit("--segment-features pools under the stored segments: crops need an extraction")
         pooled = {"pool": x, **cached_backbone_pooled(args, digest)}
         if any(len(f) != len(x) for f in pooled.values()):
             raise SystemExit("pooled features do not line up with the stored segments (a changed --cache?)")

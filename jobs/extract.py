@@ -405,15 +405,17 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment-eigenvectors", type=int, default=sg.n_eigenvectors,
                         help="eigenvectors 1..m that the per-image k-means clusters")
     parser.add_argument("--segment-features", type=segment_features_kind, default=None,
-                        metavar="{crop,pool,keys,blockB}",
+                        metavar="{crop,pool,keys,blockB}[+...]",
                         help="default: the backbone registry's (crop; pool+block9 on the offline backbone, "
                              "crop with --segment-backbone); "
                              "crop: re-embed each segment's box crop (CLS); pool: mean patch feature; "
                              "keys: mean last-block attention key; blockB: mean of the residual stream "
                              "after block B (0-based), from one more forward pass when segments are added; "
-                             "pooled kinds join with '+' (pool+block9: each at unit norm, concatenated)")
+                             "kinds join with '+' (pool+block9, crop+pool+block9: each at unit norm, "
+                             "concatenated)")
     parser.add_argument("--segment-backbone", default=sg.backbone, metavar="NAME",
-                        help="re-embed segment crops (--segment-features crop) with this registry entry "
+                        help="re-embed segment crops (--segment-features crop, alone or joined) with this "
+                             "registry entry "
                              "instead of the graph's backbone, e.g. efficientnet_lite0_supervised "
                              "(ImageNet-supervised: label its figures so)")
     parser.add_argument("--segment-background", choices=["fiedler", "border"], default=sg.background,

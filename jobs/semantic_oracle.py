@@ -5,9 +5,10 @@ the ceiling its backbone allows.
 Region features follow the extraction's --segment-features: "pool" averages the graph's patch
 features over each region (coverage-weighted; the stored ones with --store-features, else from
 a forward pass per scored image), "keys" and "blockB" average the last block's keys or block
-B's tokens the same way (one forward pass per scored image), joined kinds ("pool+block9") join
-the regions' features as segments' are, "crop" re-embeds the box around each region with the
-backbone's CLS token at --crop-size, as segments are. Only the scored images have ground truth, so the oracle clusters their regions
+B's tokens the same way (one forward pass per scored image), "crop" re-embeds the box around
+each region with the crops' embedder (the backbone's CLS token, or --segment-backbone's) at
+--crop-size, and joined kinds ("pool+block9", "crop+pool+block9") join the regions' features as
+segments' are. Only the scored images have ground truth, so the oracle clusters their regions
 alone.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pipeline.io.sources import read_bytes
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.oracle import cell_weights, gt_regions, region_boxes, region_labels, region_pooled
-from pipeline.semantic.segments import backbone_grids, backbone_kinds, joined, pooled_parts, segment_crops
+from pipeline.semantic.segments import (backbone_grids, backbone_kinds, feature_kinds, joined, pooled_parts,
+                                        segment_crops)
 from pipeline.spectral.affinity import upsample_features
 
 
@@ -39,23 +41,25 @@ def _at_image_size(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
                     label_map: LabelMap | None, ignore_index: int) -> tuple[dict[str, np.ndarray], list[str]]:
     """-> ({image_id: (n, D) features of its ground-truth regions}, images that failed)."""
-    kind = cfg.segments.features
-    parts = pooled_parts(kind)
-    pool = parts is not None and "pool" in parts
+    kinds, parts = feature_kinds(cfg.segments.features), pooled_parts(cfg.segments.features)
+    pool = "pool" in parts
     stored = pool and cfg.store_features  # else the graph's features come from a forward pass
-    forward = backbone_kinds(kind)
+    forward = backbone_kinds(cfg.segments.features)
     needs_pass = bool(forward) or (pool and not stored)
-    backbone = None
-    if parts is None or needs_pass:
+    crops_by_graph = "crop" in kinds and not cfg.segments.backbone
+    backbone = crop_embedder = None
+    if needs_pass or crops_by_graph:
         from pipeline.features.backbones import create_backbone  # torch only when crops, keys or blocks need it
 
-        if kind == "crop" and cfg.segments.backbone:  # the crops' own embedder, as segments have
+        backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights, features=cfg.backbone.features,
+                                   resize=(cfg.backbone.long_side or "crop") if needs_pass else "crop")
+    if "crop" in kinds:  # the crops' own embedder, as segments have
+        if cfg.segments.backbone:
             from pipeline.features.supervised import segment_embedder
 
-            backbone = segment_embedder(cfg.segments.backbone)
+            crop_embedder = segment_embedder(cfg.segments.backbone)
         else:
-            backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights, features=cfg.backbone.features,
-                                       resize=(cfg.backbone.long_side or "crop") if needs_pass else "crop")
+            crop_embedder = backbone
     found, failed = {}, []
     for row in segment_rows(shards, cfg.digest(), image_ids=list(samples), patch_features="tokens" if stored else None):
         try:
@@ -64,20 +68,23 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
             masks = _at_image_size(masks, (row["height"], row["width"]))
             if not len(masks):
                 found[row["image_id"]] = np.zeros((0, row["segment_dim"] or 0), np.float32)
-            elif parts is not None:
+                continue
+            image = (decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
+                     if needs_pass or "crop" in kinds else None)
+            per_kind = {}
+            if parts:
                 grids = {"pool": row["patch_features"]} if stored else {}
                 if needs_pass:
-                    image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
                     output = backbone([image], also=forward)[0]
                     grids.update(backbone_grids(output, forward, cfg.graph.upsample))
                     if pool and not stored:
                         grids["pool"] = upsample_features(output.features, cfg.graph.upsample)
                 weights = cell_weights(masks, geometry_of(row, cfg.backbone.long_side))
-                found[row["image_id"]] = joined([region_pooled(grids[k], weights) for k in parts])
-            else:
-                image = decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
+                per_kind = {k: region_pooled(grids[k], weights) for k in parts}
+            if "crop" in kinds:
                 crops = segment_crops(image, region_boxes(masks), cfg.segments.crop_size)
-                found[row["image_id"]] = backbone.cls_embeddings(crops, resize="crop")
+                per_kind["crop"] = crop_embedder.cls_embeddings(crops, resize="crop")
+            found[row["image_id"]] = joined([per_kind[k] for k in kinds])
         except Exception as exc:
             print(f"  oracle failed {row['image_id']}: {type(exc).__name__}: {exc}")
             failed.append(row["image_id"])

@@ -115,9 +115,10 @@ class SegmentsConfig:
     # "keys" averages the last block's attention keys under the mask, from the graph's forward
     # pass (a second one when segments are added to stored rows): on VOC07's ground-truth
     # regions the offline backbone's keys classify better than its tokens (docs/semantic.md).
+    # Kinds join with "+" ("pool+block9", "crop+pool+block9"), each at unit norm.
     features: str = "crop"
     crop_size: int = 224  # crops are resized to crop_size x crop_size before re-embedding
-    # What re-embeds the crops (features "crop" only): None = the graph's backbone; else a
+    # What re-embeds the crops (features with "crop" only): None = the graph's backbone; else a
     # registry name (pipeline.features.supervised.segment_embedder), e.g. the ImageNet-
     # supervised "efficientnet_lite0_supervised", whose figures are supervised-features ones.
     backbone: Optional[str] = None
@@ -132,10 +133,11 @@ class SegmentsConfig:
     store_patches: bool = False
 
     def __post_init__(self):
-        if self.backbone is not None and self.features != "crop":
+        kinds = self.features.split("+")  # checked in full by pipeline.semantic.segments.feature_kinds
+        if self.backbone is not None and "crop" not in kinds:
             raise ValueError(f"a segment backbone ({self.backbone!r}) re-embeds crops: it needs "
-                             f"features 'crop', not {self.features!r}")
-        if self.store_patches and self.features == "crop":
+                             f"features 'crop' (alone or joined), not {self.features!r}")
+        if self.store_patches and kinds == ["crop"]:
             raise ValueError("store_patches stores the patch features the segments pool: crop features "
                              "have none (store the graph's with store_features)")
 

@@ -21,8 +21,8 @@ from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import ImageError, check_min_size, decode_image
 from pipeline.io.schema import OPTIONAL_DEFAULTS, eigen_row, eigenvectors_of, features_of
-from pipeline.semantic.segments import (backbone_grids, backbone_kinds, joined, pooled_features, pooled_parts,
-                                        segment_boxes, segment_crops, segment_map)
+from pipeline.semantic.segments import (backbone_grids, backbone_kinds, feature_kinds, joined, pooled_features,
+                                        pooled_parts, segment_boxes, segment_crops, segment_map)
 from pipeline.io.sources import ImageRef, read_bytes
 from pipeline.spectral.spectrum import Spectrum, graph_spectrum, grid_size
 
@@ -181,17 +181,18 @@ class SpectralExtractor:
         labels = segment_map(eigenvectors, cfg)
         n = int(labels.max())
         boxes = segment_boxes(labels, n, geometry_of(row, self.cfg.backbone.long_side), cfg)
-        if cfg.features == "crop":
+        kinds = feature_kinds(cfg.features)
+        parts = pooled_parts(cfg.features)
+        found = grids() if parts else {}
+        per_kind = {kind: pooled_features(found[kind], labels, n) for kind in parts}
+        if "crop" in kinds:
             crops = segment_crops(image, boxes, cfg.crop_size)
-            features = (self.segment_embedder.cls_embeddings(crops, resize="crop") if n else
-                        np.zeros((0, self.segment_embedder.feature_dim), np.float32))
-        else:
-            found = grids()
-            parts = pooled_parts(cfg.features)
-            features = joined([pooled_features(found[kind], labels, n) for kind in parts])
+            per_kind["crop"] = (self.segment_embedder.cls_embeddings(crops, resize="crop") if n else
+                                np.zeros((0, self.segment_embedder.feature_dim), np.float32))
+        features = joined([per_kind[kind] for kind in kinds])
         columns = {"n_segments": n, "segment_map": labels.ravel(), "segment_boxes": boxes.ravel(),
                    "segment_dim": features.shape[1], "segment_features": features.astype(np.float32).ravel()}
-        if cfg.store_patches:  # each patch joined as the segments are: a head sees the same features
+        if cfg.store_patches:  # each patch joined as the segments' pooled kinds are: a head sees them
             patches = joined([found[kind].reshape(-1, found[kind].shape[-1]) for kind in parts])
             columns["segment_patch_features"] = patches.astype(np.float16).ravel()
         return columns
@@ -208,7 +209,7 @@ class SpectralExtractor:
                 if stored is None:
                     raise ValueError(f"{ref.image_id}: no row of the reused extraction")
                 image = None
-                if self.cfg.segments.features == "crop" or self._also:  # both need the image itself
+                if "crop" in feature_kinds(self.cfg.segments.features) or self._also:  # both need the image
                     decoded = next(iter(self.decode([ref])))
                     if isinstance(decoded, dict):
                         errors.append(decoded)

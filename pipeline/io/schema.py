@@ -136,12 +136,13 @@ def features_of(row: dict) -> np.ndarray:
 
 
 def segment_patch_features_of(row: dict) -> np.ndarray:
-    """A row with stored segment patch features -> (grid_h, grid_w, segment_dim) float32."""
+    """A row with stored segment patch features -> (grid_h, grid_w, C) float32, C the joined
+    width of the segments' pooled kinds (segment_dim, unless crops are joined into the segments)."""
     if row.get("segment_patch_features") is None:
         raise ValueError(f"{row['image_id']}: shard was written without the segments' patch features "
                          "(--store-segment-patches)")
     flat = np.asarray(row["segment_patch_features"], dtype=np.float32)
-    return flat.reshape(row["grid_h"], row["grid_w"], row["segment_dim"])
+    return flat.reshape(row["grid_h"], row["grid_w"], -1)
 
 
 # Columns a row may leave out: features without store_features, segments without --segments.

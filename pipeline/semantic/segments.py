@@ -25,25 +25,30 @@ from pipeline.spectral.spectrum import border_mask
 BACKGROUND_RULES = ("border", "fiedler")
 
 
-def pooled_parts(features: str) -> tuple[str, ...] | None:
-    """A segment-feature setting (pipeline.config.SegmentsConfig.features) -> the patch-feature
-    kinds its segments pool ("pool": the graph's own features; "keys", "blockB": the
-    backbone's, B a block index), or None for "crop". Pooled kinds combine with "+", e.g.
-    "pool+block9"."""
-    if features == "crop":
-        return None
+def feature_kinds(features: str) -> tuple[str, ...]:
+    """A segment-feature setting (pipeline.config.SegmentsConfig.features) -> its kinds in
+    order: "crop" (each segment's box crop re-embedded, CLS), "pool" (the graph's own patch
+    features averaged under the mask), "keys" and "blockB" (the backbone's last-block keys or
+    block B's tokens averaged, B a block index). Kinds join with "+", e.g. "pool+block9" or
+    "crop+pool+block9"."""
     parts = tuple(features.split("+"))
-    bad = [p for p in parts if p not in ("pool", "keys") and intermediate_block(p) is None]
+    bad = [p for p in parts if p not in ("crop", "pool", "keys") and intermediate_block(p) is None]
     if bad or len(set(parts)) != len(parts):
-        raise ValueError(f"segment features must be crop, or pool, keys and blockB (B a block index) "
-                         f"joined by '+', got {features!r}")
+        raise ValueError(f"segment features must be crop, pool, keys and blockB (B a block index), "
+                         f"alone or joined by '+', got {features!r}")
     return parts
+
+
+def pooled_parts(features: str) -> tuple[str, ...]:
+    """The kinds of a segment-feature setting averaged under each mask (all but "crop"; empty
+    for "crop" alone)."""
+    return tuple(p for p in feature_kinds(features) if p != "crop")
 
 
 def backbone_kinds(features: str) -> tuple[str, ...]:
     """The kinds of a segment-feature setting that need the backbone's own output (Backbone's
     also=): keys and blocks, not the graph's features ("pool") nor crops."""
-    return tuple(p for p in pooled_parts(features) or () if p != "pool")
+    return tuple(p for p in pooled_parts(features) if p != "pool")
 
 
 def backbone_grids(output, kinds: tuple[str, ...], upsample: int) -> dict[str, np.ndarray]:
@@ -54,7 +59,7 @@ def backbone_grids(output, kinds: tuple[str, ...], upsample: int) -> dict[str, n
 
 def segment_features_kind(value: str) -> str:
     """Checks a segment-feature setting (argparse type)."""
-    pooled_parts(value)
+    feature_kinds(value)
     return value
 
 
