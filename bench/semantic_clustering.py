@@ -54,7 +54,7 @@ from pipeline.io.ground_truth import voc_split_ids
 from pipeline.io.schema import eigenvectors_of, features_of, segments_of
 from pipeline.io.semantic_masks import VOC_CLASSES, read_class_mask, voc_semantic
 from pipeline.io.shards import EIGEN_DIR, scan_batches, shard_config
-from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, fit_clusters, kmeans_threads, l2_normalize
+from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, fit_clusters, clustering_threads, l2_normalize
 from pipeline.semantic.image_clusters import consolidate, image_regions
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.pseudo_labels import label_image
@@ -168,9 +168,9 @@ def cluster(lever: str, x: np.ndarray, areas: np.ndarray, n_clusters: int, seed:
             images: list | None = None, share: float = 0.0, rounds: int = 0) -> np.ndarray:
     """One lever on (S, D) raw segment features -> (S,) cluster ids 0..n_clusters-1 (the model
     levers labelled with `share` and `rounds` as image_labels and region_refits do). Every lever
-    runs on the pipeline's fixed OpenMP thread count (kmeans_threads), so a seed's figure does not
+    runs on the pipeline's fixed thread counts (clustering_threads), so a seed's figure does not
     depend on the caller's thread count."""
-    with kmeans_threads():
+    with clustering_threads():
         return _cluster(lever, x, areas, n_clusters, seed, images or [], share, rounds)
 
 

@@ -93,16 +93,18 @@ def test_clustering_is_deterministic_for_a_seed_and_finds_the_blobs(sample_size)
     assert (first.n_passes > 0) == (sample_size < len(x))
 
 
-def test_clustering_does_not_depend_on_the_callers_thread_count():
+@pytest.mark.parametrize("user_api, dim, pca_dim", [("openmp", 16, 0), (None, 600, 64)])
+def test_clustering_does_not_depend_on_the_callers_thread_count(user_api, dim, pca_dim):
     # Structureless data: k-means has many local optima, and scikit-learn's per-thread partial
-    # sums (different low bits for 1 and 4 OpenMP threads) steer it to different ones unless
-    # fit_clusters fixes the count (clustering.KMEANS_THREADS). A Ray worker runs on 1 thread.
-    x = np.random.default_rng(0).normal(size=(20_000, 16)).astype(np.float32)
-    cfg = ClusterConfig(n_clusters=20, seed=0, pca_dim=0, whiten=False, n_init=2, sample_size=20_000)
+    # sums (different low bits for 1 and 4 OpenMP threads), or BLAS's split of the whitened
+    # PCA's and the distances' products, steer it to different ones unless fit_clusters fixes
+    # every pool's count (clustering.CLUSTERING_THREADS). A Ray worker runs on 1 thread.
+    x = np.random.default_rng(0).normal(size=(8_000, dim)).astype(np.float32)
+    cfg = ClusterConfig(n_clusters=20, seed=0, pca_dim=pca_dim, whiten=bool(pca_dim), n_init=2, sample_size=8_000)
     fits = []
     for threads in (1, 4):
-        with threadpoolctl.threadpool_limits(limits=threads, user_api="openmp"):
-            fits.append(fit_clusters(stream(x, 4096), cfg))
+        with threadpoolctl.threadpool_limits(limits=threads, user_api=user_api):
+            fits.append(fit_clusters(stream(x, 2048), cfg))
     np.testing.assert_array_equal(fits[0].centroids, fits[1].centroids)
 
 

@@ -21,16 +21,21 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
-# scikit-learn's KMeans sums each OpenMP thread's chunks, so its centroids depend on the thread
-# count: VOC07's seed 2 gave labels of 20.4 mIoU with 1 thread and 22.9 with 2, the same shards
-# (docs/semantic.md). A fixed count gives a seed the same clusters on any thread count, Ray worker
-# or in-process run; 2 is what every documented figure ran with.
-KMEANS_THREADS = 2
+# scikit-learn's KMeans sums each OpenMP thread's chunks, and BLAS splits the PCA's and the
+# distances' products across its threads, so centroids depend on both thread counts in their low
+# bits, and k-means carries those bits to another optimum: VOC07's seed 2 gave labels of 20.4
+# mIoU with 1 OpenMP thread and 22.9 with 2, the same shards; with the OpenMP count fixed, one
+# BLAS thread (an in-process evaluation after its extraction actor set the process's pools to
+# its share of the cores) against two still left 79 of 1,675 label maps equal (docs/semantic.md).
+# A fixed count for every pool gives a seed the same clusters on any thread count, Ray worker or
+# in-process run; 2 is what the documented figures ran with.
+CLUSTERING_THREADS = 2
 
 
-def kmeans_threads():
-    """The context every dataset-wide k-means runs in: KMEANS_THREADS OpenMP threads."""
-    return threadpool_limits(limits=KMEANS_THREADS, user_api="openmp")
+def clustering_threads():
+    """The context every dataset-wide fit runs in: CLUSTERING_THREADS threads in every thread
+    pool (OpenMP and BLAS)."""
+    return threadpool_limits(limits=CLUSTERING_THREADS)
 
 
 class TooFewToCluster(ValueError):
@@ -151,13 +156,13 @@ def fit_clusters(batches: Callable[[], Iterable[np.ndarray]], cfg: ClusterConfig
         raise TooFewToCluster(f"{len(sample)} segments cannot make {cfg.n_clusters} clusters")
     mean = components = None
     x = sample
-    if projection is not None:
-        mean, components = projection.pca_mean, projection.pca_components
-    elif cfg.pca_dim:
-        mean, components = pca_projection(sample, cfg.pca_dim, cfg.seed, cfg.whiten)
-    if components is not None:
-        x = (sample - mean) @ components.T
-    with kmeans_threads():
+    with clustering_threads():
+        if projection is not None:
+            mean, components = projection.pca_mean, projection.pca_components
+        elif cfg.pca_dim:
+            mean, components = pca_projection(sample, cfg.pca_dim, cfg.seed, cfg.whiten)
+        if components is not None:
+            x = (sample - mean) @ components.T
         km = KMeans(n_clusters=cfg.n_clusters, n_init=cfg.n_init, random_state=cfg.seed).fit(x)
     model = SegmentClusters(km.cluster_centers_.astype(np.float32), mean, components, total, 0)
     if total > len(sample):
