@@ -54,7 +54,7 @@ from pipeline.io.ground_truth import voc_split_ids
 from pipeline.io.schema import eigenvectors_of, features_of, segments_of
 from pipeline.io.semantic_masks import VOC_CLASSES, read_class_mask, voc_semantic
 from pipeline.io.shards import EIGEN_DIR, scan_batches, shard_config
-from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, fit_clusters, clustering_threads, l2_normalize
+from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, clustering_threads, fit_clusters, l2_normalize
 from pipeline.semantic.image_clusters import consolidate, image_regions
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.pseudo_labels import label_image

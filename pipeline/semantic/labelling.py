@@ -153,9 +153,10 @@ def fit_label_clusters(shards: str, digest: str, cfg: PseudoLabelConfig, batch_r
 
 
 # SelfTrainConfig.features -> the (width, per-patch values) columns of a shard row it reads,
-# and the schema's reader of them.
+# and the schema's reader of them (the segments' patch features have no width column: their
+# reader takes it from the values' length, as segment_dim also counts crops joined in).
 HEAD_FEATURE_COLUMNS = {"tokens": ("feature_dim", "features", features_of),
-                        "segment": ("segment_dim", "segment_patch_features", segment_patch_features_of)}
+                        "segment": (None, "segment_patch_features", segment_patch_features_of)}
 
 
 def with_head_features(cfg: SelfTrainConfig, extract: ExtractConfig) -> SelfTrainConfig:
@@ -182,7 +183,7 @@ def segment_rows(shards: str, digest: str, batch_rows: int = 256, image_ids: lis
     """Rows (ROW_COLUMNS) of images with segments, streamed in shard order; with
     `patch_features` (a HEAD_FEATURE_COLUMNS key) also row["patch_features"], (grid_h, grid_w, C)."""
     width, values, read = HEAD_FEATURE_COLUMNS[patch_features] if patch_features else (None, None, None)
-    columns = ROW_COLUMNS + ([c for c in (width, values) if c not in ROW_COLUMNS] if values else [])
+    columns = ROW_COLUMNS + ([c for c in (width, values) if c and c not in ROW_COLUMNS] if values else [])
     for batch in scan_batches(shards, EIGEN_DIR, columns, digest, batch_rows, image_ids):
         # The patch features stay one NumPy buffer sliced per row: as Python lists (to_pylist)
         # they cost more than reading them (self-training reads them once per epoch).
