@@ -272,6 +272,28 @@ def test_self_trained_head_learns_noisy_pseudo_labels_and_corrects_them():
     assert (predicted == truth).mean() > 0.98 > (noisy == truth).mean()
 
 
+def test_self_trained_head_does_not_depend_on_the_callers_torch_threads():
+    # 768-d features in 4096-patch batches: torch splits the head's products across its
+    # intra-op threads, and 1 and 2 threads give weights that differ in their low bits unless
+    # train_head and predict_probabilities fix the count (self_training.HEAD_THREADS).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16_384, 768)).astype(np.float32)
+    y = rng.integers(0, 21, len(x))
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            head = train_head(lambda: iter([(x, y)]), 21, SelfTrainConfig(epochs=1, batch_patches=4096))
+            probs = predict_probabilities(head, x.reshape(128, 128, 768))
+            assert torch.get_num_threads() == threads  # the caller's count is restored
+            runs.append((torch.cat([p.detach().ravel() for p in head.parameters()]).numpy(), probs))
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
 def test_patch_sample_is_bounded_keeps_labels_with_their_features_and_is_seeded():
     from pipeline.semantic.self_training import patch_sample
 
