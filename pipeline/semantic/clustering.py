@@ -110,8 +110,11 @@ def pca_projection(x: np.ndarray, dim: int, seed: int, whiten: bool) -> tuple[np
     """(m, D) rows -> (mean (D,), components (d, D)) float32: the top min(dim, m, D) principal
     directions, rows scaled by 1/sqrt(variance) when whiten, so (x - mean) @ components.T
     projects (and whitens). Whitening drops directions without variance (fewer rows than
-    dimensions): scaled by ~1e6 they would turn rounding noise into structure."""
-    pca = PCA(n_components=min(dim, *x.shape), random_state=seed).fit(x)
+    dimensions): scaled by ~1e6 they would turn rounding noise into structure. Fitted in
+    clustering_threads, so every caller (the clustering, the head's whitening) gets the same
+    components on any thread count."""
+    with clustering_threads():
+        pca = PCA(n_components=min(dim, *x.shape), random_state=seed).fit(x)
     components = pca.components_
     if whiten:
         variance = pca.explained_variance_

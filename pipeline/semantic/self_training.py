@@ -28,27 +28,26 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from pipeline.semantic.clustering import CLUSTERING_THREADS, clustering_threads, pca_projection
+from pipeline.semantic.clustering import CLUSTERING_THREADS, pca_projection
 
 HEAD_FEATURES = ("tokens", "segment")
 
 # The head's products split across torch's intra-op threads, so its weights, like the
 # clustering's centroids, depend on the caller's thread count in their low bits: VOC07's head
 # trained on 1 and on 2 threads gave the same shards 1,670 of 1,675 equal label maps. The head
-# trains and predicts on a fixed count (and its whitening PCA in clustering_threads), so a
+# trains and predicts on a fixed count (its whitening PCA is fixed by pca_projection), so a
 # seed gives the same labels in a Ray worker, in-process, or on any machine's core count.
 HEAD_THREADS = CLUSTERING_THREADS
 
 
 @contextmanager
 def head_threads():
-    """The context the head trains and predicts in: HEAD_THREADS torch threads, and the
-    clustering's fixed count in every other pool; the caller's torch count is restored."""
+    """The context (or decorator) the head trains and predicts in: HEAD_THREADS torch
+    threads; the caller's count is restored."""
     before = torch.get_num_threads()
     torch.set_num_threads(HEAD_THREADS)
     try:
-        with clustering_threads():
-            yield
+        yield
     finally:
         torch.set_num_threads(before)
 
@@ -156,14 +155,10 @@ def patch_sample(batches: Iterable[tuple[np.ndarray, np.ndarray]], size: int,
     return x[:filled], y[:filled]
 
 
+@head_threads()
 def train_head(batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n_labels: int,
                cfg: SelfTrainConfig) -> torch.nn.Module:
     """`batches()` starts one epoch: yields (n, C) features and (n,) int labels 0..n_labels-1."""
-    with head_threads():
-        return _trained_head(batches, n_labels, cfg)
-
-
-def _trained_head(batches, n_labels: int, cfg: SelfTrainConfig) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     weight = front = None
@@ -202,11 +197,11 @@ def _trained_head(batches, n_labels: int, cfg: SelfTrainConfig) -> torch.nn.Modu
 
 
 @torch.no_grad()
+@head_threads()
 def predict_probabilities(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
     """(h, w, C) patch features -> (n_labels, h, w) float32 softmax probabilities."""
     h, w, c = features.shape
-    with head_threads():
-        logits = head(_normalized(features.reshape(-1, c)))
+    logits = head(_normalized(features.reshape(-1, c)))
     return torch.softmax(logits, dim=-1).T.reshape(-1, h, w).numpy()
 
 
