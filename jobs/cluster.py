@@ -14,8 +14,13 @@ seed, and writes:
     OUT/clusters.npz                     centroids (+ PCA), to label new images the same way
     OUT/cluster.json                     configuration, digests, counts, seconds, failed images
 
+With --region-crops NAME the first clustering's regions (each image's segments grouped by
+label) are cropped and embedded by NAME in Ray actors between two tasks (jobs.region_crops:
+OUT/regions, OUT/region_errors), and the final task clusters them again: the labels are the
+regions' classes (OUT/region_clusters.npz).
+
 Same seed + same shards = the same labels. A rerun with the same settings overwrites the
-same files.
+same files (and embeds no region twice).
 """
 from __future__ import annotations
 
@@ -30,14 +35,17 @@ import time
 import fsspec
 import numpy as np
 
+from jobs.region_crops import run_region_crops
+from pipeline.config import RuntimeConfig
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters
+from pipeline.semantic.region_crops import REGION_FEATURES, RegionCropConfig
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
 from pipeline.io.schema import segment_label_table
 from pipeline.semantic.self_training import HEAD_FEATURES, SelfTrainConfig
 from pipeline.config import ExtractConfig
-from pipeline.semantic.labelling import (PseudoLabelConfig, fit_label_clusters, missing_head_features, pseudo_labels,
-                                         segment_digests, segment_rows, self_train, self_trained_labels, source_image,
-                                         with_head_features)
+from pipeline.semantic.labelling import (LabelClusters, PseudoLabelConfig, fit_label_clusters, fit_region_classes,
+                                         missing_head_features, pseudo_labels, segment_digests, segment_rows,
+                                         self_train, self_trained_labels, source_image, with_head_features)
 from pipeline.io.shards import shard_config, write_shard
 
 LABEL_DIR = "segment_labels"
@@ -63,27 +71,39 @@ def _save(out: str, name: str, data: bytes) -> None:
         f.write(data)
 
 
-def _save_model(out: str, model: SegmentClusters) -> None:
+def _save_model(out: str, model: SegmentClusters, name: str = "clusters.npz") -> None:
     buf = io.BytesIO()
     arrays = {"centroids": model.centroids}
     if model.pca_components is not None:
         arrays.update(pca_mean=model.pca_mean, pca_components=model.pca_components)
     np.savez(buf, **arrays)
-    _save(out, "clusters.npz", buf.getvalue())
+    _save(out, name, buf.getvalue())
 
 
-def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLabelConfig) -> dict:
-    """Fit the clusters and write every output; returns the run record (also OUT/cluster.json)."""
-    started = time.time()
+def checked_config(shards: str, extract_digest: str, cfg: PseudoLabelConfig) -> tuple[PseudoLabelConfig, ExtractConfig]:
+    """(cfg with its head's features made definite for these shards, the shards' extraction
+    config); ValueError when the shards cannot feed the head."""
     extract = ExtractConfig.from_dict(shard_config(shards, extract_digest))
     if cfg.self_train:
         cfg = dataclasses.replace(cfg, self_train=with_head_features(cfg.self_train, extract))
         if why := missing_head_features(extract, cfg.self_train.features):
             raise ValueError(why)
+    return cfg, extract
+
+
+def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLabelConfig,
+                      fitted: LabelClusters | None = None, region_run: dict | None = None) -> dict:
+    """Fit the clusters (unless `fitted` gives them; with cfg.region_crops, also the regions'
+    clusters over OUT/regions) and write every output; returns the run record (also
+    OUT/cluster.json). `region_run`: the region stage's summary, recorded."""
+    started = time.time()
+    cfg, extract = checked_config(shards, extract_digest, cfg)
     long_side = extract.backbone.long_side
-    model, n_segments, n_regions = fit_label_clusters(shards, extract_digest, cfg)
-    head = (self_train(shards, extract_digest, model, cfg.self_train, min_share=cfg.min_cluster_share)
-            if cfg.self_train else None)
+    model, n_segments, n_regions = fitted or fit_label_clusters(shards, extract_digest, cfg)
+    regions = (fit_region_classes(out, cfg.regions_digest(extract_digest), cfg.cluster)
+               if cfg.region_crops else None)
+    head = (self_train(shards, extract_digest, model, cfg.self_train, min_share=cfg.min_cluster_share,
+                       regions=regions) if cfg.self_train else None)
     fit_seconds = time.time() - started
     digest = cfg.digest(extract_digest)
     pending, images, sizes = [], 0, np.zeros(cfg.cluster.n_clusters + 1, np.int64)
@@ -91,7 +111,7 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
     for row in segment_rows(shards, extract_digest, patch_features=cfg.self_train.features if head else None):
         try:  # e.g. a source image gone since extraction (guided refinement reads it)
             image = source_image(row) if cfg.refine != "none" else None
-            labels, image_labels = pseudo_labels(row, model, cfg, long_side, image)
+            labels, image_labels = pseudo_labels(row, model, cfg, long_side, image, regions)
             if head is not None:
                 image_labels = self_trained_labels(row, head, labels, cfg, long_side, image)
         except Exception as exc:
@@ -108,9 +128,12 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
     if pending:
         write_shard(segment_label_table(pending), out, LABEL_DIR, json.dumps(cfg.to_dict()))
     _save_model(out, model)
+    if regions is not None:
+        _save_model(out, regions.model, "region_clusters.npz")
     record = {"config_digest": digest, "extract_digest": extract_digest, "shards": shards,
               "config": cfg.to_dict(), "n_images": images, "n_segments": n_segments,
               "n_regions": n_regions,
+              **({"n_region_crops": regions.model.n_fitted, "region_crops_run": region_run} if regions else {}),
               "n_failed": len(failed), "failed": failed[:100],
               "segments_per_label": sizes[1:].tolist(), "lloyd_passes": model.n_passes,
               "fit_seconds": round(fit_seconds, 2), "seconds": round(time.time() - started, 2)}
@@ -119,17 +142,32 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
 
 
 def run_cluster(shards: str, out: str, cfg: PseudoLabelConfig, extract_digest: str | None = None,
-                local: bool = False, address: str | None = None) -> dict:
+                local: bool = False, address: str | None = None, runtime: RuntimeConfig | None = None) -> dict:
+    """One task (fit and label); with cfg.region_crops, a fit task, the region actors
+    (`runtime`: their batch size, device and count) and the labelling task."""
     digest = pick_digest(shards, extract_digest)
+    if not local:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local")
+    if not cfg.region_crops:
+        return _call(local, cluster_and_label, shards, out, digest, cfg)
+    runtime = dataclasses.replace(runtime or RuntimeConfig(), address=address)
+    long_side = checked_config(shards, digest, cfg)[1].backbone.long_side  # shards that cannot feed the head fail here
+    fitted = _call(local, fit_label_clusters, shards, digest, cfg)
+    region_run = run_region_crops(shards, digest, out, fitted.model, cfg, long_side, runtime, local)
+    return _call(local, cluster_and_label, shards, out, digest, cfg, fitted, region_run)
+
+
+def _call(local: bool, fn, *args):
+    """fn(*args) here, or as one Ray task retried if its worker dies (its outputs are
+    overwritten whole, never appended)."""
     if local:
-        return cluster_and_label(shards, out, digest, cfg)
+        return fn(*args)
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local")
-    # One task, retried if its worker dies: outputs are overwritten whole, never appended.
-    task = ray.remote(cluster_and_label).options(num_cpus=1, max_retries=3)
-    return ray.get(task.remote(shards, out, digest, cfg))
+    return ray.get(ray.remote(fn).options(num_cpus=1, max_retries=3).remote(*args))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +183,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pixel labels (and self-trained ones): cell classes, or snapped to image edges by the "
                              "guided filter or the bilateral solver")
     add_consolidation_arguments(parser)
+    add_region_crop_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size,
+                        help="--region-crops: images per actor batch")
+    parser.add_argument("--num-actors", type=int, default=None, help="--region-crops: actors (default: one per GPU, "
+                                                                     "else the CPUs less one)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="--region-crops: where the actors embed crops")
     parser.add_argument("--self-train", action="store_true",
                         help="label pixels with a head trained on the pseudo-labels (shards extracted "
                              "with --store-features or --store-segment-patches)")
@@ -161,6 +206,27 @@ def add_consolidation_arguments(parser) -> None:
     parser.add_argument("--region-rounds", type=int, default=PseudoLabelConfig.region_rounds, metavar="N",
                         help="refit the clusters N times over every image's regions (its segments "
                              "grouped by label) instead of its segments (0 = off)")
+
+
+def add_region_crop_arguments(parser) -> None:
+    parser.add_argument("--region-crops", default=None, metavar="NAME",
+                        help="crop each image's regions (its segments grouped by label), embed them with this "
+                             "registry entry (the graph's backbone, or e.g. efficientnet_lite0_supervised: "
+                             "ImageNet-supervised, label its figures so) and cluster the regions again")
+    parser.add_argument("--region-features", choices=REGION_FEATURES, default=RegionCropConfig.features,
+                        help="--region-crops: the crop's embedding alone, or joined with the region's pooled "
+                             "segment features")
+    parser.add_argument("--region-crop-size", type=int, default=RegionCropConfig.crop_size, metavar="PX",
+                        help="--region-crops: crops are resized to PX x PX")
+
+
+def region_crops_from_args(args: argparse.Namespace) -> RegionCropConfig | None:
+    if not args.region_crops:
+        return None
+    try:
+        return RegionCropConfig(args.region_crops, args.region_features, args.region_crop_size)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 def add_pca_arguments(parser) -> None:
@@ -223,11 +289,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = PseudoLabelConfig(cluster_config_from_args(args, args.clusters, args.seed, args.sample_size),
                                 refine=args.refine, min_cluster_share=args.min_cluster_share,
-                                region_rounds=args.region_rounds,
+                                region_rounds=args.region_rounds, region_crops=region_crops_from_args(args),
                                 self_train=self_train_from_args(args, args.seed) if args.self_train else None)
+        runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors, device=args.device)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address)
+    record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address,
+                         runtime)
     print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "
           f"in {record['seconds']} s; pseudo-labels in {args.out}/labels")
     for error in record["failed"]:

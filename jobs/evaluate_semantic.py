@@ -18,7 +18,10 @@ paper clusters a whole dataset's segments. --oracle-segments adds the ceiling: t
 features, clustering and matching with ground-truth regions as the segments
 (jobs.semantic_oracle). --score-list FILE scores only the listed masked images; --part
 NAME=FILE also scores a part (tune, check) on its own with its own matching, in the same run
-and the same clusters, while clustering stays over everything.
+and the same clusters, while clustering stays over everything. --region-crops NAME re-embeds
+each seed's regions and clusters them again (jobs.region_crops: OUT/regions, one regions
+digest per seed, so a rerun embeds nothing twice); the oracle then joins the ground-truth
+regions' crops by NAME to their features the same way.
 """
 from __future__ import annotations
 
@@ -32,16 +35,18 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
-from jobs.cluster import (add_consolidation_arguments, add_pca_arguments, add_self_train_arguments, cluster_config_from_args,
+from jobs.cluster import (add_consolidation_arguments, add_pca_arguments, add_region_crop_arguments,
+                          add_self_train_arguments, cluster_config_from_args, region_crops_from_args,
                           self_train_from_args)
+from jobs.region_crops import run_region_crops
 from jobs.semantic_oracle import region_features, score_oracle
 from jobs.tasks import data_flags, extract_samples
 from pipeline.semantic.clustering import ClusterConfig
 from pipeline.io.ground_truth import Sample, folder_pairs, voc_split_ids
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
-from pipeline.semantic.labelling import (PseudoLabelConfig, fit_label_clusters, missing_head_features, pseudo_labels,
-                                         segment_rows, self_train, self_trained_labels, source_image,
-                                         with_head_features)
+from pipeline.semantic.labelling import (PseudoLabelConfig, RegionClasses, fit_label_clusters, fit_region_classes,
+                                         missing_head_features, pseudo_labels, segment_rows, self_train,
+                                         self_trained_labels, source_image, with_head_features)
 from pipeline.semantic.self_training import SelfTrainConfig
 from pipeline.config import ExtractConfig
 from pipeline.io.semantic_masks import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
@@ -62,6 +67,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="pixel labels (and self-trained ones): cell classes, or snapped to image edges by the "
                             "guided filter or the bilateral solver")
     add_consolidation_arguments(group)
+    add_region_crop_arguments(group)
     group.add_argument("--self-train", action="store_true",
                        help="also score a head trained on the pseudo-labels (needs --store-features "
                             "or --store-segment-patches; --self-train-features)")
@@ -144,12 +150,15 @@ def _self_train(args: argparse.Namespace, seed: int, cfg: ExtractConfig) -> Self
 def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: tuple[str, ...],
                 label_map: LabelMap | None, labels_cfg: PseudoLabelConfig, long_side: int | None,
                 ignore_index: int, png_dir: str | None, self_training: bool,
-                cluster_ids: list[str], parts: dict[str, set[str]]) -> tuple[dict, list[str]]:
+                cluster_ids: list[str], parts: dict[str, set[str]],
+                region_classes=None) -> tuple[dict, list[str]]:
     """Fit over `cluster_ids` (the scored images and any unlabeled ones), score `samples`
-    (and each part of them on its own)."""
+    (and each part of them on its own). `region_classes(model, labels_cfg)` -> the regions'
+    RegionClasses (labels_cfg.region_crops: embedded and clustered again)."""
     model, n_segments, n_regions = fit_label_clusters(shards, digest, labels_cfg, image_ids=cluster_ids)
-    head = (self_train(shards, digest, model, labels_cfg.self_train, cluster_ids, labels_cfg.min_cluster_share)
-            if self_training else None)
+    regions: RegionClasses | None = region_classes(model, labels_cfg) if labels_cfg.region_crops else None
+    head = (self_train(shards, digest, model, labels_cfg.self_train, cluster_ids, labels_cfg.min_cluster_share,
+                       regions) if self_training else None)
     n_labels = labels_cfg.cluster.n_clusters + 1
     counts = np.zeros((n_labels, len(classes)), np.int64)
     counts_self = counts.copy()
@@ -160,7 +169,7 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
                             patch_features=labels_cfg.self_train.features if self_training else None):
         try:  # one unreadable or mismatched mask must not cost the benchmark
             image = source_image(row) if labels_cfg.refine != "none" else None
-            segment_labels, labels = pseudo_labels(row, model, labels_cfg, long_side, image)
+            segment_labels, labels = pseudo_labels(row, model, labels_cfg, long_side, image, regions)
             gt = read_class_mask(samples[row["image_id"]].mask_uri, label_map)
             image_counts = confusion(_at(labels, gt.shape), gt, n_labels, len(classes), ignore_index)
             self_counts = 0
@@ -187,6 +196,8 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
               "iou": score.iou.tolist(), "match": score.match.tolist(),
               "n_segments": n_segments, "n_regions": n_regions,
               "lloyd_passes": model.n_passes}
+    if regions is not None:
+        result["n_region_crops"] = regions.model.n_fitted
     result["parts"] = {name: _part_score(c) for name, c in counts_parts.items()}
     if head is not None:
         self_score = hungarian_miou(counts_self)
@@ -222,7 +233,8 @@ def run(args: argparse.Namespace) -> dict:
     if not samples:
         raise SystemExit("no images found for these dataset flags")
     try:  # bad labelling flags fail before any extraction
-        PseudoLabelConfig(min_cluster_share=args.min_cluster_share, region_rounds=args.region_rounds)
+        PseudoLabelConfig(min_cluster_share=args.min_cluster_share, region_rounds=args.region_rounds,
+                          region_crops=region_crops_from_args(args))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
     cfg, runtime = _extract_config(args)
@@ -236,15 +248,23 @@ def run(args: argparse.Namespace) -> dict:
     parts = _parts(args)
     cluster_ids = list(by_id) + [s.image_id for s in unlabeled]
     clusters = args.clusters or len(classes) - 1
+
+    def region_classes(model, labels_cfg: PseudoLabelConfig) -> RegionClasses:
+        run_region_crops(shards, cfg.digest(), out, model, labels_cfg, cfg.backbone.long_side, runtime, args.local,
+                         image_ids=cluster_ids)
+        return fit_region_classes(out, labels_cfg.regions_digest(cfg.digest()), labels_cfg.cluster,
+                                  image_ids=cluster_ids)
+
     per_seed, scored = [], []
     for seed in range(args.seeds):
         labels_cfg = PseudoLabelConfig(cluster_config_from_args(args, clusters, seed),
                                        refine=args.label_refine, min_cluster_share=args.min_cluster_share,
-                                       region_rounds=args.region_rounds,
+                                       region_rounds=args.region_rounds, region_crops=region_crops_from_args(args),
                                        self_train=_self_train(args, seed, cfg) if args.self_train else None)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
-                                     f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids, parts)
+                                     f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids, parts,
+                                     region_classes)
         print(f"  seed {seed}: mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f}"
               + (f", self-trained mIoU {result['self_trained_miou']:.4f}" if args.self_train else ""))
         per_seed.append(result)
@@ -286,7 +306,8 @@ def run(args: argparse.Namespace) -> dict:
                        "labels": PseudoLabelConfig(cluster_config_from_args(args, clusters, ClusterConfig().seed),
                                                    refine=args.label_refine,
                                                    min_cluster_share=args.min_cluster_share,
-                                                   region_rounds=args.region_rounds).to_dict(),
+                                                   region_rounds=args.region_rounds,
+                                                   region_crops=region_crops_from_args(args)).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
                        "self_train": dataclasses.asdict(_self_train(args, 0, cfg)) if args.self_train else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index,
@@ -321,7 +342,7 @@ def _oracle(args: argparse.Namespace, shards: str, cfg, by_id: dict[str, Sample]
             label_map: LabelMap | None, clusters: int, parts: dict[str, set[str]]) -> dict:
     """The report's oracle_* keys: every seed with ground-truth regions as the segments."""
     started = time.time()
-    features, failed = region_features(shards, cfg, by_id, label_map, args.ignore_index)
+    features, failed = region_features(shards, cfg, by_id, label_map, args.ignore_index, region_crops_from_args(args))
     runs = [score_oracle(features, by_id, label_map, len(classes),
                          cluster_config_from_args(args, clusters, seed), args.ignore_index,
                          {name: {i for i in by_id if _stem(i) in stems} for name, stems in parts.items()})

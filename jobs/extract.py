@@ -155,12 +155,13 @@ def pending_images(source: str | None, out: str, cfg: ExtractConfig, retry_error
     return not_done(refs, out, cfg.digest(), EIGEN_DIR, retry_errors)
 
 
-def not_done(refs: list[ImageRef], out: str, digest: str, kind: str, retry_errors: bool) -> tuple[list[ImageRef], int]:
-    """(refs with no row under OUT/kind, nor unless retry_errors an error row, for `digest`;
-    how many were skipped)."""
+def not_done(refs: list[ImageRef], out: str, digest: str, kind: str, retry_errors: bool,
+             error_kind: str = ERROR_DIR) -> tuple[list[ImageRef], int]:
+    """(refs with no row under OUT/kind, nor unless retry_errors an error row under
+    OUT/error_kind, for `digest`; how many were skipped)."""
     done = finished_ids(out, digest, kind)
     if not retry_errors:
-        done |= finished_ids(out, digest, ERROR_DIR)
+        done |= finished_ids(out, digest, error_kind)
     todo = [r for r in refs if r.image_id not in done]
     return todo, len(refs) - len(todo)
 

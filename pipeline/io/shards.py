@@ -30,6 +30,8 @@ from pipeline.io.storage import fresh_listing, put_whole
 EIGEN_DIR = "eigs"
 ERROR_DIR = "errors"
 LABELS_DIR = "labels"  # objects of `deep-spectral label` (pipeline.io.schema.OBJECT_SCHEMA)
+REGION_DIR = "regions"  # re-embedded regions of `cluster --region-crops` (REGION_SCHEMA)
+REGION_ERROR_DIR = "region_errors"  # images whose regions could not be embedded (ERROR_SCHEMA)
 
 
 def shard_name(config_digest: str, image_ids: list[str]) -> str:
@@ -108,7 +110,7 @@ def _read_schema(fs, first_file: str, current: pa.Schema) -> pa.Schema:
 
 KEY_COLUMNS = ["image_id", "config_digest"]
 # What one row stands for, where it is more than an image: an object of an image.
-KIND_KEYS = {LABELS_DIR: ["image_id", "object", "config_digest"]}
+KIND_KEYS = {LABELS_DIR: ["image_id", "object", "config_digest"], REGION_DIR: ["image_id", "label", "config_digest"]}
 
 
 def key_columns(kind: str) -> list[str]:

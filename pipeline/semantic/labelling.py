@@ -4,8 +4,10 @@ every image's segment features -> dataset-wide clusters -> per-image pseudo-labe
     segment_feature_batches(shards, digest)     a re-iterable stream of (n, D) feature batches
     fit_segment_clusters(shards, digest, cfg)   -> SegmentClusters (pipeline.semantic.clustering)
     fit_label_clusters(shards, digest, cfg)     -> the clusters labels come from (segments, then regions)
+    fit_region_classes(out, digest, cfg)        re-embedded regions (region_crops) -> RegionClasses
     segment_rows(shards, digest)                streams the rows pseudo-labels need
     segment_classes(segment_map, features, model, min_share)   -> (n,) classes 1..C of one image's segments
+    row_classes(row, model, min_share, regions) -> (n,) classes 1..C of one row's segments
     pseudo_labels(row, model, cfg, long_side)   -> (segment labels (n,), label image (H, W))
     self_trained_labels(row, head, labels, cfg, long_side)   -> the head's label image (H, W)
 
@@ -26,12 +28,13 @@ import pyarrow.compute as pc
 from pipeline.config import ExtractConfig
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, TooFewToCluster, fit_clusters
 from pipeline.semantic.image_clusters import consolidate, image_regions
+from pipeline.semantic.region_crops import RegionCropConfig, relabel
 from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict_probabilities, train_head, with_labels
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
 from pipeline.semantic.pseudo_labels import label_grid, label_image, label_image_from_scores
 from pipeline.io.schema import features_of, segment_patch_features_of, segments_of
-from pipeline.io.shards import EIGEN_DIR, scan_batches
+from pipeline.io.shards import EIGEN_DIR, REGION_DIR, scan_batches
 from pipeline.io.sources import read_bytes
 
 ROW_COLUMNS = ["image_id", "source_uri", "height", "width", "input_height", "input_width",
@@ -55,6 +58,9 @@ class PseudoLabelConfig:
     # 1 was chosen on VOC07's tune part among 0-2 (19.5 -> 22.5 at share 0.2) and check agrees
     # (19.0 -> 23.3), as does COCO128 (16.1 -> 17.5; docs/semantic.md). 0 = the paper's.
     region_rounds: int = 1
+    # Re-embed each image's regions (the segments sharing a label) as crops and cluster them
+    # again over the dataset (pipeline.semantic.region_crops); None = off.
+    region_crops: Optional[RegionCropConfig] = None
 
     def __post_init__(self):
         if not 0 <= self.min_cluster_share <= 1:
@@ -70,12 +76,22 @@ class PseudoLabelConfig:
         d = self.to_dict()
         # Options added later are left out where they are off, so the runs made before them
         # keep their digests.
-        for key in ("min_cluster_share", "region_rounds"):
+        for key in ("min_cluster_share", "region_rounds", "region_crops"):
             if not d[key]:
                 del d[key]
         if d["self_train"] and not d["self_train"]["label_weight"]:
             del d["self_train"]["label_weight"]
         text = json.dumps({"labels": d, "extract": extract_digest}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def regions_digest(self, extract_digest: str) -> str:
+        """Names the re-embedded regions of a run: what decides them (the first clustering, its
+        consolidation and refits, the crops' settings) over one extraction; not the pixel
+        refinement or the head, so runs that differ only there share their regions."""
+        if self.region_crops is None:
+            raise ValueError("no region crops in this labelling config")
+        d = dataclasses.asdict(dataclasses.replace(self, refine="none", self_train=None))
+        text = json.dumps({"regions": d, "extract": extract_digest}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -152,6 +168,54 @@ def fit_label_clusters(shards: str, digest: str, cfg: PseudoLabelConfig, batch_r
     return LabelClusters(model, segments.n_fitted, n_regions)
 
 
+class RegionClasses:
+    """The second clustering, over re-embedded regions: its model and every image's regions'
+    new classes. Holds two small integer arrays per image (its labels and their classes), not
+    features."""
+
+    def __init__(self, model: SegmentClusters, by_image: dict[str, tuple[np.ndarray, np.ndarray]]):
+        self.model, self.by_image = model, by_image
+
+    def relabel(self, image_id: str, classes: np.ndarray) -> np.ndarray:
+        """An image's (n,) segment classes under the first clustering -> under this one."""
+        if image_id not in self.by_image:
+            raise ValueError(f"{image_id}: its regions were not re-embedded (see the run's region_errors)")
+        labels, new = self.by_image[image_id]
+        return relabel(classes, labels, new)
+
+
+def region_crop_batches(out: str, digest: str, batch_rows: int = 1024, image_ids: list[str] | None = None):
+    """-> a callable that starts a new pass: yields (r, F) float32 features of the regions
+    under OUT/regions written with `digest` (all, or only `image_ids`'; rows without a region
+    are skipped)."""
+    def stream() -> Iterator[np.ndarray]:
+        for batch in scan_batches(out, REGION_DIR, ["feature_dim", "feature"], digest, batch_rows, image_ids):
+            dims = batch.column("feature_dim").drop_null()
+            if len(dims):
+                values = pc.list_flatten(batch.column("feature")).to_numpy(zero_copy_only=False)
+                yield values.reshape(-1, dims[0].as_py()).astype(np.float32, copy=False)
+    return stream
+
+
+def fit_region_classes(out: str, digest: str, cfg: ClusterConfig, batch_rows: int = 1024,
+                       image_ids: list[str] | None = None) -> RegionClasses:
+    """k-means over every re-embedded region under OUT/regions (`digest`; all images, or only
+    `image_ids`), streamed as the segments are, then each region's new class (cluster + 1)."""
+    model = fit_clusters(region_crop_batches(out, digest, batch_rows, image_ids), cfg)
+    found: dict[str, tuple[list, list]] = {}
+    for batch in scan_batches(out, REGION_DIR, ["image_id", "label", "feature"], digest, batch_rows, image_ids):
+        ids, labels = batch.column("image_id").to_pylist(), batch.column("label").to_pylist()
+        features = _list_rows(batch.column("feature"))
+        has = [i for i, f in enumerate(features) if f is not None]
+        new = (model.assign(np.stack([features[i] for i in has])) + 1).tolist() if has else []
+        for image_id in ids:
+            found.setdefault(image_id, ([], []))
+        for i, c in zip(has, new):
+            found[ids[i]][0].append(labels[i])
+            found[ids[i]][1].append(c)
+    return RegionClasses(model, {i: (np.array(a, np.int64), np.array(b, np.int64)) for i, (a, b) in found.items()})
+
+
 # SelfTrainConfig.features -> the (width, per-patch values) columns of a shard row it reads,
 # and the schema's reader of them (the segments' patch features have no width column: their
 # reader takes it from the values' length, as segment_dim also counts crops joined in).
@@ -206,16 +270,25 @@ def _list_rows(column) -> list[np.ndarray | None]:
     return [values[e - n:e] if ok else None for e, n, ok in zip(ends, lengths, valid)]
 
 
-def pseudo_labels(row: dict, model: SegmentClusters, cfg: PseudoLabelConfig,
-                  long_side: int | None, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def row_classes(row: dict, model: SegmentClusters, min_share: float = 0.0,
+                regions: RegionClasses | None = None) -> np.ndarray:
+    """A shard row with segments -> (n,) int64 classes 1..C of its segments 1..n
+    (segment_classes), relabelled by their re-embedded regions' classes when `regions` is given."""
+    segment_map, _, features = segments_of(row)
+    classes = segment_classes(segment_map, features, model, min_share)
+    return classes if regions is None else regions.relabel(row["image_id"], classes)
+
+
+def pseudo_labels(row: dict, model: SegmentClusters, cfg: PseudoLabelConfig, long_side: int | None,
+                  image: np.ndarray | None = None, regions: RegionClasses | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A shard row with segments -> (class of each segment 1..n (n,) int, (H, W) uint8 labels).
 
-    Classes are cluster + 1; the background segment is 0. `image` (decoded as extraction
-    decoded it) is read from the row's source when pixel refinement needs it and none is given.
+    Classes are cluster + 1 (of `regions`' clustering when given); the background segment is 0.
+    `image` (decoded as extraction decoded it) is read from the row's source when pixel
+    refinement needs it and none is given.
     """
-    segment_map, _, features = segments_of(row)
-    labels = segment_classes(segment_map, features, model, cfg.min_cluster_share)
-    grid = label_grid(segment_map, labels)
+    labels = row_classes(row, model, cfg.min_cluster_share, regions)
+    grid = label_grid(segments_of(row)[0], labels)
     if cfg.refine != "none" and image is None:
         image = source_image(row)
     return labels, label_image(grid, geometry_of(row, long_side), image, cfg.refine)
@@ -244,17 +317,20 @@ def segment_areas(segment_map: np.ndarray, n: int) -> np.ndarray:
 
 
 def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainConfig,
-               image_ids: list[str] | None = None, min_share: float = 0.0):
+               image_ids: list[str] | None = None, min_share: float = 0.0, regions: RegionClasses | None = None):
     """Train a head on every patch's stored feature (cfg.features: extracted with
-    --store-features, or --store-segment-patches) and its pseudo-label (segment_classes with
-    min_share) -> the head (pipeline.semantic.self_training)."""
+    --store-features, or --store-segment-patches) and its pseudo-label (row_classes with
+    min_share and `regions`) -> the head (pipeline.semantic.self_training). An image that has
+    no pseudo-label (its regions failed to embed) is left out."""
     def epoch():
         rows = segment_rows(shards, digest, image_ids=image_ids, patch_features=cfg.features)
         for batch in _batched(rows, 32):
             features, labels = [], []
             for row in batch:
+                if regions is not None and row["image_id"] not in regions.by_image:
+                    continue
                 segment_map, _, segment_features = segments_of(row)
-                classes = segment_classes(segment_map, segment_features, model, min_share)
+                classes = row_classes(row, model, min_share, regions)
                 grid = head_input(row["patch_features"], cfg.context)
                 grid = grid.reshape(-1, grid.shape[-1])
                 patch_labels = label_grid(segment_map, classes).ravel()
@@ -264,8 +340,10 @@ def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainC
                     keep = ~np.isin(segment_map.ravel(), doubtful)
                 features.append(grid[keep])
                 labels.append(patch_labels[keep])
-            yield np.concatenate(features), np.concatenate(labels)
-    return train_head(epoch, len(model.centroids) + 1, cfg)
+            if features:
+                yield np.concatenate(features), np.concatenate(labels)
+    n_classes = len((regions.model if regions is not None else model).centroids) + 1
+    return train_head(epoch, n_classes, cfg)
 
 
 def self_trained_labels(row: dict, head, segment_labels: np.ndarray, cfg: PseudoLabelConfig,

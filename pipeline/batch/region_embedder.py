@@ -1,0 +1,108 @@
+"""Region re-embedding as a callable: shard rows in, region rows and error rows out
+(pipeline.semantic.region_crops; the rows of pipeline.io.schema.REGION_SCHEMA).
+
+Loads the crops' embedder once (`__init__`) and maps batches of shard rows (`__call__`), the
+shape of Ray's batch inference, without knowing Ray. Each row's segments take their classes
+under the first clustering (consolidated as the labels are), each class's cells make one
+region, and the region's box is cropped from the source image and embedded; every image
+yields its region rows (one row with label 0 when it has no foreground) or one error row.
+"""
+from __future__ import annotations
+
+import hashlib
+import traceback
+
+import numpy as np
+
+from pipeline.features.geometry import geometry_of
+from pipeline.features.supervised import segment_embedder
+from pipeline.io.images import decode_image
+from pipeline.io.schema import segments_of
+from pipeline.io.sources import read_bytes
+from pipeline.semantic.clustering import SegmentClusters
+from pipeline.semantic.image_clusters import image_regions
+from pipeline.semantic.labelling import PseudoLabelConfig, segment_areas, segment_classes
+from pipeline.semantic.region_crops import image_regions_of, region_features
+from pipeline.semantic.segments import segment_crops
+
+
+class RegionEmbedder:
+    def __init__(self, model: SegmentClusters, cfg: PseudoLabelConfig, long_side: int | None,
+                 extract_digest: str, device: str = "cpu", embedder=None):
+        """model: the first clustering (pipeline.semantic.labelling.fit_label_clusters);
+        cfg: its labelling config, with region_crops set; long_side: the extraction's;
+        embedder: anything with cls_embeddings(crops, resize=) (default: cfg.region_crops.backbone's)."""
+        if cfg.region_crops is None:
+            raise ValueError("RegionEmbedder needs a labelling config with region_crops")
+        self.model, self.cfg, self.long_side = model, cfg, long_side
+        self.crops = cfg.region_crops
+        self.extract_digest = extract_digest
+        self.digest = cfg.regions_digest(extract_digest)
+        self.embedder = embedder if embedder is not None else segment_embedder(self.crops.backbone, device)
+
+    def __call__(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """Shard rows with segments (every column; image_sha256 checks the source is the image
+        that was extracted) -> (region rows, error rows)."""
+        prepared, errors = [], []
+        for row in rows:
+            try:
+                prepared.append((row, *self._regions(row)))
+            except Exception as exc:
+                errors.append(self.error_row(row, exc))
+        crops = [c for _, _, _, _, _, row_crops in prepared for c in row_crops]
+        try:  # one call for the batch's crops: a GPU embedder sees a batch, not one image's two
+            embedded = self._embed(crops)
+        except Exception:
+            embedded = None
+        out, start = [], 0
+        for row, labels, cells, boxes, pooled, row_crops in prepared:
+            try:
+                if embedded is not None:
+                    crop_features = embedded[start:start + len(row_crops)]
+                else:  # the batch's call failed: the exception lands on the image that caused it
+                    crop_features = self._embed(row_crops)
+                out += self._region_rows(row, labels, cells, boxes,
+                                         region_features(crop_features, pooled, self.crops.features))
+            except Exception as exc:
+                errors.append(self.error_row(row, exc))
+            start += len(row_crops)
+        return out, errors
+
+    def _regions(self, row: dict):
+        """-> (labels (r,), cells (r,), boxes (r, 4), pooled segment features (r, D), r crops)."""
+        segment_map, _, features = segments_of(row)
+        classes = segment_classes(segment_map, features, self.model, self.cfg.min_cluster_share)
+        labels, cells, boxes = image_regions_of(segment_map, classes, geometry_of(row, self.long_side))
+        if not len(labels):
+            return labels, cells, boxes, np.zeros((0, features.shape[1]), np.float32), []
+        pooled = image_regions(features, segment_areas(segment_map, len(features)), classes)
+        return labels, cells, boxes, pooled, segment_crops(self._source(row), boxes, self.crops.crop_size)
+
+    def _source(self, row: dict) -> np.ndarray:
+        """The row's source image, checked to be the one that was extracted."""
+        data = read_bytes(row["source_uri"])
+        if hashlib.sha256(data).hexdigest() != row["image_sha256"]:
+            raise ValueError(f"{row['image_id']}: source image changed since extraction ({row['source_uri']})")
+        image = decode_image(data)
+        if image.shape[:2] != (row["height"], row["width"]):
+            raise ValueError(f"{row['image_id']}: decoded {image.shape[:2]}, extracted {(row['height'], row['width'])}")
+        return image
+
+    def _embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, 0), np.float32)
+        return np.asarray(self.embedder.cls_embeddings(crops, resize="crop"), np.float32)
+
+    def _region_rows(self, row: dict, labels, cells, boxes, features: np.ndarray) -> list[dict]:
+        base = {"image_id": row["image_id"], "config_digest": self.digest, "extract_digest": self.extract_digest}
+        if not len(labels):  # done, nothing to embed: a rerun must not do it again
+            return [{**base, "label": 0, "cells": 0, "box": None, "feature_dim": None, "feature": None}]
+        return [{**base, "label": int(label), "cells": int(n), "box": box.tolist(),
+                 "feature_dim": features.shape[1], "feature": f.tolist()}
+                for label, n, box, f in zip(labels, cells, boxes, features)]
+
+    def error_row(self, row: dict, exc: BaseException) -> dict:
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return {"image_id": row["image_id"], "source_uri": row.get("source_uri") or "",
+                "config_digest": self.digest, "stage": "regions", "error_type": type(exc).__name__,
+                "reason": reason[:2000]}
