@@ -51,7 +51,8 @@ class RegionActor:
         digest = self.embedder.digest
 
         def embed(part: list[ImageRef]) -> dict:
-            found = rows_by_id([(r.image_id, r.uri) for r in part], self.embedder.extract_digest)
+            found = rows_by_id([(r.image_id, r.uri) for r in part], self.embedder.extract_digest,
+                               self.embedder.ROW_COLUMNS)
             regions, errors = self.embedder([found[r.image_id] for r in part if r.image_id in found])
             errors += [{"image_id": r.image_id, "source_uri": r.uri, "config_digest": digest, "stage": "regions",
                         "error_type": "KeyError", "reason": f"no row of config {self.embedder.extract_digest} in {r.uri}"}

@@ -21,12 +21,15 @@ from pipeline.io.schema import segments_of
 from pipeline.io.sources import read_bytes
 from pipeline.semantic.clustering import SegmentClusters
 from pipeline.semantic.image_clusters import image_regions
-from pipeline.semantic.labelling import PseudoLabelConfig, segment_areas, segment_classes
+from pipeline.semantic.labelling import ROW_COLUMNS, PseudoLabelConfig, segment_areas, segment_classes
 from pipeline.semantic.region_crops import image_regions_of, region_features
 from pipeline.semantic.segments import segment_crops
 
 
 class RegionEmbedder:
+    # The shard columns __call__ reads (segments, geometry, the source and its checksum).
+    ROW_COLUMNS = ROW_COLUMNS + ["image_sha256"]
+
     def __init__(self, model: SegmentClusters, cfg: PseudoLabelConfig, long_side: int | None,
                  extract_digest: str, device: str = "cpu", embedder=None):
         """model: the first clustering (pipeline.semantic.labelling.fit_label_clusters);
@@ -41,8 +44,8 @@ class RegionEmbedder:
         self.embedder = embedder if embedder is not None else segment_embedder(self.crops.backbone, device)
 
     def __call__(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
-        """Shard rows with segments (every column; image_sha256 checks the source is the image
-        that was extracted) -> (region rows, error rows)."""
+        """Shard rows with segments (at least ROW_COLUMNS; image_sha256 checks the source is the
+        image that was extracted) -> (region rows, error rows)."""
         prepared, errors = [], []
         for row in rows:
             try:
