@@ -36,13 +36,12 @@ import fsspec
 import numpy as np
 
 from jobs.region_crops import run_region_crops
-from pipeline.config import RuntimeConfig
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters
 from pipeline.semantic.region_crops import REGION_FEATURES, RegionCropConfig
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
 from pipeline.io.schema import segment_label_table
 from pipeline.semantic.self_training import HEAD_FEATURES, SelfTrainConfig
-from pipeline.config import ExtractConfig
+from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.semantic.labelling import (LabelClusters, PseudoLabelConfig, fit_label_clusters, fit_region_classes,
                                          missing_head_features, pseudo_labels, segment_digests, segment_rows,
                                          self_train, self_trained_labels, source_image, with_head_features)
