@@ -38,3 +38,10 @@ def test_the_measured_parts_run_on_the_cpu_without_ray_or_pymatting():
     assert sum("bf16 autocast" in line for line in table) == 2  # batches 1 and 2
     assert "weights: " in out and ("RANDOM weights" in out or "float16 file" in out)
     assert "skipped: throughput table" not in out
+
+
+def test_the_region_crop_gpu_bench_runs_on_the_cpu():
+    done = subprocess.run([sys.executable, "bench/gpu_region_crops.py", "--cpu", "--repeat", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "largest angle cpu vs CPU: 0.0000 deg" in done.stdout and "| region crops on cpu" in done.stdout
