@@ -33,7 +33,8 @@ from pipeline.semantic.labelling import PseudoLabelConfig
 
 class RegionActor:
     """Ray Data callable: loads the crops' embedder once, embeds each batch's regions and commits
-    its shards. A batch is {"image_id": [...], "shard": [URI of the shard holding its row]}."""
+    its shards. A batch is jobs.extract.cut_batches' {"image_id": [...], "uri": [...]}, each uri
+    the shard that holds the image's row."""
 
     def __init__(self, model: SegmentClusters, labels_cfg: PseudoLabelConfig, long_side: int | None,
                  extract_digest: str, out: str, device: str, batch_size: int, threads: int,
@@ -47,15 +48,15 @@ class RegionActor:
         self.out, self.run_id, self.max_deaths, self.attempts = out, run_id, max_worker_deaths, Attempts(out)
 
     def __call__(self, batch: dict) -> dict:
-        refs = [ImageRef(str(i), str(s)) for i, s in zip(batch["image_id"], batch["shard"])]
+        refs = [ImageRef(str(i), str(s)) for i, s in zip(batch["image_id"], batch["uri"])]
         digest = self.embedder.digest
 
         def embed(part: list[ImageRef]) -> dict:
             found = rows_by_id([(r.image_id, r.uri) for r in part], self.embedder.extract_digest,
                                self.embedder.ROW_COLUMNS)
             regions, errors = self.embedder([found[r.image_id] for r in part if r.image_id in found])
-            errors += [{"image_id": r.image_id, "source_uri": r.uri, "config_digest": digest, "stage": "regions",
-                        "error_type": "KeyError", "reason": f"no row of config {self.embedder.extract_digest} in {r.uri}"}
+            errors += [self.embedder.error_row({"image_id": r.image_id, "source_uri": r.uri},
+                                               LookupError(f"no row of config {self.embedder.extract_digest} in {r.uri}"))
                        for r in part if r.image_id not in found]
             return {"regions": regions, "errors": errors}
 
@@ -85,6 +86,7 @@ def run_region_crops(shards: str, extract_digest: str, out: str, model: SegmentC
     def run(lease) -> dict:
         shard_of = shard_files(shards, extract_digest)
         wanted = sorted(shard_of) if image_ids is None else [i for i in image_ids if i in shard_of]
+        # Each ref's uri is the shard holding the image's row; a batch then reads few shards.
         refs = sorted((ImageRef(i, shard_of[i]) for i in wanted), key=lambda r: (r.uri, r.image_id))
         todo, skipped = extract.not_done(refs, out, digest, REGION_DIR, runtime.retry_errors, REGION_ERROR_DIR)
         summary = {"out": out, "config_digest": digest, "extract_digest": extract_digest,
@@ -93,10 +95,7 @@ def run_region_crops(shards: str, extract_digest: str, out: str, model: SegmentC
             print(f"region crops: all {skipped} images already in {out} for regions {digest}")
             return summary
         print(f"region crops: {len(todo)} images to embed ({cfg.region_crops.backbone}), {skipped} already done")
-        batches = [{"image_id": [r.image_id for r in todo[s:s + runtime.batch_size]],
-                    "shard": [r.uri for r in todo[s:s + runtime.batch_size]]}
-                   for s in range(0, len(todo), runtime.batch_size)]
-        outcome = extract.drive(batches, len(todo), RegionActor,
+        outcome = extract.drive(extract.cut_batches(todo, runtime.batch_size), len(todo), RegionActor,
                                 {"model": model, "labels_cfg": cfg, "long_side": long_side,
                                  "extract_digest": extract_digest, "out": out},
                                 runtime, local, "deep-spectral-region-crops", lease.owner)

@@ -110,14 +110,20 @@ def segment_feature_batches(shards: str, digest: str, batch_rows: int = 1024,
                             image_ids: list[str] | None = None):
     """-> a callable that starts a new pass: yields (n, D) float32 feature batches of the
     images with segments (all, or only `image_ids`)."""
+    return _feature_batches(shards, EIGEN_DIR, "segment_dim", "segment_features", digest, batch_rows, image_ids)
+
+
+def _feature_batches(out: str, kind: str, width: str, values: str, digest: str, batch_rows: int,
+                     image_ids: list[str] | None):
+    """-> a callable that starts a new pass over OUT/kind (`digest`'s rows, all or `image_ids`'):
+    yields each batch's `values` lists (several vectors per row, `width` wide) as one (n, width)
+    float32 array; rows with a null width hold none."""
     def stream() -> Iterator[np.ndarray]:
-        for batch in scan_batches(shards, EIGEN_DIR, ["segment_dim", "segment_features"],
-                                  digest, batch_rows, image_ids):
-            dims = batch.column("segment_dim").drop_null()
-            if not len(dims):
-                continue
-            values = pc.list_flatten(batch.column("segment_features")).to_numpy(zero_copy_only=False)
-            yield values.reshape(-1, dims[0].as_py()).astype(np.float32, copy=False)
+        for batch in scan_batches(out, kind, [width, values], digest, batch_rows, image_ids):
+            dims = batch.column(width).drop_null()
+            if len(dims):
+                flat = pc.list_flatten(batch.column(values)).to_numpy(zero_copy_only=False)
+                yield flat.reshape(-1, dims[0].as_py()).astype(np.float32, copy=False)
     return stream
 
 
@@ -188,13 +194,7 @@ def region_crop_batches(out: str, digest: str, batch_rows: int = 1024, image_ids
     """-> a callable that starts a new pass: yields (r, F) float32 features of the regions
     under OUT/regions written with `digest` (all, or only `image_ids`'; rows without a region
     are skipped)."""
-    def stream() -> Iterator[np.ndarray]:
-        for batch in scan_batches(out, REGION_DIR, ["feature_dim", "feature"], digest, batch_rows, image_ids):
-            dims = batch.column("feature_dim").drop_null()
-            if len(dims):
-                values = pc.list_flatten(batch.column("feature")).to_numpy(zero_copy_only=False)
-                yield values.reshape(-1, dims[0].as_py()).astype(np.float32, copy=False)
-    return stream
+    return _feature_batches(out, REGION_DIR, "feature_dim", "feature", digest, batch_rows, image_ids)
 
 
 def fit_region_classes(out: str, digest: str, cfg: ClusterConfig, batch_rows: int = 1024,
