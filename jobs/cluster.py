@@ -102,7 +102,7 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
     regions = (fit_region_classes(out, cfg.regions_digest(extract_digest), cfg.cluster)
                if cfg.region_crops else None)
     head = (self_train(shards, extract_digest, model, cfg.self_train, min_share=cfg.min_cluster_share,
-                       regions=regions) if cfg.self_train else None)
+                       regions=regions, fiedler_threshold=cfg.fiedler_threshold) if cfg.self_train else None)
     fit_seconds = time.time() - started
     digest = cfg.digest(extract_digest)
     pending, images, sizes = [], 0, np.zeros(cfg.cluster.n_clusters + 1, np.int64)
@@ -205,6 +205,18 @@ def add_consolidation_arguments(parser) -> None:
     parser.add_argument("--region-rounds", type=int, default=PseudoLabelConfig.region_rounds, metavar="N",
                         help="refit the clusters N times over every image's regions (its segments "
                              "grouped by label) instead of its segments (0 = off)")
+    parser.add_argument("--fiedler-threshold", type=float, default=PseudoLabelConfig.fiedler_threshold, metavar="A",
+                        help="label background every cell whose Fiedler value is at most the image's mean + "
+                             "A standard deviations, whatever its segment (default: the segments' background alone)")
+
+
+def labels_config_from_args(args: argparse.Namespace, cluster: ClusterConfig, refine: str,
+                            self_train: SelfTrainConfig | None = None) -> PseudoLabelConfig:
+    """The labelling flags (add_consolidation_arguments, add_region_crop_arguments) -> the config;
+    ValueError for values it rejects."""
+    return PseudoLabelConfig(cluster, refine=refine, min_cluster_share=args.min_cluster_share,
+                             region_rounds=args.region_rounds, region_crops=region_crops_from_args(args),
+                             fiedler_threshold=args.fiedler_threshold, self_train=self_train)
 
 
 def add_region_crop_arguments(parser) -> None:
@@ -286,10 +298,8 @@ def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig
 
 def main(args: argparse.Namespace) -> int:
     try:
-        cfg = PseudoLabelConfig(cluster_config_from_args(args, args.clusters, args.seed, args.sample_size),
-                                refine=args.refine, min_cluster_share=args.min_cluster_share,
-                                region_rounds=args.region_rounds, region_crops=region_crops_from_args(args),
-                                self_train=self_train_from_args(args, args.seed) if args.self_train else None)
+        cfg = labels_config_from_args(args, cluster_config_from_args(args, args.clusters, args.seed, args.sample_size),
+                                      args.refine, self_train_from_args(args, args.seed) if args.self_train else None)
         runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors, device=args.device)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc

@@ -36,8 +36,8 @@ from PIL import Image
 
 from jobs import extract
 from jobs.cluster import (add_consolidation_arguments, add_pca_arguments, add_region_crop_arguments,
-                          add_self_train_arguments, cluster_config_from_args, region_crops_from_args,
-                          self_train_from_args)
+                          add_self_train_arguments, cluster_config_from_args, labels_config_from_args,
+                          region_crops_from_args, self_train_from_args)
 from jobs.region_crops import run_region_crops
 from jobs.semantic_oracle import region_features, score_oracle
 from jobs.tasks import data_flags, extract_samples
@@ -158,7 +158,7 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
     model, n_segments, n_regions = fit_label_clusters(shards, digest, labels_cfg, image_ids=cluster_ids)
     regions: RegionClasses | None = region_classes(model, labels_cfg) if labels_cfg.region_crops else None
     head = (self_train(shards, digest, model, labels_cfg.self_train, cluster_ids, labels_cfg.min_cluster_share,
-                       regions) if self_training else None)
+                       regions, labels_cfg.fiedler_threshold) if self_training else None)
     n_labels = labels_cfg.cluster.n_clusters + 1
     counts = np.zeros((n_labels, len(classes)), np.int64)
     counts_self = counts.copy()
@@ -233,8 +233,7 @@ def run(args: argparse.Namespace) -> dict:
     if not samples:
         raise SystemExit("no images found for these dataset flags")
     try:  # bad labelling flags fail before any extraction
-        PseudoLabelConfig(min_cluster_share=args.min_cluster_share, region_rounds=args.region_rounds,
-                          region_crops=region_crops_from_args(args))
+        labels_config_from_args(args, ClusterConfig(), args.label_refine)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
     cfg, runtime = _extract_config(args)
@@ -257,10 +256,8 @@ def run(args: argparse.Namespace) -> dict:
 
     per_seed, scored = [], []
     for seed in range(args.seeds):
-        labels_cfg = PseudoLabelConfig(cluster_config_from_args(args, clusters, seed),
-                                       refine=args.label_refine, min_cluster_share=args.min_cluster_share,
-                                       region_rounds=args.region_rounds, region_crops=region_crops_from_args(args),
-                                       self_train=_self_train(args, seed, cfg) if args.self_train else None)
+        labels_cfg = labels_config_from_args(args, cluster_config_from_args(args, clusters, seed), args.label_refine,
+                                             _self_train(args, seed, cfg) if args.self_train else None)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
                                      f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids, parts,
@@ -303,11 +300,9 @@ def run(args: argparse.Namespace) -> dict:
         "backbone": cfg.backbone.name,
         "config_digest": cfg.digest(),
         "config": {"extract": cfg.to_dict(), "task": {
-                       "labels": PseudoLabelConfig(cluster_config_from_args(args, clusters, ClusterConfig().seed),
-                                                   refine=args.label_refine,
-                                                   min_cluster_share=args.min_cluster_share,
-                                                   region_rounds=args.region_rounds,
-                                                   region_crops=region_crops_from_args(args)).to_dict(),
+                       "labels": labels_config_from_args(args, cluster_config_from_args(args, clusters,
+                                                                                        ClusterConfig().seed),
+                                                         args.label_refine).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
                        "self_train": dataclasses.asdict(_self_train(args, 0, cfg)) if args.self_train else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index,

@@ -10,6 +10,7 @@ every image's segment features -> dataset-wide clusters -> per-image pseudo-labe
     row_classes(row, model, min_share, regions) -> (n,) classes 1..C of one row's segments
     pseudo_labels(row, model, cfg, long_side)   -> (segment labels (n,), label image (H, W))
     self_trained_labels(row, head, labels, cfg, long_side)   -> the head's label image (H, W)
+    label_cells(row, classes, fiedler_threshold)  (n,) segment classes -> (h, w) class ids per cell
 
 Shards are read in a fixed order, a batch at a time, so memory does not grow with the
 dataset and the same seed gives the same labels.
@@ -27,19 +28,23 @@ import pyarrow.compute as pc
 
 from pipeline.config import ExtractConfig
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, TooFewToCluster, fit_clusters
+from pipeline.semantic.fiedler_cells import fiedler_background, with_fiedler_background
 from pipeline.semantic.image_clusters import consolidate, image_regions
 from pipeline.semantic.region_crops import RegionCropConfig, relabel
 from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict_probabilities, train_head, with_labels
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
 from pipeline.semantic.pseudo_labels import label_grid, label_image, label_image_from_scores
-from pipeline.io.schema import features_of, segment_patch_features_of, segments_of
+from pipeline.io.schema import eigenvectors_of, features_of, segment_patch_features_of, segments_of
 from pipeline.io.shards import EIGEN_DIR, REGION_DIR, scan_batches
 from pipeline.io.sources import read_bytes
 
 ROW_COLUMNS = ["image_id", "source_uri", "height", "width", "input_height", "input_width",
                "grid_h", "grid_w", "n_segments", "segment_map", "segment_boxes", "segment_dim",
                "segment_features"]
+# What labelling reads of a row: the segments, and the eigenvectors for the Fiedler test per
+# cell (PseudoLabelConfig.fiedler_threshold; 60 KB a row at k 15 on a 32 x 32 grid).
+LABEL_COLUMNS = ROW_COLUMNS + ["k", "eigenvectors"]
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,19 @@ class PseudoLabelConfig:
     # Re-embed each image's regions (the segments sharing a label) as crops and cluster them
     # again over the dataset (pipeline.semantic.region_crops); None = off.
     region_crops: Optional[RegionCropConfig] = None
+    # Cells whose Fiedler value is at most the image's mean + this many standard deviations are
+    # background in the labels (and the head's training labels), whatever their segment
+    # (pipeline.semantic.fiedler_cells); None = the segments' background alone, the paper's.
+    # Regions and clusters are the segments', unchanged.
+    fiedler_threshold: Optional[float] = None
 
     def __post_init__(self):
         if not 0 <= self.min_cluster_share <= 1:
             raise ValueError(f"min_cluster_share is a share of the foreground in [0, 1], got {self.min_cluster_share}")
         if self.region_rounds < 0:
             raise ValueError(f"region_rounds counts refits, got {self.region_rounds}")
+        if self.fiedler_threshold is not None and not np.isfinite(self.fiedler_threshold):
+            raise ValueError(f"fiedler_threshold is a number of standard deviations, got {self.fiedler_threshold}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -79,6 +91,8 @@ class PseudoLabelConfig:
         for key in ("min_cluster_share", "region_rounds", "region_crops"):
             if not d[key]:
                 del d[key]
+        if d["fiedler_threshold"] is None:  # 0 is on: the image's mean
+            del d["fiedler_threshold"]
         if d["self_train"] and not d["self_train"]["label_weight"]:
             del d["self_train"]["label_weight"]
         text = json.dumps({"labels": d, "extract": extract_digest}, sort_keys=True)
@@ -87,10 +101,12 @@ class PseudoLabelConfig:
     def regions_digest(self, extract_digest: str) -> str:
         """Names the re-embedded regions of a run: what decides them (the first clustering, its
         consolidation and refits, the crops' settings) over one extraction; not the pixel
-        refinement or the head, so runs that differ only there share their regions."""
+        refinement, the Fiedler test per cell or the head, so runs that differ only there share
+        their regions."""
         if self.region_crops is None:
             raise ValueError("no region crops in this labelling config")
         d = dataclasses.asdict(dataclasses.replace(self, refine="none", self_train=None))
+        del d["fiedler_threshold"]
         text = json.dumps({"regions": d, "extract": extract_digest}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -244,10 +260,10 @@ def missing_head_features(extract: ExtractConfig, features: str) -> str | None:
 
 def segment_rows(shards: str, digest: str, batch_rows: int = 256, image_ids: list[str] | None = None,
                  patch_features: str | None = None) -> Iterator[dict]:
-    """Rows (ROW_COLUMNS) of images with segments, streamed in shard order; with
+    """Rows (LABEL_COLUMNS) of images with segments, streamed in shard order; with
     `patch_features` (a HEAD_FEATURE_COLUMNS key) also row["patch_features"], (grid_h, grid_w, C)."""
     width, values, read = HEAD_FEATURE_COLUMNS[patch_features] if patch_features else (None, None, None)
-    columns = ROW_COLUMNS + ([c for c in (width, values) if c and c not in ROW_COLUMNS] if values else [])
+    columns = LABEL_COLUMNS + ([c for c in (width, values) if c and c not in LABEL_COLUMNS] if values else [])
     for batch in scan_batches(shards, EIGEN_DIR, columns, digest, batch_rows, image_ids):
         # The patch features stay one NumPy buffer sliced per row: as Python lists (to_pylist)
         # they cost more than reading them (self-training reads them once per epoch).
@@ -288,10 +304,20 @@ def pseudo_labels(row: dict, model: SegmentClusters, cfg: PseudoLabelConfig, lon
     refinement needs it and none is given.
     """
     labels = row_classes(row, model, cfg.min_cluster_share, regions)
-    grid = label_grid(segments_of(row)[0], labels)
+    grid = label_cells(row, labels, cfg.fiedler_threshold)
     if cfg.refine != "none" and image is None:
         image = source_image(row)
     return labels, label_image(grid, geometry_of(row, long_side), image, cfg.refine)
+
+
+def label_cells(row: dict, classes: np.ndarray, fiedler_threshold: float | None = None) -> np.ndarray:
+    """A row (LABEL_COLUMNS) and its segments' (n,) classes -> (grid_h, grid_w) uint8 class ids
+    per cell: each segment's class, and with `fiedler_threshold` the cells the Fiedler test
+    calls background set to 0 (pipeline.semantic.fiedler_cells)."""
+    grid = label_grid(segments_of(row)[0], classes)
+    if fiedler_threshold is None:
+        return grid
+    return with_fiedler_background(grid, fiedler_background(eigenvectors_of(row), fiedler_threshold))
 
 
 def source_image(row: dict) -> np.ndarray:
@@ -317,11 +343,13 @@ def segment_areas(segment_map: np.ndarray, n: int) -> np.ndarray:
 
 
 def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainConfig,
-               image_ids: list[str] | None = None, min_share: float = 0.0, regions: RegionClasses | None = None):
+               image_ids: list[str] | None = None, min_share: float = 0.0, regions: RegionClasses | None = None,
+               fiedler_threshold: float | None = None):
     """Train a head on every patch's stored feature (cfg.features: extracted with
     --store-features, or --store-segment-patches) and its pseudo-label (row_classes with
-    min_share and `regions`) -> the head (pipeline.semantic.self_training). An image that has
-    no pseudo-label (its regions failed to embed) is left out."""
+    min_share and `regions`, label_cells with fiedler_threshold) -> the head
+    (pipeline.semantic.self_training). An image that has no pseudo-label (its regions failed to
+    embed) is left out."""
     def epoch():
         rows = segment_rows(shards, digest, image_ids=image_ids, patch_features=cfg.features)
         for batch in _batched(rows, 32):
@@ -333,7 +361,7 @@ def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainC
                 classes = row_classes(row, model, min_share, regions)
                 grid = head_input(row["patch_features"], cfg.context)
                 grid = grid.reshape(-1, grid.shape[-1])
-                patch_labels = label_grid(segment_map, classes).ravel()
+                patch_labels = label_cells(row, classes, fiedler_threshold).ravel()
                 keep = np.ones(len(patch_labels), bool)
                 if cfg.max_ratio < 1 and len(segment_features):
                     doubtful = np.flatnonzero(model.distance_ratio(segment_features) > cfg.max_ratio) + 1
@@ -353,7 +381,7 @@ def self_trained_labels(row: dict, head, segment_labels: np.ndarray, cfg: Pseudo
     (cfg.self_train.label_weight), refined at pixels as the labels are (cfg.refine)."""
     st = cfg.self_train
     probabilities = predict_probabilities(head, head_input(row["patch_features"], st.context))
-    scores = with_labels(probabilities, label_grid(segments_of(row)[0], segment_labels), st.label_weight)
+    scores = with_labels(probabilities, label_cells(row, segment_labels, cfg.fiedler_threshold), st.label_weight)
     if cfg.refine != "none" and image is None:
         image = source_image(row)
     return label_image_from_scores(scores, geometry_of(row, long_side), image, cfg.refine)
