@@ -188,6 +188,10 @@ def test_voc_protocol_with_region_crops_and_their_oracle(voc_tree, tmp_path, off
     again = _evaluate(root, out, "--region-crops", "efficientnet_lite0_supervised")
     assert read_table(str(out), REGION_DIR).num_rows == len(regions) and again["per_seed"] == report["per_seed"]
     assert again["oracle_per_seed"] == report["oracle_per_seed"]
+    # Background per cell by the Fiedler vector changes the labels, not the regions: none embedded again.
+    cells = _evaluate(root, out, "--region-crops", "efficientnet_lite0_supervised", "--fiedler-threshold", "0")
+    assert read_table(str(out), REGION_DIR).num_rows == len(regions)
+    assert cells["config"]["task"]["labels"]["fiedler_threshold"] == 0 and cells["n_images"] == 2
 
 
 def test_segments_added_to_stored_rows_equal_a_fresh_extraction(voc_tree, tmp_path, offline_weights):
