@@ -8,8 +8,8 @@ segment and every segment whose mean Fiedler value is <= 0), so a segment that s
 object's edge gives all its cells to the object: on VOC07 the labels called 21% of the
 background pixels objects. Single-object masks threshold the oriented Fiedler vector per cell
 at its mean (pipeline.objects.masks, FINDINGS); the same test per cell, at the image's mean
-plus `threshold` standard deviations, sends the cells below it to the background whatever their
-segment (docs/semantic.md, "Background per cell").
+plus `threshold` standard deviations, sends the cells at or below it to the background whatever
+their segment (docs/semantic.md, "Background per cell").
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from pipeline.objects.localize import foreground_mask
 
 def fiedler_background(eigenvectors: np.ndarray, threshold: float) -> np.ndarray:
     """(k, h, w) oriented eigenvectors -> (h, w) bool: the cells whose Fiedler value (eigenvector
-    1) is at most its mean + threshold x its standard deviation over the image. None are when
-    that would leave no foreground or no background (a flat vector), or there is no Fiedler
-    vector (k < 2)."""
+    1) is at most its mean + threshold x its standard deviation over the image. No cell is when
+    that would leave no foreground or no background (a flat vector), or when there is no
+    Fiedler vector (k < 2)."""
     if len(eigenvectors) < 2:
         return np.zeros(eigenvectors.shape[1:], bool)
     fiedler = np.asarray(eigenvectors[1], np.float64)
