@@ -264,15 +264,16 @@ def segment_rows(shards: str, digest: str, batch_rows: int = 256, image_ids: lis
     `patch_features` (a HEAD_FEATURE_COLUMNS key) also row["patch_features"], (grid_h, grid_w, C)."""
     width, values, read = HEAD_FEATURE_COLUMNS[patch_features] if patch_features else (None, None, None)
     columns = LABEL_COLUMNS + ([c for c in (width, values) if c and c not in LABEL_COLUMNS] if values else [])
+    # The float vectors stay one NumPy buffer per batch, sliced per row: as Python lists
+    # (to_pylist) they cost more than reading them (the eigenvectors alone 60% more per pass, and
+    # self-training reads the patch features once per epoch).
+    arrays = ["eigenvectors"] + ([values] if values else [])
     for batch in scan_batches(shards, EIGEN_DIR, columns, digest, batch_rows, image_ids):
-        # The patch features stay one NumPy buffer sliced per row: as Python lists (to_pylist)
-        # they cost more than reading them (self-training reads them once per epoch).
-        features = _list_rows(batch.column(values)) if values else None
-        rest = batch.drop_columns([values]) if values else batch
-        for i, row in enumerate(rest.to_pylist()):
+        sliced = {name: _list_rows(batch.column(name)) for name in arrays}
+        for i, row in enumerate(batch.drop_columns(arrays).to_pylist()):
             if row["segment_map"] is not None:
-                if features is not None:
-                    row[values] = features[i]
+                row.update({name: rows[i] for name, rows in sliced.items()})
+                if values:
                     row["patch_features"] = read(row)
                 yield row
 
