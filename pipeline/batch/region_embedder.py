@@ -9,16 +9,14 @@ yields its region rows (one row with label 0 when it has no foreground) or one e
 """
 from __future__ import annotations
 
-import hashlib
 import traceback
 
 import numpy as np
 
 from pipeline.features.geometry import geometry_of
 from pipeline.features.supervised import segment_embedder
-from pipeline.io.images import decode_image
+from pipeline.io.images import extracted_image
 from pipeline.io.schema import segments_of
-from pipeline.io.sources import read_bytes
 from pipeline.semantic.clustering import SegmentClusters
 from pipeline.semantic.image_clusters import image_regions
 from pipeline.semantic.labelling import ROW_COLUMNS, PseudoLabelConfig, segment_areas, segment_classes
@@ -79,17 +77,7 @@ class RegionEmbedder:
         if not len(labels):
             return labels, cells, boxes, np.zeros((0, features.shape[1]), np.float32), []
         pooled = image_regions(features, segment_areas(segment_map, len(features)), classes)
-        return labels, cells, boxes, pooled, segment_crops(self._source(row), boxes, self.crops.crop_size)
-
-    def _source(self, row: dict) -> np.ndarray:
-        """The row's source image, checked to be the one that was extracted."""
-        data = read_bytes(row["source_uri"])
-        if hashlib.sha256(data).hexdigest() != row["image_sha256"]:
-            raise ValueError(f"{row['image_id']}: source image changed since extraction ({row['source_uri']})")
-        image = decode_image(data)
-        if image.shape[:2] != (row["height"], row["width"]):
-            raise ValueError(f"{row['image_id']}: decoded {image.shape[:2]}, extracted {(row['height'], row['width'])}")
-        return image
+        return labels, cells, boxes, pooled, segment_crops(extracted_image(row), boxes, self.crops.crop_size)
 
     def _embed(self, crops: list[np.ndarray]) -> np.ndarray:
         if not crops:

@@ -3,6 +3,7 @@ pooled features of each segment's crop, apart from the graph's self-supervised b
 
     emb = create_embedder("efficientnet_lite0_supervised")
     emb.cls_embeddings([crop_uint8_hw3, ...])   # (N, 1280) float32, pooled before the classifier
+    emb.feature_maps([image, ...])               # [(1280, H/32, W/32) float32] before the pooling
     emb.logits([image])                          # (N, 1000) ImageNet logits (checks the weights)
 
 These features are trained with ImageNet labels: every figure made with them is a
@@ -100,9 +101,9 @@ class Embedder:
     def feature_dim(self) -> int:
         return self.spec.feature_dim
 
-    def _tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+    def _tensor(self, images: list[np.ndarray], resize: bool = True) -> torch.Tensor:
         size = self.spec.input_size
-        x = np.stack([im if im.shape[:2] == (size, size) else
+        x = np.stack([im if not resize or im.shape[:2] == (size, size) else
                       np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images])
         x = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255)
         mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
@@ -120,6 +121,13 @@ class Embedder:
             pooled = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
             out[s:s + len(x)] = pooled.float().cpu().numpy()
         return out
+
+    @torch.inference_mode()
+    def feature_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 (H_i, W_i, 3) images at their own sizes -> each one's (feature_dim, h_i, w_i)
+        float32 map before the global pooling (stride 32 for EfficientNet-Lite0)."""
+        return [self.model.forward_features(self._tensor([im], resize=False))[0].float().cpu().numpy()
+                for im in images]
 
     @torch.inference_mode()
     def logits(self, images: list[np.ndarray]) -> np.ndarray:

@@ -6,12 +6,15 @@ before they cost memory.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from pipeline.io.sources import read_bytes
 
 # Tests only (tests/test_faults.py): bytes containing this variable's value make the decoding
 # process exit at once, as a crashing native decoder would. Never set in production.
@@ -83,3 +86,15 @@ def check_min_size(image: np.ndarray, patch_size: int) -> None:
     height, width = image.shape[:2]
     if height < patch_size or width < patch_size:
         raise ImageError("preprocess", f"image {width}x{height} is smaller than one {patch_size}px patch")
+
+
+def extracted_image(row: dict) -> np.ndarray:
+    """A shard row's source image (source_uri, image_sha256, height, width), decoded as extraction
+    decoded it; ValueError when the file is no longer the image that was extracted."""
+    data = read_bytes(row["source_uri"])
+    if hashlib.sha256(data).hexdigest() != row["image_sha256"]:
+        raise ValueError(f"{row['image_id']}: source image changed since extraction ({row['source_uri']})")
+    image = decode_image(data)
+    if image.shape[:2] != (row["height"], row["width"]):
+        raise ValueError(f"{row['image_id']}: decoded {image.shape[:2]}, extracted {(row['height'], row['width'])}")
+    return image

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 CONFIG_METADATA_KEY = b"deep_spectral.config"
 
@@ -93,6 +94,20 @@ REGION_SCHEMA = pa.schema(
         pa.field("feature_dim", pa.int32(), nullable=True),
         pa.field("feature", pa.list_(pa.float32()), nullable=True),
         pa.field("config_digest", pa.string(), nullable=False),  # the regions' digest (PseudoLabelConfig)
+        pa.field("extract_digest", pa.string(), nullable=False),  # the shards they came from
+    ]
+)
+
+# One row per image of a self-training head's second network (pipeline.semantic.head_maps): its
+# dense feature map over the area the graph's cells cover, (feature_dim, map_h, map_w) row-major.
+HEAD_MAP_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("map_h", pa.int32(), nullable=False),
+        pa.field("map_w", pa.int32(), nullable=False),
+        pa.field("feature_dim", pa.int32(), nullable=False),
+        pa.field("feature_map", pa.large_list(pa.float16()), nullable=False),
+        pa.field("config_digest", pa.string(), nullable=False),  # the maps' digest (HeadMapConfig)
         pa.field("extract_digest", pa.string(), nullable=False),  # the shards they came from
     ]
 )
@@ -205,5 +220,25 @@ def region_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=REGION_SCHEMA)
 
 
+def head_map_table(records: list[dict]) -> pa.Table:
+    """Rows with feature_map as a (feature_dim, map_h, map_w) array -> a HEAD_MAP_SCHEMA table."""
+    maps = [np.asarray(r["feature_map"], np.float16).ravel() for r in records]
+    columns = {name: [r[name] for r in records] for name in HEAD_MAP_SCHEMA.names if name != "feature_map"}
+    offsets = np.concatenate([[0], np.cumsum([len(m) for m in maps])]).astype(np.int64)
+    values = pa.array(np.concatenate(maps) if maps else np.zeros(0, np.float16))
+    columns["feature_map"] = pa.LargeListArray.from_arrays(pa.array(offsets), values)
+    return pa.Table.from_pydict(columns, schema=HEAD_MAP_SCHEMA)
+
+
 def segment_label_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=SEGMENT_LABEL_SCHEMA)
+
+
+def list_rows(column) -> list[np.ndarray | None]:
+    """A list<float> Arrow column -> one NumPy array (a view) per row, None where null: lists of
+    floats cost more as Python lists (to_pylist) than reading them."""
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+    ends = np.cumsum(lengths)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    return [values[e - n:e] if ok else None for e, n, ok in zip(ends, lengths, valid)]

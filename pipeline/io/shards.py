@@ -32,6 +32,8 @@ ERROR_DIR = "errors"
 LABELS_DIR = "labels"  # objects of `deep-spectral label` (pipeline.io.schema.OBJECT_SCHEMA)
 REGION_DIR = "regions"  # re-embedded regions of `cluster --region-crops` (REGION_SCHEMA)
 REGION_ERROR_DIR = "region_errors"  # images whose regions could not be embedded (ERROR_SCHEMA)
+HEAD_MAP_DIR = "head_maps"  # a self-training head's second network's maps (HEAD_MAP_SCHEMA)
+HEAD_MAP_ERROR_DIR = "head_map_errors"  # images without a map (ERROR_SCHEMA)
 
 
 def shard_name(config_digest: str, image_ids: list[str]) -> str:
@@ -225,8 +227,12 @@ def rows_by_id(items: list[tuple[str, str]], config_digest: str,
         by_shard.setdefault(uri, []).append(image_id)
     rows: dict[str, dict] = {}
     for uri, ids in by_shard.items():
-        with fsspec.open(uri, "rb") as f:
-            table = pq.read_table(f, columns=columns, filters=(ds.field("image_id").isin(ids)
-                                              & (ds.field("config_digest") == config_digest)))
-        rows.update({r["image_id"]: r for r in table.to_pylist()})
+        rows.update({r["image_id"]: r for r in shard_rows(uri, ids, config_digest, columns).to_pylist()})
     return rows
+
+
+def shard_rows(uri: str, image_ids: list[str], config_digest: str, columns: list[str] | None = None) -> pa.Table:
+    """One shard's rows of these images for one config, as a table (every column, or `columns`)."""
+    with fsspec.open(uri, "rb") as f:
+        return pq.read_table(f, columns=columns, filters=(ds.field("image_id").isin(image_ids)
+                                                          & (ds.field("config_digest") == config_digest)))

@@ -9,6 +9,7 @@ every image's segment features -> dataset-wide clusters -> per-image pseudo-labe
     segment_classes(segment_map, features, model, min_share)   -> (n,) classes 1..C of one image's segments
     row_classes(row, model, min_share, regions) -> (n,) classes 1..C of one row's segments
     pseudo_labels(row, model, cfg, long_side)   -> (segment labels (n,), label image (H, W))
+    head_rows(shards, digest, self_train_cfg, maps)         segment_rows with what the head reads
     self_trained_labels(row, head, labels, cfg, long_side)   -> the head's label image (H, W)
     label_cells(row, classes, fiedler_threshold)  (n,) segment classes -> (h, w) class ids per cell
 
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 
 from pipeline.config import ExtractConfig
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, TooFewToCluster, fit_clusters
+from pipeline.semantic.head_map_rows import HeadMaps, with_head_maps
 from pipeline.semantic.fiedler_cells import fiedler_background, with_fiedler_background
 from pipeline.semantic.image_clusters import consolidate, image_regions
 from pipeline.semantic.region_crops import RegionCropConfig, relabel
@@ -35,7 +37,7 @@ from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
 from pipeline.semantic.pseudo_labels import label_grid, label_image, label_image_from_scores
-from pipeline.io.schema import eigenvectors_of, features_of, segment_patch_features_of, segments_of
+from pipeline.io.schema import eigenvectors_of, features_of, list_rows, segment_patch_features_of, segments_of
 from pipeline.io.shards import EIGEN_DIR, REGION_DIR, scan_batches
 from pipeline.io.sources import read_bytes
 
@@ -95,6 +97,8 @@ class PseudoLabelConfig:
             del d["fiedler_threshold"]
         if d["self_train"] and not d["self_train"]["label_weight"]:
             del d["self_train"]["label_weight"]
+        if d["self_train"] and d["self_train"]["backbone"] is None:
+            del d["self_train"]["backbone"]
         text = json.dumps({"labels": d, "extract": extract_digest}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -221,7 +225,7 @@ def fit_region_classes(out: str, digest: str, cfg: ClusterConfig, batch_rows: in
     found: dict[str, tuple[list, list]] = {}
     for batch in scan_batches(out, REGION_DIR, ["image_id", "label", "feature"], digest, batch_rows, image_ids):
         ids, labels = batch.column("image_id").to_pylist(), batch.column("label").to_pylist()
-        features = _list_rows(batch.column("feature"))
+        features = list_rows(batch.column("feature"))
         has = [i for i, f in enumerate(features) if f is not None]
         new = (model.assign(np.stack([features[i] for i in has])) + 1).tolist() if has else []
         for image_id in ids:
@@ -269,22 +273,13 @@ def segment_rows(shards: str, digest: str, batch_rows: int = 256, image_ids: lis
     # self-training reads the patch features once per epoch).
     arrays = ["eigenvectors"] + ([values] if values else [])
     for batch in scan_batches(shards, EIGEN_DIR, columns, digest, batch_rows, image_ids):
-        sliced = {name: _list_rows(batch.column(name)) for name in arrays}
+        sliced = {name: list_rows(batch.column(name)) for name in arrays}
         for i, row in enumerate(batch.drop_columns(arrays).to_pylist()):
             if row["segment_map"] is not None:
                 row.update({name: rows[i] for name, rows in sliced.items()})
                 if values:
                     row["patch_features"] = read(row)
                 yield row
-
-
-def _list_rows(column) -> list[np.ndarray | None]:
-    """A list<float32> Arrow column -> one float32 array (a view) per row, None where null."""
-    values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
-    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
-    ends = np.cumsum(lengths)
-    valid = column.is_valid().to_numpy(zero_copy_only=False)
-    return [values[e - n:e] if ok else None for e, n, ok in zip(ends, lengths, valid)]
 
 
 def row_classes(row: dict, model: SegmentClusters, min_share: float = 0.0,
@@ -343,20 +338,28 @@ def segment_areas(segment_map: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(segment_map.ravel(), minlength=n + 1)[1:n + 1]
 
 
+def head_rows(shards: str, digest: str, cfg: SelfTrainConfig, maps: HeadMaps | None = None,
+              image_ids: list[str] | None = None) -> Iterator[dict]:
+    """segment_rows with row["patch_features"] what the head reads: the stored cfg.features,
+    joined with the image's second-network map where `maps` (cfg.backbone's) are given (None
+    where the image has none)."""
+    rows = segment_rows(shards, digest, image_ids=image_ids, patch_features=cfg.features)
+    return rows if maps is None else with_head_maps(rows, maps)
+
+
 def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainConfig,
                image_ids: list[str] | None = None, min_share: float = 0.0, regions: RegionClasses | None = None,
-               fiedler_threshold: float | None = None):
+               fiedler_threshold: float | None = None, maps: HeadMaps | None = None):
     """Train a head on every patch's stored feature (cfg.features: extracted with
-    --store-features, or --store-segment-patches) and its pseudo-label (row_classes with
-    min_share and `regions`, label_cells with fiedler_threshold) -> the head
-    (pipeline.semantic.self_training). An image that has no pseudo-label (its regions failed to
-    embed) is left out."""
+    --store-features, or --store-segment-patches; joined with cfg.backbone's `maps`) and its
+    pseudo-label (row_classes with min_share and `regions`, label_cells with fiedler_threshold)
+    -> the head (pipeline.semantic.self_training). An image that has no pseudo-label (its
+    regions failed to embed) or no map is left out."""
     def epoch():
-        rows = segment_rows(shards, digest, image_ids=image_ids, patch_features=cfg.features)
-        for batch in _batched(rows, 32):
+        for batch in _batched(head_rows(shards, digest, cfg, maps, image_ids), 32):
             features, labels = [], []
             for row in batch:
-                if regions is not None and row["image_id"] not in regions.by_image:
+                if regions is not None and row["image_id"] not in regions.by_image or row["patch_features"] is None:
                     continue
                 segment_map, _, segment_features = segments_of(row)
                 classes = row_classes(row, model, min_share, regions)
@@ -381,6 +384,8 @@ def self_trained_labels(row: dict, head, segment_labels: np.ndarray, cfg: Pseudo
     (pseudo_labels) -> (H, W) uint8 labels: the head's probabilities blended with the labels
     (cfg.self_train.label_weight), refined at pixels as the labels are (cfg.refine)."""
     st = cfg.self_train
+    if row["patch_features"] is None:
+        raise ValueError(f"{row['image_id']}: no {st.backbone} map for the head (its error row is in OUT/head_map_errors)")
     probabilities = predict_probabilities(head, head_input(row["patch_features"], st.context))
     scores = with_labels(probabilities, label_cells(row, segment_labels, cfg.fiedler_threshold), st.label_weight)
     if cfg.refine != "none" and image is None:

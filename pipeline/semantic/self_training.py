@@ -2,6 +2,7 @@
 the pseudo-labels, whose predictions replace them.
 
     head_input(grid, context)             (h, w, C) patch features -> (h, w, C') what the head reads
+    joined(*parts)                        features of the same patches, joined at unit norm each
     train_head(batches, n_labels, cfg)    stream of (patch features (n, C'), labels (n,)) -> head
     predict_probabilities(head, features) (h, w, C) -> (n_labels, h, w) class probabilities
     with_labels(probabilities, grid, w)   the head's probabilities blended with the pseudo-labels
@@ -28,6 +29,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from pipeline.features.supervised import EMBEDDERS
 from pipeline.semantic.clustering import CLUSTERING_THREADS, pca_projection
 
 HEAD_FEATURES = ("tokens", "segment")
@@ -79,6 +81,10 @@ class SelfTrainConfig:
     # (with_labels). The head overrules a label only where it is confident, so one or the
     # other's isolated mistakes give way. 0 = the head alone.
     label_weight: float = 0.3
+    # A second network (a supervised embedder of pipeline.features.supervised.EMBEDDERS) whose
+    # dense feature map the head reads too, joined to `features` per patch
+    # (pipeline.semantic.head_maps); None = the stored features alone.
+    backbone: Optional[str] = None
 
     def __post_init__(self):
         if not 0 <= self.label_weight < 1:
@@ -91,6 +97,8 @@ class SelfTrainConfig:
             raise ValueError("balance weights classes by their share of the patch sample: it needs sample_patches")
         if self.whiten and not self.sample_patches:
             raise ValueError("whiten fits PCA on the patch sample: it needs sample_patches")
+        if self.backbone is not None and self.backbone not in EMBEDDERS:
+            raise ValueError(f"the head's second network must be one of {sorted(EMBEDDERS)}, got {self.backbone!r}")
 
 
 def head_input(grid: np.ndarray, context: int) -> np.ndarray:
@@ -102,9 +110,16 @@ def head_input(grid: np.ndarray, context: int) -> np.ndarray:
     from scipy.ndimage import uniform_filter
 
     x = np.asarray(grid, dtype=np.float32)
-    around = uniform_filter(x, size=(2 * context + 1, 2 * context + 1, 1), mode="nearest")
-    unit = [v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12) for v in (x, around)]
-    return np.concatenate(unit, axis=-1) / np.sqrt(2)
+    return joined(x, uniform_filter(x, size=(2 * context + 1, 2 * context + 1, 1), mode="nearest"))
+
+
+def joined(*parts: np.ndarray) -> np.ndarray:
+    """(..., C_i) features of the same patches -> (..., sum C_i) float32: each part at unit norm,
+    the whole scaled by 1/sqrt(number of parts), so a cosine between two patches is the mean
+    of the parts' cosines, whatever their widths."""
+    unit = [np.asarray(v, np.float32) for v in parts]
+    unit = [v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12) for v in unit]
+    return (np.concatenate(unit, axis=-1) / np.sqrt(len(parts))).astype(np.float32)
 
 
 def _normalized(features: np.ndarray) -> torch.Tensor:
