@@ -8,11 +8,10 @@ network; its map before the global pooling is the row. A failed image becomes on
 """
 from __future__ import annotations
 
-import traceback
-
 from pipeline.features.geometry import geometry_of
 from pipeline.features.supervised import create_embedder
 from pipeline.io.images import extracted_image
+from pipeline.io.schema import exception_error_row
 from pipeline.semantic.head_maps import HeadMapConfig, map_input
 
 
@@ -46,7 +45,4 @@ class HeadMapEmbedder:
         return out, errors
 
     def error_row(self, row: dict, exc: BaseException) -> dict:
-        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return {"image_id": row["image_id"], "source_uri": row.get("source_uri") or "",
-                "config_digest": self.digest, "stage": "head_maps", "error_type": type(exc).__name__,
-                "reason": reason[:2000]}
+        return exception_error_row(row, self.digest, "head_maps", exc)

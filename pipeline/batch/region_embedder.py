@@ -9,14 +9,12 @@ yields its region rows (one row with label 0 when it has no foreground) or one e
 """
 from __future__ import annotations
 
-import traceback
-
 import numpy as np
 
 from pipeline.features.geometry import geometry_of
 from pipeline.features.supervised import segment_embedder
 from pipeline.io.images import extracted_image
-from pipeline.io.schema import segments_of
+from pipeline.io.schema import exception_error_row, segments_of
 from pipeline.semantic.clustering import SegmentClusters
 from pipeline.semantic.image_clusters import image_regions
 from pipeline.semantic.labelling import ROW_COLUMNS, PseudoLabelConfig, segment_areas, segment_classes
@@ -93,7 +91,4 @@ class RegionEmbedder:
                 for label, n, box, f in zip(labels, cells, boxes, features)]
 
     def error_row(self, row: dict, exc: BaseException) -> dict:
-        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return {"image_id": row["image_id"], "source_uri": row.get("source_uri") or "",
-                "config_digest": self.digest, "stage": "regions", "error_type": type(exc).__name__,
-                "reason": reason[:2000]}
+        return exception_error_row(row, self.digest, "regions", exc)

@@ -18,6 +18,8 @@ The full run configuration (JSON) is in each file's metadata under b"deep_spectr
 """
 from __future__ import annotations
 
+import traceback
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -210,6 +212,14 @@ def eigen_table(records: list[dict], storage_dtype: str = "float32") -> pa.Table
 
 def error_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=ERROR_SCHEMA)
+
+
+def exception_error_row(row: dict, config_digest: str, stage: str, exc: BaseException) -> dict:
+    """An ERROR_SCHEMA row for a shard row (image_id, source_uri if known) that `stage` failed on:
+    the exception's type and its one-line message, cut to 2,000 characters."""
+    reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return {"image_id": row["image_id"], "source_uri": row.get("source_uri") or "", "config_digest": config_digest,
+            "stage": stage, "error_type": type(exc).__name__, "reason": reason[:2000]}
 
 
 def object_table(records: list[dict]) -> pa.Table:

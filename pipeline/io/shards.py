@@ -220,19 +220,19 @@ def rows_by_id(items: list[tuple[str, str]], config_digest: str,
     """(image_id, shard URI) pairs (from shard_files) -> {image_id: its row of this config}
     (every column, or only `columns` and image_id), each shard read once. Name the columns
     where the row's stored features are not needed: as Python lists they cost ~40x the rest."""
+    return {r["image_id"]: r for table in tables_by_id(items, config_digest, columns) for r in table.to_pylist()}
+
+
+def tables_by_id(items: list[tuple[str, str]], config_digest: str,
+                 columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """(image_id, shard URI) pairs (from shard_files) -> one table per shard holding these images'
+    rows of this config (every column, or only `columns` and image_id), each shard read once."""
     if columns is not None:
         columns = list(dict.fromkeys(["image_id", *columns]))
     by_shard: dict[str, list[str]] = {}
     for image_id, uri in items:
         by_shard.setdefault(uri, []).append(image_id)
-    rows: dict[str, dict] = {}
     for uri, ids in by_shard.items():
-        rows.update({r["image_id"]: r for r in shard_rows(uri, ids, config_digest, columns).to_pylist()})
-    return rows
-
-
-def shard_rows(uri: str, image_ids: list[str], config_digest: str, columns: list[str] | None = None) -> pa.Table:
-    """One shard's rows of these images for one config, as a table (every column, or `columns`)."""
-    with fsspec.open(uri, "rb") as f:
-        return pq.read_table(f, columns=columns, filters=(ds.field("image_id").isin(image_ids)
-                                                          & (ds.field("config_digest") == config_digest)))
+        with fsspec.open(uri, "rb") as f:
+            yield pq.read_table(f, columns=columns, filters=(ds.field("image_id").isin(ids)
+                                                             & (ds.field("config_digest") == config_digest)))

@@ -2,19 +2,17 @@
 
     head_maps_of(out, self_train_cfg, extract_digest)   its HeadMaps, or None without a backbone
     HeadMaps(out, digest).read(image_ids)    {image_id: (C, h, w) float16 map} from OUT/head_maps
-    with_head_maps(rows, maps)               rows with patch_features -> the same rows, each one's
-                                             patch features joined with its map on its grid
+    with_head_maps(rows, maps)               a batch of rows with patch_features -> the same rows,
+                                             each one's patch features joined with its map on its grid
 
 The maps are written by jobs.head_maps (pipeline.semantic.head_maps says how they are made).
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 
 from pipeline.io.schema import list_rows
-from pipeline.io.shards import HEAD_MAP_DIR, shard_files, shard_rows
+from pipeline.io.shards import HEAD_MAP_DIR, shard_files, tables_by_id
 from pipeline.semantic.head_maps import HeadMapConfig, map_on_grid
 from pipeline.semantic.self_training import SelfTrainConfig, joined
 
@@ -30,13 +28,9 @@ class HeadMaps:
 
     def read(self, image_ids: list[str]) -> dict[str, np.ndarray]:
         """-> {image_id: (feature_dim, map_h, map_w) float16} for those with a map, each shard read once."""
-        by_shard: dict[str, list[str]] = {}
-        for image_id in image_ids:
-            if image_id in self.shard_of:
-                by_shard.setdefault(self.shard_of[image_id], []).append(image_id)
         found = {}
-        for uri, ids in by_shard.items():
-            table = shard_rows(uri, ids, self.digest, MAP_COLUMNS)
+        items = [(i, self.shard_of[i]) for i in image_ids if i in self.shard_of]
+        for table in tables_by_id(items, self.digest, MAP_COLUMNS):
             maps = list_rows(table.column("feature_map"))
             for i, row in enumerate(table.drop_columns(["feature_map"]).to_pylist()):
                 found[row["image_id"]] = maps[i].reshape(row["feature_dim"], row["map_h"], row["map_w"])
@@ -50,23 +44,14 @@ def head_maps_of(out: str, cfg: SelfTrainConfig | None, extract_digest: str) -> 
     return HeadMaps(out, HeadMapConfig(cfg.backbone).digest(extract_digest))
 
 
-def with_head_maps(rows: Iterator[dict], maps: HeadMaps, batch_rows: int = 32) -> Iterator[dict]:
-    """Rows read with patch_features (labelling.segment_rows) -> the same rows, in order, with
-    patch_features (grid_h, grid_w, C1) replaced by it joined with the image's map on the grid
-    (grid_h, grid_w, C1 + C2; self_training.joined), or None where the image has no map."""
-    batch: list[dict] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == batch_rows:
-            yield from _joined(batch, maps)
-            batch = []
-    yield from _joined(batch, maps)
-
-
-def _joined(rows: list[dict], maps: HeadMaps) -> Iterator[dict]:
+def with_head_maps(rows: list[dict], maps: HeadMaps) -> list[dict]:
+    """A batch of rows read with patch_features (labelling.segment_rows) -> the same rows, their
+    maps read together, patch_features (grid_h, grid_w, C1) replaced by it joined with the image's
+    map on the grid (grid_h, grid_w, C1 + C2; self_training.joined), or None where the image has
+    no map."""
     found = maps.read([row["image_id"] for row in rows])
     for row in rows:
         feature_map = found.get(row["image_id"])
         row["patch_features"] = (None if feature_map is None else
                                  joined(row["patch_features"], map_on_grid(feature_map, row["grid_h"], row["grid_w"])))
-        yield row
+    return rows

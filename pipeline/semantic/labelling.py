@@ -344,7 +344,9 @@ def head_rows(shards: str, digest: str, cfg: SelfTrainConfig, maps: HeadMaps | N
     joined with the image's second-network map where `maps` (cfg.backbone's) are given (None
     where the image has none)."""
     rows = segment_rows(shards, digest, image_ids=image_ids, patch_features=cfg.features)
-    return rows if maps is None else with_head_maps(rows, maps)
+    if maps is None:
+        return rows
+    return (row for batch in _batched(rows, 32) for row in with_head_maps(batch, maps))  # maps read 32 at a time
 
 
 def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainConfig,
