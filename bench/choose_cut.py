@@ -32,7 +32,7 @@ import numpy as np
 
 from bench.single_object import (_candidates, _iou, _items, add_benchmark_arguments, benchmark_parts,
                                  guided_or_box_score, print_parts_table)
-from jobs.extract import set_threads
+from jobs.runner import set_threads
 from pipeline.batch.head_fitting import fit_stored_head, head_sample
 from pipeline.config import ExtractConfig
 from pipeline.io.ground_truth import read_mask

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from bench.single_object import _items, benchmark_parts
-from jobs.extract import set_threads
+from jobs.runner import set_threads
 from pipeline.config import ExtractConfig
 from pipeline.evaluation.object_metrics import mask_iou
 from pipeline.features.geometry import grid_to_pixels

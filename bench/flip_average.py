@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 from bench.single_object import _items, add_benchmark_arguments, benchmark_parts, guided_or_box_score, print_parts_table
-from jobs.extract import set_threads
+from jobs.runner import set_threads
 from pipeline.config import ExtractConfig
 from pipeline.features.backbones import create_backbone, preprocess
 from pipeline.features.geometry import resized_size

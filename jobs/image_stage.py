@@ -7,7 +7,7 @@ each image's row, maps the rows through its callable and commits
     OUT/<kind>/part-*.parquet         the stage's rows
     OUT/<error kind>/part-*.parquet   one row per image the stage could not process
 
-with the extraction's batch rules (jobs.extract.guarded_batch): a batch's shards commit whole, a
+with the extraction's batch rules (jobs.runner.guarded_batch): a batch's shards commit whole, a
 rerun does only what is missing, a poison image becomes an error row.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from jobs import extract
+from jobs import runner
 from pipeline.config import RuntimeConfig
 from pipeline.io.attempts import Attempts
 from pipeline.io.schema import error_table
@@ -29,7 +29,7 @@ from pipeline.io.sources import ImageRef
 class ImageStageActor:
     """Ray Data callable: a subclass's __init__ loads its callable (`self.mapper`: .digest,
     .extract_digest, .ROW_COLUMNS, .error_row, and rows -> (rows, error rows)) and calls
-    `_setup`; each batch is jobs.extract.cut_batches' {"image_id": [...], "uri": [...]}, each
+    `_setup`; each batch is jobs.runner.cut_batches' {"image_id": [...], "uri": [...]}, each
     uri the shard that holds the image's row."""
 
     kind: str  # OUT/kind holds the rows
@@ -38,7 +38,7 @@ class ImageStageActor:
 
     def _setup(self, mapper, config_json: str, out: str, threads: int, run_id: str | None,
                max_worker_deaths: int) -> None:
-        extract.set_threads(threads)
+        runner.set_threads(threads)
         self.mapper, self.config_json = mapper, config_json
         self.out, self.run_id, self.max_deaths, self.attempts = out, run_id, max_worker_deaths, Attempts(out)
 
@@ -59,7 +59,7 @@ class ImageStageActor:
                 self.kind: (type(self).table(result["rows"]) if result.get("rows") else None, self.config_json),
                 self.error_kind: (error_table(result["errors"]) if result["errors"] else None, self.config_json)})
 
-        return extract.guarded_batch(self, mapper.digest, refs, process, commit)
+        return runner.guarded_batch(self, mapper.digest, refs, process, commit)
 
 
 def run_image_stage(what: str, shards: str, extract_digest: str, out: str, digest: str, actor_cls,
@@ -75,7 +75,7 @@ def run_image_stage(what: str, shards: str, extract_digest: str, out: str, diges
         wanted = sorted(shard_of) if image_ids is None else [i for i in image_ids if i in shard_of]
         # Each ref's uri is the shard holding the image's row; a batch then reads few shards.
         refs = sorted((ImageRef(i, shard_of[i]) for i in wanted), key=lambda r: (r.uri, r.image_id))
-        todo, skipped = extract.not_done(refs, out, digest, actor_cls.kind, runtime.retry_errors,
+        todo, skipped = runner.not_done(refs, out, digest, actor_cls.kind, runtime.retry_errors,
                                          actor_cls.error_kind)
         summary = {"out": out, "config_digest": digest, "extract_digest": extract_digest,
                    "skipped": skipped, "processed": 0, "failed": 0, "errors": []}
@@ -83,12 +83,12 @@ def run_image_stage(what: str, shards: str, extract_digest: str, out: str, diges
             print(f"{what}: all {skipped} images already in {out} for {digest}")
             return summary
         print(f"{what}: {len(todo)} images to embed, {skipped} already done")
-        outcome = extract.drive(extract.cut_batches(todo, runtime.batch_size), len(todo), actor_cls,
+        outcome = runner.drive(runner.cut_batches(todo, runtime.batch_size), len(todo), actor_cls,
                                 actor_kwargs, runtime, local, "deep-spectral-" + what.replace(" ", "-"),
                                 lease.owner)
-        summary = extract.finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
+        summary = runner.finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
         print(f"{what}: {summary['processed']} images embedded, {summary['failed']} failed, "
               f"{summary['seconds']} s; in {out}/{actor_cls.kind}")
         return summary
 
-    return extract.run_leased(out, runtime, run)
+    return runner.run_leased(out, runtime, run)

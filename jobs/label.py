@@ -33,7 +33,7 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from jobs import extract
+from jobs import extract, runner
 from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.evaluation.panels import GALLERY_DIR, gallery_html, panel_name
 from pipeline.batch.head_fitting import fit_stored_head, head_sample, head_uri, read_head, write_head
@@ -61,7 +61,7 @@ class LabelActor:
         # Imported here, in the actor: the driver never loads torch (its memory holds counts).
         from pipeline.batch.labeller import ObjectLabeller
 
-        extract.set_threads(threads)
+        runner.set_threads(threads)
         self.extract_json, self.label_json, self.out = config_json, label_json, out
         self.run_id, self.max_deaths, self.attempts = run_id, max_worker_deaths, Attempts(out)
         head = Head.from_dict(json.loads(head_json)) if head_json else None
@@ -71,7 +71,8 @@ class LabelActor:
     def __call__(self, batch: dict) -> dict:
         from pipeline.batch.labeller import LabelRef
 
-        items = [LabelRef(ImageRef(str(i), str(u)), bool(h), str(s), bool(p)) for i, u, h, s, p in
+        decoded = runner.decoded_items(batch) or {}  # the decode stage's work, on Ray
+        items = [LabelRef(ImageRef(str(i), str(u)), bool(h), str(s), bool(p), decoded.get(str(i))) for i, u, h, s, p in
                  zip(batch["image_id"], batch["uri"], batch["has_row"], batch["features_shard"], batch["panel"])]
         digest = self.labeller.digest
         storage_dtype = self.labeller.extractor.cfg.eigen.storage_dtype
@@ -87,7 +88,7 @@ class LabelActor:
                 ERROR_DIR: (error_table(result["errors"]) if result["errors"] else None, self.label_json),
             })
 
-        return extract.guarded_batch(self, digest, items, label, commit)
+        return runner.guarded_batch(self, digest, items, label, commit)
 
 
 def gallery_ids(refs: list[ImageRef], n: int, seed: int = 0) -> set[str]:
@@ -109,7 +110,7 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
     check_configs(cfg, label_cfg)
 
     def run(lease) -> dict:
-        todo, skipped = extract.not_done(refs, out, digest, LABELS_DIR, runtime.retry_errors)
+        todo, skipped = runner.not_done(refs, out, digest, LABELS_DIR, runtime.retry_errors)
         summary = {"source": source, "out": out, "config_digest": digest, "extract_digest": cfg.digest(),
                    "config": cfg.to_dict(), "label_config": label_cfg.to_dict(),
                    "skipped": skipped, "processed": 0, "failed": 0, "errors": []}
@@ -131,14 +132,14 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
         batches = [{**b, "has_row": [i in rows for i in b["image_id"]],
                     "features_shard": [rows.get(i, "") if cfg.store_features else "" for i in b["image_id"]],
                     "panel": [i in panels for i in b["image_id"]]}
-                   for b in extract.cut_batches(todo, runtime.batch_size)]
-        outcome = extract.drive(batches, len(todo), LabelActor,
+                   for b in runner.cut_batches(todo, runtime.batch_size)]
+        outcome = runner.drive(batches, len(todo), LabelActor,
                                 {"config_json": cfg.to_json(), "label_json": label_cfg.to_json(), "out": out,
                                  "head_json": head_json},
-                                runtime, local, "deep-spectral-label", lease.owner)
+                                runtime, local, "deep-spectral-label", lease.owner, extract.decode_stage(cfg, out, digest))
         summary["instances"] = write_dataset_instances(out, digest, coco_annotations, clusters_dir)
         summary["gallery"] = write_gallery(out, digest, sorted(panels))
-        summary = extract.finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
+        summary = runner.finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
         print(f"done: {summary['processed']} images labelled, {summary['failed']} failed, "
               f"{summary['seconds']} s ({summary['images_per_second']} images/s); "
               f"{summary['instances']['annotations']} objects in {out}/{INSTANCES_FILE}, "
@@ -147,7 +148,7 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
             print(f"  failed {err['image_id']}: {err['reason']}")
         return summary
 
-    return extract.run_leased(out, runtime, run)
+    return runner.run_leased(out, runtime, run)
 
 
 def check_configs(cfg: ExtractConfig, label_cfg: LabelConfig) -> None:
@@ -165,11 +166,12 @@ def self_train(out: str, cfg: ExtractConfig, label_cfg: LabelConfig, digest: str
     if stored is not None:
         print(f"self-training: reusing the head in {head_uri(out, digest)}")
         return stored[0], {**stored[1], "uri": head_uri(out, digest), "fitted": False}
-    missing, _ = extract.not_done(refs, out, cfg.digest(), EIGEN_DIR, runtime.retry_errors)
+    missing, _ = runner.not_done(refs, out, cfg.digest(), EIGEN_DIR, runtime.retry_errors)
     if missing:
         print(f"self-training: extracting the {len(missing)} images with no stored row first")
-        extract.drive(extract.cut_batches(missing, runtime.batch_size), len(missing), extract.ExtractActor,
-                      {"config_json": cfg.to_json(), "out": out}, runtime, local, "deep-spectral-extract", run_id)
+        runner.drive(runner.cut_batches(missing, runtime.batch_size), len(missing), extract.ExtractActor,
+                     {"config_json": cfg.to_json(), "out": out}, runtime, local, "deep-spectral-extract", run_id,
+                     extract.decode_stage(cfg, out))
     rows = shard_files(out, cfg.digest(), EIGEN_DIR)
     ids = head_sample([r.image_id for r in refs if r.image_id in rows], label_cfg)
     print(f"self-training: fitting the head on {len(ids)} stored rows")

@@ -57,6 +57,14 @@ class BackboneConfig:
     # (pipeline.features.scale_average); None = one scale. Composes with flip_average.
     # A second forward pass (docs/results.md, issue 12: 518 not adopted, check did not agree).
     second_long_side: Optional[int] = None
+    # Arithmetic of the forward pass: "fp32", or "bf16" (autocast: bfloat16 matmuls with float32
+    # accumulation; ~2x the throughput of fp32 on GPUs with bf16 tensor cores). Measured against
+    # fp32 on the tune/check parts in docs/scale.md.
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"backbone precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,8 @@ SPARSE_DEFAULT_TOPK = 10
 
 # Fields added after shards were written, omitted from the JSON (and so the digest) while at
 # these defaults: a default run keeps the digest it always had and its shards stay valid.
-_OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"}, "backbone": {"flip_average": False, "second_long_side": None},
+_OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"},
+                       "backbone": {"flip_average": False, "second_long_side": None, "precision": "fp32"},
                        "segments": {"backbone": None, "store_patches": False}}
 
 

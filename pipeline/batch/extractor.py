@@ -6,7 +6,6 @@ row: one bad file never costs the rest of its batch.
 """
 from __future__ import annotations
 
-import hashlib
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -19,12 +18,13 @@ from pipeline.features.backbones import create_backbone
 from pipeline.features.supervised import segment_embedder
 from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
-from pipeline.io.images import ImageError, check_min_size, decode_image
+from pipeline.batch.decoder import DecodedImage, ImageDecoder
+from pipeline.io.images import ImageError
 from pipeline.io.schema import OPTIONAL_DEFAULTS, eigen_row, eigenvectors_of, features_of
 from pipeline.semantic.segments import (backbone_grids, backbone_kinds, feature_kinds, joined, pooled_features,
                                         pooled_parts, segment_boxes, segment_crops, segment_map)
-from pipeline.io.sources import ImageRef, read_bytes
-from pipeline.spectral.spectrum import Spectrum, graph_spectrum, grid_size
+from pipeline.io.sources import ImageRef
+from pipeline.spectral.spectrum import Spectrum, batch_spectra, device_array, grid_size
 
 
 def _array_module(device: str):
@@ -65,7 +65,10 @@ class SpectralExtractor:
             max_batch_size=batch_size,
             flip_average=cfg.backbone.flip_average,
             second_long_side=cfg.backbone.second_long_side,
+            precision=cfg.backbone.precision,
         )
+        self.decoder = ImageDecoder(self.config_digest, self.backbone.patch_size, cfg.backbone.long_side,
+                                    cfg.max_pixels)
         # Graph and eigensolve run where the features are: CuPy on a GPU actor.
         self.xp = _array_module(device)
         # Segment crops are re-embedded by the graph's backbone unless another is named.
@@ -85,53 +88,59 @@ class SpectralExtractor:
                 rows.append(item.row)
         return rows, errors
 
-    def extract(self, refs: list[ImageRef]) -> Iterator[Extracted | dict]:
+    def extract(self, items: list[ImageRef | DecodedImage | dict]) -> Iterator[Extracted | dict]:
         """Each image's Extracted (its graph included, for callers that cut it again), or its
-        error row; the graph of one image is released before the next is built."""
+        error row. `items` are refs (decoded here) or what ImageDecoder made of them in a
+        decode stage (DecodedImage, or an error row passed through).
+
+        The batch's readable images share forward passes (equal input sizes) and one spectral
+        step (pipeline.spectral.spectrum.batch_spectra); features stay on the device between."""
         decoded = []
-        for item in self.decode(refs):
+        for item in items:
+            item = self.decoder.decode(item) if isinstance(item, ImageRef) else item
             if isinstance(item, dict):
                 yield item
             else:
                 decoded.append(item)
-        for (ref, image, sha), output in zip(decoded, self._features([d[1] for d in decoded])):
+        graphs = []
+        for d, output in zip(decoded, self._features(decoded)):
             if isinstance(output, Exception):
-                yield self.error_row(ref, "backbone", output)
+                yield self.error_row(d.ref, "backbone", output)
                 continue
             try:
-                features = self.xp.asarray(output.features)
-                W = image_affinity(features, image, self.cfg.graph)
-                spectrum = graph_spectrum(W, grid_size(features, self.cfg), self.cfg.eigen)
-                yield Extracted(ref, image, self._row(ref, image, sha, output, spectrum), W, spectrum)
+                features = device_array(output.features, self.xp)
+                graphs.append((d, output, image_affinity(features, d.image, self.cfg.graph),
+                               grid_size(features, self.cfg)))
             except Exception as exc:
-                yield self.error_row(ref, "spectral", exc)
+                yield self.error_row(d.ref, "spectral", exc)
+        spectra = batch_spectra([g[2] for g in graphs], [g[3] for g in graphs], self.cfg.eigen)
+        for (d, output, W, _), spectrum in zip(graphs, spectra):
+            if isinstance(spectrum, Exception):
+                yield self.error_row(d.ref, "spectral", spectrum)
+                continue
+            try:
+                yield Extracted(d.ref, d.image, self._row(d.ref, d.image, d.sha256, output, spectrum), W, spectrum)
+            except Exception as exc:
+                yield self.error_row(d.ref, "spectral", exc)
 
     def decode(self, refs: list[ImageRef]) -> Iterator[tuple[ImageRef, np.ndarray, str] | dict]:
         """(ref, (H, W, 3) uint8 image, SHA-256 of its bytes) per readable image, else its error row."""
-        for ref in refs:
-            try:
-                data = read_bytes(ref.uri)
-            except Exception as exc:  # missing object, permissions, network: one record each
-                yield self.error_row(ref, "read", exc)
-                continue
-            try:
-                image = decode_image(data, self.cfg.max_pixels)
-                check_min_size(image, self.backbone.patch_size)
-            except ImageError as exc:
-                yield self.error_row(ref, exc.stage, exc)
-                continue
-            yield ref, image, hashlib.sha256(data).hexdigest()
+        for item in self.decoder(refs):
+            yield item if isinstance(item, dict) else (item.ref, item.image, item.sha256)
 
-    def _features(self, images: list[np.ndarray]) -> list:
-        """Backbone outputs in input order; on a batch failure, retry one by one so the
-        exception lands on the image that caused it."""
+    def _features(self, decoded: list[DecodedImage]) -> list:
+        """Backbone outputs (tensors on the device) in input order; on a batch failure, retry
+        one by one so the exception lands on the image that caused it."""
+        def forward(part: list[DecodedImage]) -> list:
+            return self.backbone.forward_prepared([d.crop for d in part], [d.scale for d in part], self._also,
+                                                  [d.image for d in part])
         try:
-            return list(self.backbone(images, also=self._also))
+            return forward(decoded)
         except Exception:
             outputs = []
-            for image in images:
+            for d in decoded:
                 try:
-                    outputs.append(self.backbone([image], also=self._also)[0])
+                    outputs.append(forward([d])[0])
                 except Exception as exc:
                     outputs.append(exc)
             return outputs
@@ -158,6 +167,9 @@ class SpectralExtractor:
             eigensolver=spectrum.method,
             max_residual=spectrum.max_residual,
         )
+        if self.cfg.segments.n_segments or self.cfg.store_features:
+            output = output.to_host()  # features on the host only for what the row stores
+
         # On the eigenvectors' grid, so one (grid_h, grid_w) describes both.
         def grid_features():
             return upsample_features(output.features, self.cfg.graph.upsample)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 
+from pipeline.batch.decoder import DecodedImage
 from pipeline.batch.extractor import SpectralExtractor
 from pipeline.config import ExtractConfig
 from pipeline.evaluation.panels import GALLERY_DIR, panel_name, render_panel
@@ -37,6 +38,7 @@ class LabelRef:
     has_row: bool = False  # its eigen row is in OUT/eigs: do not write it again
     features_shard: str = ""  # that row's shard, when it holds the patch features
     panel: bool = False  # draw it for the gallery
+    decoded: DecodedImage | dict | None = None  # the decode stage's image (or error row), if it ran
 
 
 @dataclass
@@ -66,7 +68,7 @@ class ObjectLabeller:
         result = Labelled([], [], [], [])
         stored = [i for i in items if i.features_shard]
         fresh = {i.ref.image_id: i for i in items if not i.features_shard}
-        for item in self.extractor.extract([i.ref for i in fresh.values()]):
+        for item in self.extractor.extract([i.ref if i.decoded is None else i.decoded for i in fresh.values()]):
             if isinstance(item, dict):
                 result.errors.append(self._relabel(item))
                 continue
@@ -77,15 +79,15 @@ class ObjectLabeller:
                         item.spectrum.eigenvalues, item.affinity, result,
                         features_of(item.row) if self.head is not None else None)
         for want, row in zip(stored, self._stored_rows(stored)):
-            decoded = next(iter(self.extractor.decode([want.ref])))
+            decoded = self.extractor.decoder.decode(want.ref) if want.decoded is None else want.decoded
             if isinstance(decoded, dict):
                 result.errors.append(self._relabel(decoded))
                 continue
             try:
                 features = features_of(row)
-                W = image_affinity(self.extractor.xp.asarray(features), decoded[1], self.reuse_graph)
-                self._label(want, decoded[1], row, eigenvectors_of(row), np.asarray(row["eigenvalues"]), W, result,
-                            features)
+                W = image_affinity(self.extractor.xp.asarray(features), decoded.image, self.reuse_graph)
+                self._label(want, decoded.image, row, eigenvectors_of(row), np.asarray(row["eigenvalues"]), W,
+                            result, features)
             except Exception as exc:
                 result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
         return result

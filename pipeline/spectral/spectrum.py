@@ -69,3 +69,26 @@ def graph_spectrum(W, grid_hw: tuple[int, int], cfg: EigenConfig) -> Spectrum:
         method=pairs.method,
         max_residual=float(pairs.max_residual),
     )
+
+
+def batch_spectra(graphs: list, grids: list[tuple[int, int]], cfg: EigenConfig) -> list[Spectrum | Exception]:
+    """One batch's graphs ((N_i, N_i), NumPy or CuPy) on their (h_i, w_i) grids -> each one's
+    Spectrum, or the exception that its solve raised (one bad graph never costs the others)."""
+    out: list[Spectrum | Exception] = []
+    for W, hw in zip(graphs, grids):
+        try:
+            out.append(graph_spectrum(W, hw, cfg))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def device_array(features, xp):
+    """(h, w, C) float32 features, a torch tensor (Backbone.forward_prepared) or an array ->
+    an array of `xp`. A CUDA tensor reaches CuPy through DLPack, without a copy; a CPU tensor
+    becomes a NumPy view of the same memory."""
+    if isinstance(features, xp.ndarray):
+        return features
+    if xp is np:
+        return features.detach().cpu().numpy() if hasattr(features, "detach") else np.asarray(features)
+    return xp.from_dlpack(features.detach() if hasattr(features, "detach") else features)
