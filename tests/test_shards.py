@@ -133,3 +133,28 @@ def test_eigen_shards_written_before_a_new_column_read_it_as_null(tmp_path):
     np.testing.assert_array_equal(segment_patch_features_of(rows[1]), patches.reshape(4, 5, 2))
     with pytest.raises(ValueError, match="store-segment-patches"):
         segment_patch_features_of(rows[0])
+
+
+@pytest.mark.parametrize("storage_dtype", ["float32", "float16"])
+def test_columnar_table_equals_the_row_by_row_table(offline_weights, storage_dtype):
+    """eigen_table builds each array column from one NumPy buffer: on real extractor rows (with
+    stored features, segments and their patch features, one row without features) it is the
+    table pyarrow builds row by row, value for value."""
+    import pyarrow as pa
+
+    from pipeline.batch.extractor import SpectralExtractor
+    from pipeline.config import BackboneConfig, SegmentsConfig
+    from pipeline.io.schema import eigen_schema
+    from pipeline.io.sources import list_images
+
+    cfg = ExtractConfig(backbone=BackboneConfig(long_side=112), eigen=EigenConfig(k=4, storage_dtype=storage_dtype),
+                        segments=SegmentsConfig(n_segments=3, features="pool", store_patches=True),
+                        store_features=True)
+    rows, errors = SpectralExtractor(cfg)(list_images("samples"))
+    assert len(rows) == 4 and not errors
+    rows[1] = {**rows[1], "features": None, "feature_dim": None}
+    columnar = eigen_table(rows, storage_dtype)
+    assert columnar.equals(pa.Table.from_pylist(rows, schema=eigen_schema(storage_dtype)))
+    assert columnar.column("features").null_count == 1
+    np.testing.assert_array_equal(np.asarray(columnar.column("eigenvectors")[2].as_py(), np.float32),
+                                  np.asarray(rows[2]["eigenvectors"], np.float32))
