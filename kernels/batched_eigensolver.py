@@ -286,14 +286,19 @@ def _orthonormalize(Z, B, real):
     # A column that lay (almost) in span(B) comes out of QR as amplified rounding noise, not
     # orthogonal to B: project the normalised block once more for those images.
     weak = xp.abs(xp.diagonal(R, axis1=1, axis2=2)).min(axis=1) < 1e-3 * scale
-    if xp is np:  # reading the flags costs nothing on the host: redo only those images
-        redo = np.flatnonzero(weak)
+    if _host_reads_are_free(xp):  # redo only the images that need it
+        redo = np.flatnonzero(to_numpy(weak))
         if redo.size:
-            Q[redo] = np.linalg.qr(Q[redo] - B[redo] @ (Bt[redo] @ Q[redo]))[0]
-    else:  # on a device, reading them would be a sync per product: redo all, keep where weak
+            Q[redo] = xp.linalg.qr(Q[redo] - xp.matmul(B[redo], xp.matmul(Bt[redo], Q[redo])))[0]
+    else:  # reading the flags would be a device sync per product: redo all, keep where weak
         again = xp.linalg.qr(Q - xp.matmul(B, xp.matmul(Bt, Q)))[0]
         Q = xp.where(weak[:, None, None], again, Q)
     return Q * real
+
+
+def _host_reads_are_free(xp) -> bool:
+    """True for NumPy; for CuPy a read of device values on the host is a sync."""
+    return xp is np
 
 
 def _top_ritz(T, count):
