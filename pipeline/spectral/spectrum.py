@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels import smallest_eigenpairs
-from kernels.backend import to_numpy
+from kernels.backend import array_module, to_numpy
 from pipeline.spectral.affinity import image_affinity
 from pipeline.config import EigenConfig, ExtractConfig
 
@@ -45,6 +45,57 @@ def orient_by_border(eigenvectors: np.ndarray) -> np.ndarray:
         if key > (0, 0.0):
             vec *= -1
     return out
+
+
+def grid_stack(eigenvectors, grid_hw, shape: tuple[int, int] | None = None):
+    """(B, N, k) eigenvectors of B images (image i's first h_i·w_i rows are its (h_i, w_i) grid
+    in row-major order, the rest padding, as kernels.batched_eigensolver returns them) and
+    grid_hw (B, 2) -> ((B, k, H, W) grids, (B, H, W) bool valid cells), each image's grid in
+    the top-left corner of an H x W canvas (shape, default the largest h_i and w_i), 0 outside.
+    Array-module generic (NumPy or CuPy, from `eigenvectors`)."""
+    xp = array_module(eigenvectors)
+    hw = np.asarray(to_numpy(grid_hw), dtype=np.int64).reshape(-1, 2)
+    B, N, k = eigenvectors.shape
+    if hw.shape[0] != B or (hw < 1).any() or (hw.prod(axis=1) > N).any():
+        raise ValueError(f"grid_hw must be (B, 2) = ({B}, 2) positive with h·w <= N = {N}, got {hw.tolist()}")
+    H, W = (int(v) for v in (shape if shape is not None else hw.max(axis=0)))
+    if (hw[:, 0] > H).any() or (hw[:, 1] > W).any():
+        raise ValueError(f"grids {hw.tolist()} do not fit a {H} x {W} canvas")
+    ys, xs = xp.arange(H)[None, :, None], xp.arange(W)[None, None, :]
+    h, w = xp.asarray(hw[:, 0])[:, None, None], xp.asarray(hw[:, 1])[:, None, None]
+    valid = (ys < h) & (xs < w)
+    flat = xp.where(valid, ys * w + xs, 0).reshape(B, H * W)
+    cells = eigenvectors[xp.arange(B)[:, None], flat]  # (B, H·W, k)
+    cells = xp.where(valid.reshape(B, H * W, 1), cells, 0.0)
+    return xp.ascontiguousarray(xp.swapaxes(cells, 1, 2)).reshape(B, k, H, W), valid
+
+
+def orient_by_border_batched(eigenvectors, valid):
+    """orient_by_border on a stack: (B, k, H, W) eigenvectors of B images, (B, H, W) bool valid
+    cells (each image's grid; grid_stack makes both) -> the stack with vectors 1..k-1 flipped
+    as orient_by_border flips each image's (k, h_i, w_i) grid. Array-module generic, no loop
+    over images or vectors.
+
+    An image's border is its valid cells with a 4-neighbour outside its grid (for a grid in
+    one rectangle, border_mask of that rectangle); cells outside the grid must be 0. The
+    signs are orient_by_border's, tie rules included, with one caveat: the border sum is
+    reduced in another order than NumPy's, so when it lies within rounding of 0 its sign may
+    differ (exact ties, e.g. an all-zero border, are ties in both).
+    """
+    xp = array_module(eigenvectors)
+    B, k = eigenvectors.shape[:2]
+    inside = xp.pad(valid, ((0, 0), (1, 1), (1, 1)), mode="constant", constant_values=False)
+    interior = inside[:, :-2, 1:-1] & inside[:, 2:, 1:-1] & inside[:, 1:-1, :-2] & inside[:, 1:-1, 2:]
+    border = (valid & ~interior)[:, None]
+    edge = xp.where(border, eigenvectors, 0.0)
+    count = (edge > 0).sum(axis=(2, 3)) - (edge < 0).sum(axis=(2, 3))
+    total = edge.sum(axis=(2, 3))
+    flat = xp.where(valid[:, None], eigenvectors, 0.0).reshape(B, k, -1)
+    peak = xp.take_along_axis(flat, xp.argmax(xp.abs(flat), axis=2)[:, :, None], axis=2)[:, :, 0]
+    # orient_by_border's key (count, sum), or (0, -peak) when both are 0, flipped if > (0, 0).
+    flip = (count > 0) | ((count == 0) & ((total > 0) | ((total == 0) & (peak < 0))))
+    flip[:, 0] = False
+    return eigenvectors * xp.where(flip, -1.0, 1.0).astype(eigenvectors.dtype)[:, :, None, None]
 
 
 def image_spectrum(features, image: np.ndarray, cfg: ExtractConfig) -> Spectrum:
