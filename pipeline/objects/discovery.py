@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels import smallest_eigenpairs
-from kernels.backend import to_numpy
-from kernels.lowrank import subgraph
+from kernels.backend import array_module, is_sparse, to_numpy
+from kernels.batched_eigensolver import smallest_eigenpairs_batched
+from kernels.lowrank import LowRankGraph, subgraph
 from pipeline.objects.localize import LocalizeConfig, component_candidates, foreground_mask, largest_component
 from pipeline.spectral.spectrum import border_mask, orient_by_border
 
@@ -95,31 +96,95 @@ def iterative_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg:
     8-connected component of the remaining patches, and removes it. The first cut is the
     whole graph's, i.e. the `fiedler` object (or `first`, as fiedler_objects says).
     """
-    h, w = eigenvectors.shape[1:]
-    found = fiedler_objects(eigenvectors, eigenvalues, W, cfg, first)
-    if found[0].fallback:
-        return found
-    remaining = ~found[0].mask.ravel()
-    while len(found) < cfg.max_objects and remaining.sum() >= max(3, cfg.min_area * h * w):
-        index = np.flatnonzero(remaining)
-        sub = subgraph(W, index)
-        pairs = smallest_eigenpairs(sub, 2)
-        grid = np.zeros((2, h * w), np.float32)
-        grid[:, index] = to_numpy(pairs.eigenvectors).T
-        vec = orient_on(grid[1].reshape(h, w), remaining.reshape(h, w))
-        mask, degenerate = foreground_mask(vec[remaining.reshape(h, w)], cfg.threshold)
-        if degenerate:
-            break
-        cut = np.zeros(h * w, bool)
-        cut[index[mask]] = True
-        part = largest_component(cut.reshape(h, w), vec)
-        candidate = describe(part, len(found), float(to_numpy(pairs.eigenvalues)[1]), 1.0 / (len(found) + 1))
-        if (candidate.area < cfg.min_area or candidate.eigenvalue > cfg.max_eigenvalue
-                or candidate.border > cfg.max_border):
-            break
-        found.append(candidate)
-        remaining &= ~part.ravel()
-    return found
+    return iterative_objects_batch([(eigenvectors, eigenvalues, W, first)], cfg)[0]
+
+
+def iterative_objects_batch(images: list[tuple], cfg: DiscoveryConfig, batched: bool = False) -> list[list[Candidate]]:
+    """iterative_objects of several images, (eigenvectors, eigenvalues, W, first) each, in
+    rounds across the batch: round t makes cut t of every image still cutting, all its
+    remaining graphs solved in one call (remaining_fiedler); an image leaves when it stops.
+    The same objects as image by image: each image's rounds depend on its own graph only."""
+    states = []
+    for eigenvectors, eigenvalues, W, first in images:
+        found = fiedler_objects(eigenvectors, eigenvalues, W, cfg, first)
+        remaining = None if found[0].fallback else ~found[0].mask.ravel()
+        states.append((found, remaining, eigenvectors.shape[1:], W))
+    active = list(range(len(states)))
+    while True:
+        active = [i for i in active if states[i][1] is not None and len(states[i][0]) < cfg.max_objects
+                  and states[i][1].sum() >= max(3, cfg.min_area * states[i][1].size)]
+        if not active:
+            return [state[0] for state in states]
+        cuts = remaining_fiedler([states[i][3] for i in active], [states[i][1] for i in active], batched)
+        for i, (lam, vec) in zip(active, cuts):
+            found, remaining, (h, w), W = states[i]
+            if not _next_cut(found, remaining, h, w, lam, vec, cfg):
+                states[i] = (found, None, (h, w), W)
+
+
+def _next_cut(found: list[Candidate], remaining: np.ndarray, h: int, w: int, lam: float, vec: np.ndarray,
+              cfg: DiscoveryConfig) -> bool:
+    """One cut of iterative_objects from the remaining graph's Fiedler pair (vec: (h·w,), 0
+    off `remaining`): appends its object to `found` and takes it from `remaining` (in place),
+    or returns False when the search stops."""
+    vec = orient_on(vec.reshape(h, w), remaining.reshape(h, w))
+    mask, degenerate = foreground_mask(vec[remaining.reshape(h, w)], cfg.threshold)
+    if degenerate:
+        return False
+    index = np.flatnonzero(remaining)
+    cut = np.zeros(h * w, bool)
+    cut[index[mask]] = True
+    part = largest_component(cut.reshape(h, w), vec)
+    candidate = describe(part, len(found), lam, 1.0 / (len(found) + 1))
+    if (candidate.area < cfg.min_area or candidate.eigenvalue > cfg.max_eigenvalue
+            or candidate.border > cfg.max_border):
+        return False
+    found.append(candidate)
+    remaining &= ~part.ravel()
+    return True
+
+
+def remaining_fiedler(graphs: list, remaining: list[np.ndarray], batched: bool = False) -> list[tuple[float, np.ndarray]]:
+    """Graphs (N_i, N_i) and (N_i,) bool masks of the nodes still in them -> per graph the
+    (eigenvalue, (N_i,) float32 eigenvector, 0 off the mask) of the Fiedler pair of the
+    sub-graph on the mask.
+
+    batched: dense graphs of one array module solved as one padded stack
+    (kernels.batched_eigensolver: each sub-graph gathered to the front of its slot, the rest
+    isolated padding), one device-to-host copy for all; else one solve per graph."""
+    index = [np.flatnonzero(m) for m in remaining]
+    if batched and len(graphs) > 1 and all(_is_dense(W) for W in graphs):
+        return _stacked_fiedler(graphs, index)
+    out = []
+    for W, idx, mask in zip(graphs, index, remaining):
+        pairs = smallest_eigenpairs(subgraph(W, idx), 2)
+        vec = np.zeros(mask.size, np.float32)
+        vec[idx] = to_numpy(pairs.eigenvectors)[:, 1]
+        out.append((float(to_numpy(pairs.eigenvalues)[1]), vec))
+    return out
+
+
+def _is_dense(W) -> bool:
+    return not is_sparse(W) and not isinstance(W, LowRankGraph)
+
+
+def _stacked_fiedler(graphs: list, index: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+    xp = array_module(graphs[0])
+    sizes = np.array([len(i) for i in index])
+    n = int(sizes.max())
+    stack = xp.zeros((len(graphs), n, n), dtype=xp.float32)
+    for j, (W, idx) in enumerate(zip(graphs, index)):
+        rows = xp.asarray(idx)
+        stack[j, :len(idx), :len(idx)] = W[rows[:, None], rows[None, :]]
+    pairs = smallest_eigenpairs_batched(stack, 2, sizes=sizes)
+    vectors = to_numpy(pairs.eigenvectors[:, :, 1]).astype(np.float32)  # one copy for the batch
+    values = to_numpy(pairs.eigenvalues[:, 1])
+    out = []
+    for j, (W, idx) in enumerate(zip(graphs, index)):
+        vec = np.zeros(W.shape[0], np.float32)
+        vec[idx] = vectors[j, :len(idx)]
+        out.append((float(values[j]), vec))
+    return out
 
 
 def orient_on(vec: np.ndarray, support: np.ndarray) -> np.ndarray:
