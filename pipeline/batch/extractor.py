@@ -71,6 +71,10 @@ class SpectralExtractor:
                                     cfg.max_pixels)
         # Graph and eigensolve run where the features are: CuPy on a GPU actor.
         self.xp = _array_module(device)
+        # A batch's graphs solved as one stack on the GPU (one chain of batched kernels instead
+        # of one per image); on the CPU image by image, which measured faster there (GEMMs
+        # already bound each solve: docs/scale.md).
+        self.batched_solve = self.xp is not np
         # Segment crops are re-embedded by the graph's backbone unless another is named.
         self.segment_embedder = (segment_embedder(cfg.segments.backbone, device)
                                  if cfg.segments.n_segments and cfg.segments.backbone else self.backbone)
@@ -113,7 +117,7 @@ class SpectralExtractor:
                                grid_size(features, self.cfg)))
             except Exception as exc:
                 yield self.error_row(d.ref, "spectral", exc)
-        spectra = batch_spectra([g[2] for g in graphs], [g[3] for g in graphs], self.cfg.eigen)
+        spectra = batch_spectra([g[2] for g in graphs], [g[3] for g in graphs], self.cfg.eigen, self.batched_solve)
         for (d, output, W, _), spectrum in zip(graphs, spectra):
             if isinstance(spectrum, Exception):
                 yield self.error_row(d.ref, "spectral", spectrum)

@@ -26,6 +26,7 @@ from pipeline.io.schema import eigenvectors_of, features_of
 from pipeline.io.shards import rows_by_id
 from pipeline.io.soft_masks import encode_soft
 from pipeline.io.sources import ImageRef
+from pipeline.objects.discovery import discover_batch
 from pipeline.objects.instances import ImageObject, LabelConfig, image_objects, label_digest
 from pipeline.objects.self_training import Head, head_mask
 from pipeline.spectral.affinity import image_affinity
@@ -68,6 +69,7 @@ class ObjectLabeller:
         result = Labelled([], [], [], [])
         stored = [i for i in items if i.features_shard]
         fresh = {i.ref.image_id: i for i in items if not i.features_shard}
+        todo = []  # (want, image, row, eigenvectors, eigenvalues, W, features)
         for item in self.extractor.extract([i.ref if i.decoded is None else i.decoded for i in fresh.values()]):
             if isinstance(item, dict):
                 result.errors.append(self._relabel(item))
@@ -75,9 +77,8 @@ class ObjectLabeller:
             want = fresh[item.ref.image_id]
             if not want.has_row:
                 result.eigen_rows.append(item.row)
-            self._label(want, item.image, item.row, item.spectrum.eigenvectors,
-                        item.spectrum.eigenvalues, item.affinity, result,
-                        features_of(item.row) if self.head is not None else None)
+            todo.append((want, item.image, item.row, item.spectrum.eigenvectors, item.spectrum.eigenvalues,
+                         item.affinity, features_of(item.row) if self.head is not None else None))
         for want, row in zip(stored, self._stored_rows(stored)):
             decoded = self.extractor.decoder.decode(want.ref) if want.decoded is None else want.decoded
             if isinstance(decoded, dict):
@@ -86,18 +87,35 @@ class ObjectLabeller:
             try:
                 features = features_of(row)
                 W = image_affinity(self.extractor.xp.asarray(features), decoded.image, self.reuse_graph)
-                self._label(want, decoded.image, row, eigenvectors_of(row), np.asarray(row["eigenvalues"]), W,
-                            result, features)
+                todo.append((want, decoded.image, row, eigenvectors_of(row), np.asarray(row["eigenvalues"]), W,
+                             features))
             except Exception as exc:
                 result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
+        # Every image's cuts in rounds across the batch (one stacked solve a round on a GPU).
+        firsts = [self._first(t[6]) for t in todo]
+        found = discover_batch([(t[3], t[4], t[5], None if isinstance(first, Exception) else first)
+                                for t, first in zip(todo, firsts)], self.cfg.discovery,
+                               batched=self.extractor.batched_solve)
+        found = [first if isinstance(first, Exception) else f for first, f in zip(firsts, found)]
+        for (want, image, row, eigenvectors, eigenvalues, _, _), candidates in zip(todo, found):
+            self._label(want, image, row, eigenvectors, eigenvalues, candidates, result)
         return result
 
-    def _label(self, want: LabelRef, image: np.ndarray, row: dict, eigenvectors: np.ndarray,
-               eigenvalues: np.ndarray, W, result: Labelled, features: np.ndarray | None = None) -> None:
+    def _first(self, features: np.ndarray | None):
+        """The self-trained head's mask of an image's patch features (None without a head), or
+        the exception it raised."""
         try:
+            return head_mask(self.head, features) if self.head is not None else None
+        except Exception as exc:
+            return exc
+
+    def _label(self, want: LabelRef, image: np.ndarray, row: dict, eigenvectors: np.ndarray,
+               eigenvalues: np.ndarray, candidates, result: Labelled) -> None:
+        try:
+            if isinstance(candidates, Exception):
+                raise candidates
             geom = geometry_of(row, self.extractor.cfg.backbone.long_side)
-            first = head_mask(self.head, features) if self.head is not None else None
-            objects = image_objects(eigenvectors, eigenvalues, W, image, geom, self.cfg, first)
+            objects = image_objects(eigenvectors, eigenvalues, None, image, geom, self.cfg, candidates=candidates)
             result.objects.extend(self.object_row(row, i, obj) for i, obj in enumerate(objects))
             if want.panel:
                 self._panel(want.ref.image_id, image, eigenvectors, geom, objects)

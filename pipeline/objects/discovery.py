@@ -205,3 +205,21 @@ def discover(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg: Discover
     if cfg.method not in DISCOVERY:
         raise ValueError(f"discovery method must be one of {sorted(DISCOVERY)}, got {cfg.method!r}")
     return DISCOVERY[cfg.method](eigenvectors, eigenvalues, W, cfg, first)
+
+
+def discover_batch(images: list[tuple], cfg: DiscoveryConfig, batched: bool = False) -> list[list[Candidate] | Exception]:
+    """discover for several images, (eigenvectors, eigenvalues, W, first) each -> each one's
+    candidates, or the exception its discovery raised. The iterative cut runs in rounds across
+    the batch (iterative_objects_batch; `batched`: each round's sub-graphs as one stack)."""
+    if cfg.method == "iterative" and len(images) > 1:
+        try:
+            return iterative_objects_batch(images, cfg, batched)
+        except Exception:  # one image's failure must not cost the others: each alone below
+            pass
+    out: list[list[Candidate] | Exception] = []
+    for eigenvectors, eigenvalues, W, first in images:
+        try:
+            out.append(discover(eigenvectors, eigenvalues, W, cfg, first))
+        except Exception as exc:
+            out.append(exc)
+    return out

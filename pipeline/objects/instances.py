@@ -110,13 +110,16 @@ class ImageObject:
 
 
 def image_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, image: np.ndarray,
-                  geom: GridGeometry, cfg: LabelConfig, first: np.ndarray | None = None) -> list[ImageObject]:
+                  geom: GridGeometry, cfg: LabelConfig, first: np.ndarray | None = None,
+                  candidates: list[Candidate] | None = None) -> list[ImageObject]:
     """(k, h, w) oriented eigenvectors, (k,) eigenvalues, the (N, N) graph, the (H, W, 3)
     uint8 image -> its objects, best score first (at least one: the Fiedler object, or the
-    (h, w) bool `first` in its place: the self-trained head's mask)."""
+    (h, w) bool `first` in its place: the self-trained head's mask). `candidates`: what
+    discover_batch found for this image already (then W and first are not read)."""
     if cfg.score not in SCORES:
         raise ValueError(f"score must be one of {sorted(SCORES)}, got {cfg.score!r}")
-    candidates = discover(eigenvectors, eigenvalues, W, cfg.discovery, first)
+    if candidates is None:
+        candidates = discover(eigenvectors, eigenvalues, W, cfg.discovery, first)
     softs = soft_masks([c.mask for c in candidates], image, geom, cfg)
     objects = []
     for cand, soft in zip(candidates, softs):

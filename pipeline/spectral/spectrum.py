@@ -6,7 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels import smallest_eigenpairs
-from kernels.backend import array_module, to_numpy
+from kernels.backend import array_module, is_sparse, to_numpy
+from kernels.batched_eigensolver import smallest_eigenpairs_batched
+from kernels.lowrank import LowRankGraph
 from pipeline.spectral.affinity import image_affinity
 from pipeline.config import EigenConfig, ExtractConfig
 
@@ -122,16 +124,51 @@ def graph_spectrum(W, grid_hw: tuple[int, int], cfg: EigenConfig) -> Spectrum:
     )
 
 
-def batch_spectra(graphs: list, grids: list[tuple[int, int]], cfg: EigenConfig) -> list[Spectrum | Exception]:
+def batch_spectra(graphs: list, grids: list[tuple[int, int]], cfg: EigenConfig,
+                  batched: bool = False) -> list[Spectrum | Exception]:
     """One batch's graphs ((N_i, N_i), NumPy or CuPy) on their (h_i, w_i) grids -> each one's
-    Spectrum, or the exception that its solve raised (one bad graph never costs the others)."""
-    out: list[Spectrum | Exception] = []
-    for W, hw in zip(graphs, grids):
+    Spectrum, or the exception that its solve raised (one bad graph never costs the others).
+
+    batched: dense graphs of one array module are solved as one zero-padded stack
+    (kernels.batched_eigensolver, method "auto" only), oriented on the device
+    (orient_by_border_batched) and copied to the host once; graphs it cannot take (sparse,
+    low-rank, fewer than k nodes) and a stack that fails as a whole are solved one by one."""
+    out: list[Spectrum | Exception | None] = [None] * len(graphs)
+    stack = [i for i, W in enumerate(graphs) if batched and cfg.method == "auto" and _is_dense(W)
+             and W.shape[0] >= cfg.k] if len(graphs) > 1 else []
+    if len(stack) > 1:
         try:
-            out.append(graph_spectrum(W, hw, cfg))
-        except Exception as exc:
-            out.append(exc)
-    return out
+            for i, spectrum in zip(stack, _stacked_spectra([graphs[i] for i in stack], [grids[i] for i in stack], cfg)):
+                out[i] = spectrum
+        except Exception:  # e.g. one graph without edges: each image alone, each its own error
+            pass
+    for i, (W, hw) in enumerate(zip(graphs, grids)):
+        if out[i] is None:
+            try:
+                out[i] = graph_spectrum(W, hw, cfg)
+            except Exception as exc:
+                out[i] = exc
+    return out  # type: ignore[return-value]
+
+
+def _is_dense(W) -> bool:
+    return not is_sparse(W) and not isinstance(W, LowRankGraph)
+
+
+def _stacked_spectra(graphs: list, grids: list[tuple[int, int]], cfg: EigenConfig) -> list[Spectrum]:
+    xp = array_module(graphs[0])
+    sizes = np.array([W.shape[0] for W in graphs])
+    n = int(sizes.max())
+    stack = xp.zeros((len(graphs), n, n), dtype=xp.float32)
+    for i, W in enumerate(graphs):
+        stack[i, :W.shape[0], :W.shape[0]] = W
+    pairs = smallest_eigenpairs_batched(stack, cfg.k, sizes=sizes)
+    vectors, valid = grid_stack(pairs.eigenvectors, grids)
+    vectors = to_numpy(orient_by_border_batched(vectors, valid))  # the batch's one copy to the host
+    values = to_numpy(pairs.eigenvalues)
+    return [Spectrum(eigenvalues=values[i].astype(np.float64), eigenvectors=vectors[i, :, :h, :w].copy(),
+                     method=pairs.methods[i], max_residual=float(pairs.max_residuals[i]))
+            for i, (h, w) in enumerate(grids)]
 
 
 def device_array(features, xp):
