@@ -6,7 +6,7 @@
     deep-spectral extract $D/ecssd/images --out BF16 --store-features --precision bf16 --local
     python -m bench.bench_precision --shards FP32 --other BF16 --images $D/ecssd/images --masks $D/ecssd/masks --split half
     python -m bench.single_object --shards BF16 --images $D/ecssd/images --masks $D/ecssd/masks --split half \\
-        --levers fiedler/none,fiedler/guided      # the mIoU / CorLoc of each (the same on FP32)
+        --levers fiedler/none,fiedler/guided --precision bf16   # mIoU / CorLoc of each (and on FP32)
 
 Reads two extractions of the same images that differ only in BackboneConfig.precision and
 prints, per part of --split (bench.single_object's rules): the largest eigenvalue difference,

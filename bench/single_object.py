@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from pipeline.config import EigenConfig, ExtractConfig, GraphConfig
+from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, GraphConfig
 from pipeline.evaluation.object_metrics import best_box_iou, mask_iou
 from pipeline.features.geometry import geometry_of, grid_to_pixels
 from pipeline.io.ground_truth import coco_boxes, folder_pairs, read_mask, voc_boxes
@@ -211,8 +211,10 @@ def main() -> None:
     p.add_argument("--sigma-spatial", type=float, default=SegmentConfig().sigma_spatial)
     p.add_argument("--graph", default="dense", choices=("dense", "lowrank", "sparse"),
                    help="recompute the eigenvectors on this graph kind from the stored features")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="the stored extraction's forward-pass precision (its digest)")
     a = p.parse_args()
-    cfg = ExtractConfig(store_features=True)
+    cfg = ExtractConfig(backbone=BackboneConfig(precision=a.precision), store_features=True)
     seg = replace(SegmentConfig(), lam=a.lam, sigma_spatial=a.sigma_spatial)
     samples, parts = benchmark_parts(a)
     levers = [lv.split("/") + ([] if "/" in lv else ["none"]) for lv in a.levers.split(",")]
