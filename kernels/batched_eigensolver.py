@@ -30,9 +30,12 @@ Images that are not solved in the batch (`kernels.eigensolver.smallest_eigenpair
     there): solved per image from the start;
   - images whose batched result fails the residual check (or is not finite): redone per
     image (its "krylov", which itself falls back to dense), fallback_from "batched_krylov";
-  - on NumPy input, all of them unless BATCHED_ON_CPU: the per-image solver is the faster
-    one on the CPU (measured; see BATCHED_ON_CPU). The batch is for the GPU, where it turns
-    B chains of small kernels and syncs into one.
+
+The batch is for the GPU, where it turns B chains of small kernels and syncs into one; on a
+CPU the per-image solver measured faster (bench/bench_batched_eigensolve.py: 4.2-4.4 against
+6.1-6.6 ms per image at N = 504..950 mixed, where the batch pays for padding every graph to
+the largest; 3.7 against 4.1 ms at one N), so callers solve image by image there
+(pipeline.spectral.spectrum.batch_spectra).
 """
 from __future__ import annotations
 
@@ -48,13 +51,6 @@ from kernels.eigensolver import (DENSE_MAX_N, FLOAT32_MIN_TOL, Eigenpairs, _star
 from kernels.laplacian import inverse_sqrt_degrees
 
 METHOD = "batched_krylov"
-
-# NumPy input runs the batched iteration only if this is True; by default it is solved image
-# by image (smallest_eigenpairs), which measured faster on this 2-core CPU (bench/
-# bench_batched_eigensolve.py: 4.2-4.4 against 6.1-6.6 ms per image at N = 504..950 mixed,
-# where the batch pays for padding every graph to the largest; 3.7 against 4.1 ms at one N).
-# The tests set it to run the batched path, the GPU's, on the CPU.
-BATCHED_ON_CPU = False
 
 # Block products before an unconverged image is handed to the per-image solver (as "krylov").
 MAX_PRODUCTS = 60
@@ -112,8 +108,7 @@ def smallest_eigenpairs_batched(W, k: int, *, sizes=None, tol: float = 1e-5, see
              also passed to the per-image solver for the images it redoes.
 
     Each image's pairs agree with smallest_eigenpairs(W[i, :n_i, :n_i], k) to the tolerance
-    (not bitwise: the Rayleigh-Ritz steps fall where the batch schedules them). NumPy input is
-    solved image by image unless BATCHED_ON_CPU (the faster on the CPU), bitwise equal then.
+    (not bitwise: the Rayleigh-Ritz steps fall where the batch schedules them).
     """
     if W.ndim != 3 or W.shape[1] != W.shape[2]:
         raise ValueError(f"W must be a (B, N, N) stack, got shape {W.shape}")
@@ -147,7 +142,7 @@ def smallest_eigenpairs_batched(W, k: int, *, sizes=None, tol: float = 1e-5, see
     m = k - 1
     block = m + 2  # smallest_eigenpairs' block wherever n - 1 > its basis cap
     cap = 10 * block
-    in_batch = (m >= 1) & (sizes_h > max(DENSE_MAX_N, cap + 1)) & (BATCHED_ON_CPU or xp is not np)
+    in_batch = (m >= 1) & (sizes_h > max(DENSE_MAX_N, cap + 1))
 
     eigenvalues = xp.zeros((B, k))
     eigenvectors = xp.zeros((B, N, k))

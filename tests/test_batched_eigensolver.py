@@ -59,17 +59,6 @@ def vit_graphs(offline_weights):
     return graphs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def batched_on_cpu():
-    """NumPy input is solved image by image by default (faster on the CPU); these tests run
-    the batched iteration, the GPU's path, on NumPy."""
-    import kernels.batched_eigensolver as module
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(module, "BATCHED_ON_CPU", True)
-        yield
-
-
 def padded(graphs, N=None, xp=np, dtype=np.float32):
     """[W_i (n_i, n_i)] -> zero-padded (B, N, N) stack and sizes (B,)."""
     sizes = np.array([W.shape[0] for W in graphs])
@@ -251,21 +240,6 @@ def test_device_branch_on_the_host(vit_graphs, batched, monkeypatch):
     assert out.methods == batched.methods
     np.testing.assert_allclose(out.eigenvalues, batched.eigenvalues, rtol=0, atol=1e-9)
     np.testing.assert_allclose(out.eigenvectors, batched.eigenvectors, rtol=0, atol=1e-6)
-
-
-def test_numpy_default_is_per_image(vit_graphs, per_image, monkeypatch):
-    """Without BATCHED_ON_CPU, NumPy input is solved image by image: exactly smallest_eigenpairs."""
-    import kernels.batched_eigensolver as module
-
-    monkeypatch.setattr(module, "BATCHED_ON_CPU", False)
-    graphs = [W for _, W, _ in vit_graphs]
-    stack, sizes = padded(graphs)
-    out = smallest_eigenpairs_batched(stack, K, sizes=sizes)
-    for i, (W, ref) in enumerate(zip(graphs, per_image)):
-        assert out.methods[i] == ref.method and out.fallback_from[i] == ref.fallback_from
-        np.testing.assert_array_equal(out.eigenvalues[i], ref.eigenvalues)
-        np.testing.assert_array_equal(out.eigenvectors[i, :W.shape[0]], ref.eigenvectors)
-        assert np.all(out.eigenvectors[i, W.shape[0]:] == 0.0)
 
 
 def test_k1_image_accessor_and_bad_inputs(vit_graphs):
