@@ -14,17 +14,20 @@ from typing import Iterable
 
 import fsspec
 import numpy as np
-from pycocotools import mask as mask_utils
 
 
 def encode_mask(mask: np.ndarray) -> str:
     """(H, W) bool -> compressed RLE counts (ASCII string)."""
+    from pycocotools import mask as mask_utils  # here: a bare GPU machine encodes with pipeline.io.rle
+
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return rle["counts"].decode("ascii")
 
 
 def decode_mask(counts: str, height: int, width: int) -> np.ndarray:
     """Compressed RLE counts and the image size -> (H, W) bool."""
+    from pycocotools import mask as mask_utils
+
     return mask_utils.decode({"size": [height, width], "counts": counts.encode("ascii")}).astype(bool)
 
 
