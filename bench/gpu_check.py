@@ -4,9 +4,10 @@ graphs, and a throughput table, in a few minutes.
     python bench/gpu_check.py                      # on the GPU machine (make gpu-check)
     python bench/gpu_check.py --export-weights weights   # here: fp16 offline weights to carry (make gpu-weights)
     python bench/gpu_check.py --cpu --quick        # the same code on the CPU at toy sizes (a test runs this)
+    python bench/gpu_check.py --images 1024       # more VOC-sized JPEGs for the pipeline table (default 512)
 
 Needs torch, timm, NumPy/SciPy, pyarrow, Pillow and fsspec (timm's own dependencies) and,
-for the GPU parts, CUDA and CuPy; never Ray, pymatting, scikit-learn or the network (it
+for the GPU parts, CUDA and CuPy (scikit-learn for `label`); never Ray, pymatting, pycocotools or the network (it
 imports pipeline/ and kernels/ from this checkout, not an installed package, and
 tests/test_gpu_check.py runs it with those modules blocked). Weights: --weights, else
 weights/dinov2_vits14_offline.fp16.safetensors if present (the offline backbone, ~44 MB),
@@ -144,15 +145,132 @@ def eigen_parity(backbone, images, cfg, xp) -> list[tuple]:
     return rows
 
 
-def throughput(backbone, images, cfg, device: str, xp, batches, long_side, reps, repeat) -> list[tuple]:
-    """(stage, setting, ms per call, images/s) rows."""
+def voc_sized_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """n JPEGs at VOC's sizes (500 x 375 or 375 x 500, quality 90): seeded random crops, scales
+    and flips of the bundled samples, so every stage sees photographs of the size it will get."""
+    rng = np.random.default_rng(seed)
+    sources = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img = sources[i % len(sources)]
+        w, h = (500, 375) if rng.random() < 0.7 else (375, 500)
+        scale = max(w / img.width, h / img.height) * rng.uniform(1.0, 1.6)
+        big = img.resize((int(np.ceil(img.width * scale)), int(np.ceil(img.height * scale))), Image.BICUBIC)
+        x0, y0 = int(rng.integers(0, big.width - w + 1)), int(rng.integers(0, big.height - h + 1))
+        crop = big.crop((x0, y0, x0 + w, y0 + h))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        paths.append(folder / f"voc{i:04d}.jpg")
+        crop.save(paths[-1], quality=90)
+    return paths
+
+
+def _decode_in_pool(args: tuple) -> int:
+    """One decode process's share (what a decode actor does): -> images decoded."""
+    from pipeline.batch.decoder import ImageDecoder
+    from pipeline.io.sources import ImageRef
+
+    uris, patch, long_side = args
+    decoder = ImageDecoder("", patch, long_side)
+    return sum(not isinstance(decoder.decode(ImageRef(u, u)), dict) for u in uris)
+
+
+def pipeline_table(cfg, device: str, files: list[Path], batch: int) -> list[tuple]:
+    """(stage, setting, ms per image, images/s) rows of the pipeline's own stages on `files`:
+    the decode stage (one core, and a pool of all cores but one), the forward pass alone, extract
+    stage by stage and end to end (fp32 and bf16), and label end to end."""
+    import dataclasses
+    import multiprocessing
+    import tempfile
+
     import pyarrow.parquet as pq
 
-    from kernels import smallest_eigenpairs
-    from pipeline.spectral.affinity import image_affinity
     from pipeline.batch.extractor import SpectralExtractor
+    from pipeline.batch.labeller import LabelRef, ObjectLabeller
     from pipeline.io.schema import eigen_table
     from pipeline.io.sources import ImageRef
+    from pipeline.objects.instances import LabelConfig
+    from pipeline.spectral.affinity import image_affinity
+    from pipeline.spectral.spectrum import batch_spectra, device_array, grid_size
+
+    n = len(files)
+    refs = [ImageRef(p.stem, p.as_uri()) for p in files]
+    rows = []
+    what = f"{n} VOC-sized JPEGs, batch {batch}"
+    extractors = {p: SpectralExtractor(dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, precision=p)),
+                                       device=device, batch_size=batch) for p in ("bf16", "fp32")}
+    decoder = extractors["bf16"].decoder
+    start = time.perf_counter()
+    decoded = [decoder.decode(r) for r in refs]
+    s = time.perf_counter() - start
+    assert not any(isinstance(d, dict) for d in decoded), [d for d in decoded if isinstance(d, dict)]
+    rows.append(("decode", f"one CPU core: read, SHA-256, decode, resize; {n} images", 1e3 * s / n, n / s))
+    cores = max(1, (os.cpu_count() or 2) - 1)
+    shares = [([f.as_uri() for f in files[i::cores]], decoder.patch_size, decoder.long_side) for i in range(cores)]
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        pool.map(_decode_in_pool, shares[:1])  # start-up and imports outside the timing
+        start = time.perf_counter()
+        assert sum(pool.map(_decode_in_pool, shares)) == n
+        s = time.perf_counter() - start
+    rows.append(("decode", f"{cores} processes (the decode stage's actors on this node)", 1e3 * s / n, n / s))
+    chunks = [decoded[i:i + batch] for i in range(0, n, batch)]
+    for precision, extractor in extractors.items():
+        list(extractor.extract(chunks[0]))  # warm-up: kernels, autotuning, CuPy's compile cache
+        sync(device)
+        start = time.perf_counter()
+        for chunk in chunks:
+            extractor._features(chunk)
+        sync(device)
+        forward_s = time.perf_counter() - start
+        rows.append((f"forward alone, {precision}", what, 1e3 * forward_s / n, n / forward_s))
+        spent = {"forward": 0.0, "graph": 0.0, "eigensolve + orientation": 0.0, "rows": 0.0, "table + Parquet": 0.0}
+        wall = time.perf_counter()
+        for chunk in chunks:
+            clock = time.perf_counter()
+
+            def lap(stage):
+                nonlocal clock
+                sync(device)
+                now = time.perf_counter()
+                spent[stage] += now - clock
+                clock = now
+            outputs = extractor._features(chunk)
+            lap("forward")
+            feats = [device_array(o.features, extractor.xp) for o in outputs]
+            graphs = [image_affinity(f, d.image, extractor.cfg.graph) for f, d in zip(feats, chunk)]
+            lap("graph")
+            spectra = batch_spectra(graphs, [grid_size(f, extractor.cfg) for f in feats], extractor.cfg.eigen,
+                                    extractor.batched_solve)
+            lap("eigensolve + orientation")
+            made = [extractor._row(d.ref, d.image, d.sha256, o, sp) for d, o, sp in zip(chunk, outputs, spectra)]
+            lap("rows")
+            pq.write_table(eigen_table(made), io.BytesIO(), compression="zstd")
+            lap("table + Parquet")
+        total = time.perf_counter() - wall
+        for stage, t in spent.items():
+            rows.append((f"extract: {stage}", f"{precision}, {what}", 1e3 * t / n, n / max(t, 1e-9)))
+        rows.append((f"extract end to end, {precision}", f"{what}; {100 * forward_s / total:.0f}% of the forward "
+                     "alone's rate", 1e3 * total / n, n / total))
+    with tempfile.TemporaryDirectory() as out:
+        labeller = ObjectLabeller(extractors["bf16"].cfg, LabelConfig(), out, device=device, batch_size=batch)
+        labeller([LabelRef(d.ref, decoded=d) for d in chunks[0]])  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        objects = 0
+        for chunk in chunks:
+            objects += len(labeller([LabelRef(d.ref, decoded=d) for d in chunk]).objects)
+        sync(device)
+        s = time.perf_counter() - start
+    rows.append(("label end to end, bf16", f"{what}, {objects / n:.1f} objects per image", 1e3 * s / n, n / s))
+    return rows
+
+
+def throughput(backbone, images, cfg, device: str, xp, batches, long_side, reps) -> list[tuple]:
+    """(stage, setting, ms per call, images/s) rows of the parts alone: the forward pass at
+    each batch size, one graph, one eigensolve."""
+    from kernels import smallest_eigenpairs
+    from pipeline.spectral.affinity import image_affinity
 
     rows = []
     side = long_side // backbone.patch_size * backbone.patch_size
@@ -172,24 +290,7 @@ def throughput(backbone, images, cfg, device: str, xp, batches, long_side, reps,
     rows.append(("graph", f"{feats.shape[0]}x{feats.shape[1]} grid", s * 1e3, 1 / s))
     W = image_affinity(feats, image, cfg.graph)
     s = timed(lambda: smallest_eigenpairs(W, cfg.eigen.k), device, reps)
-    rows.append(("eigensolve", f"N = {W.shape[0]}, k = {cfg.eigen.k}", s * 1e3, 1 / s))
-    extractor = SpectralExtractor(cfg, device=device, batch_size=max(batches))
-    refs = [ImageRef(f"{p.stem}-{i}", p.as_uri()) for i in range(repeat) for p in sorted(SAMPLES.glob("*.jpg"))]
-    row_list, errors = extractor(refs[:1])
-    assert row_list and not errors, errors
-
-    def write():
-        buf = io.BytesIO()
-        pq.write_table(eigen_table(row_list), buf, compression="zstd")
-    s = timed(write, device, reps)
-    rows.append(("write", "one row, zstd Parquet in memory", s * 1e3, 1 / s))
-    start = time.perf_counter()
-    done, failed = extractor(refs)
-    sync(device)
-    s = time.perf_counter() - start
-    assert not failed, failed
-    rows.append(("end to end", f"SpectralExtractor, {len(refs)} images (samples x {repeat}), batch {max(batches)}",
-                 s * 1e3 / len(refs), len(refs) / s))
+    rows.append(("eigensolve", f"N = {W.shape[0]}, k = {cfg.eigen.k}, one image", s * 1e3, 1 / s))
     return rows
 
 
@@ -199,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-weights", default=None, metavar="DIR",
                         help="write the offline backbone as float16 safetensors into DIR and stop")
     parser.add_argument("--cpu", action="store_true", help="run the measured parts on the CPU (a smoke test)")
-    parser.add_argument("--quick", action="store_true", help="toy sizes: long side 112, batches 1/2, one repeat")
+    parser.add_argument("--quick", action="store_true", help="toy sizes: long side 112, batches 1/2, 8 images")
+    parser.add_argument("--images", type=int, default=512, help="VOC-sized JPEGs for the pipeline table")
     args = parser.parse_args(argv)
     if args.export_weights:
         path = export_weights(Path(args.export_weights))
@@ -226,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.features.backbones import create_backbone
         from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig
 
-        long_side, batches, reps, repeat = (112, (1, 2), 1, 1) if args.quick else (448, (1, 8, 32), 5, 8)
+        long_side, batches, reps = (112, (1, 2), 1) if args.quick else (448, (1, 8, 32), 5)
+        n_files, batch = (8, 4) if args.quick else (args.images, 32)
         weights, what = pick_weights(args.weights)
         cfg = ExtractConfig(backbone=BackboneConfig(name=BACKBONE, weights=weights, long_side=long_side),
                             eigen=EigenConfig(k=4 if args.quick else 15))
@@ -243,8 +346,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nThroughput on {gpu_name if device == 'cuda' else 'CPU'} (graph/eigensolve on "
               f"{'CuPy' if xp is not np else 'NumPy'}); weights: {what}")
         print("| stage | setting | ms | images/s |\n|---|---|---|---|")
-        for stage, setting, ms, rate in throughput(backbone, images, cfg, device, xp, batches, long_side, reps, repeat):
+        for stage, setting, ms, rate in throughput(backbone, images, cfg, device, xp, batches, long_side, reps):
             print(f"| {stage} | {setting} | {ms:.1f} | {rate:.1f} |")
+        with tempfile.TemporaryDirectory() as folder:
+            files = voc_sized_jpegs(Path(folder), n_files)
+            print(f"\nThe pipeline's stages on {device}, per image (default configs but the precision; "
+                  f"long side {long_side}, k {cfg.eigen.k}; weights: {what})")
+            print("| stage | setting | ms per image | images/s |\n|---|---|---|---|")
+            for stage, setting, ms, rate in pipeline_table(cfg, device, files, batch):
+                print(f"| {stage} | {setting} | {ms:.2f} | {rate:.1f} |")
     for part, why in skipped:
         print(f"skipped: {part}: {why}")
     return 0

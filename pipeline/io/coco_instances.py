@@ -15,11 +15,15 @@ from typing import Iterable
 import fsspec
 import numpy as np
 
+from pipeline.io.rle import encode_masks
+
 
 def encode_mask(mask: np.ndarray) -> str:
     """(H, W) bool -> compressed RLE counts (ASCII string)."""
-    from pycocotools import mask as mask_utils  # here: a bare GPU machine encodes with pipeline.io.rle
-
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:  # a bare GPU machine: the same strings (tests/test_rle.py), a little slower
+        return encode_masks(mask[None])[0]
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return rle["counts"].decode("ascii")
 
