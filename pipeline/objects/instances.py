@@ -43,9 +43,10 @@ class LabelConfig:
     eps: float = 1e-3
     max_side: int = 1024
     # Guided filter (refine="guided"): 1 = the exact filter, s > 1 = He and Sun's fast guided
-    # filter fitted on s×s blocks (SegmentConfig.subsample). 4: the same scores as the exact
-    # filter on every tune and check part measured, at ~1/30 of its time (docs/results.md,
-    # "Fast guided filter"); 8 lost 0.2 mIoU on ECSSD tune and 0.3 box AP50 on COCO tune.
+    # filter fitted on s×s blocks (SegmentConfig.subsample). 4: the scores of the exact filter
+    # on every tune and check part measured (Horse check +0.1), at 1/20 of its time
+    # (docs/results.md, "Fast guided filter"); 8 lost 0.2 mIoU on ECSSD tune and 0.3 box AP50
+    # on COCO instances tune.
     guided_subsample: int = 4
     # Bilateral solver (refine="bilateral"), as SegmentConfig.
     sigma_spatial: float = 16.0
