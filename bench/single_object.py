@@ -12,7 +12,8 @@
 
 Reads the shards of one extraction that stored its patch features (no forward pass). A lever
 is CELLS[/REFINE]: how the patch mask is chosen (CELLS) and, for mask benchmarks, how it is
-brought to pixels (REFINE: none, guided, bilateral; pipeline.objects.masks). Mask benchmarks
+brought to pixels (REFINE: none, guided, bilateral; pipeline.objects.masks; guidedS, e.g.
+guided4: the fast guided filter fitted on S×S blocks, SegmentConfig.subsample). Mask benchmarks
 print mIoU, box benchmarks CorLoc of the patch mask's box (box IoU >= 0.5 with any GT box),
 on the tune and check parts of --split:
 
@@ -47,7 +48,7 @@ from pipeline.io.schema import EIGEN_SCHEMA, eigenvectors_of, features_of
 from pipeline.io.shards import EIGEN_DIR, scan_batches
 from pipeline.io.sources import read_bytes
 from pipeline.objects.localize import foreground_mask, largest_component, localize, mask_box
-from pipeline.objects.masks import PIXEL_REFINERS, SegmentConfig, patch_mask
+from pipeline.objects.masks import PIXEL_REFINERS, SegmentConfig, patch_mask, refine_guided_cells
 from pipeline.objects.self_training import HeadConfig, fit_head, head_probability
 from pipeline.spectral.affinity import image_affinity
 from pipeline.spectral.spectrum import border_mask, graph_spectrum
@@ -199,6 +200,9 @@ def _items(shards: str, digest: str, samples: dict, long_side: int, ids=None, im
 def _soft(item: Item, cells: np.ndarray, refine: str, cfg: SegmentConfig) -> np.ndarray:
     if refine == "none":
         return grid_to_pixels(cells, item.geom, bilinear=True)
+    fast = re.fullmatch(r"guided(\d+)", refine)  # guidedS: the fast guided filter, s×s blocks
+    if fast:
+        return refine_guided_cells(item.image, cells[None], item.geom, replace(cfg, subsample=int(fast[1])))[0]
     return PIXEL_REFINERS[refine](item.image, grid_to_pixels(cells, item.geom, bilinear=False), cfg)
 
 

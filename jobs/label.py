@@ -303,6 +303,9 @@ def add_label_options(parser: argparse.ArgumentParser, running: bool = True) -> 
     group.add_argument("--object-refine", choices=list(REFINERS), default=d.refine,
                        help="pixel refinement of each object's mask: colour guided filter, TokenCut's "
                             "bilateral solver, pymatting closed-form (slow), none")
+    group.add_argument("--guided-subsample", type=int, default=d.guided_subsample, metavar="S",
+                       help="guided refinement: 1 = the exact guided filter, S > 1 = the fast guided filter "
+                            "(He and Sun) fitted on S×S pixel blocks")
     group.add_argument("--soft-masks", action="store_true",
                        help="also store each object's soft mask (8-bit PNG column `soft` of the labels table)")
     group.add_argument("--self-train", action="store_true",
@@ -325,7 +328,8 @@ def label_config_from_args(args: argparse.Namespace) -> LabelConfig:
     return LabelConfig(discovery=DiscoveryConfig(method=args.method, max_objects=args.max_objects,
                                                  threshold=threshold, min_area=args.min_area,
                                                  max_eigenvalue=args.max_eigenvalue, max_border=args.max_border),
-                       score=args.score, refine=args.object_refine, soft_masks=args.soft_masks,
+                       score=args.score, refine=args.object_refine, guided_subsample=args.guided_subsample,
+                       soft_masks=args.soft_masks,
                        self_train=args.self_train, head_images=args.head_images, head_rounds=args.head_rounds)
 
 

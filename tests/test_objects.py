@@ -106,10 +106,17 @@ def test_label_config_round_trips_and_keys_the_digest():
     assert LabelConfig.from_dict(soft.to_dict()) == soft and label_digest("abc", soft) != label_digest("abc", LabelConfig())
 
 
-def test_default_label_digest_is_the_one_stored_labels_carry():
+def test_exact_filter_label_digest_is_the_one_stored_labels_carry():
     # soft_masks came later and is left out at its default: labels written before it (this
-    # pair's digest, docs/objects.md) stay valid and are not labelled again.
-    assert label_digest("ecab1ad5de0a9380", LabelConfig()) == "5b07c6e17324cd2b"
+    # pair's digest, docs/objects.md) stay valid and are not labelled again. So is
+    # guided_subsample at 1 (the exact filter those labels used); the default fast filter (4)
+    # is a new run.
+    exact = LabelConfig(guided_subsample=1)
+    assert label_digest("ecab1ad5de0a9380", exact) == "5b07c6e17324cd2b"
+    assert label_digest("ecab1ad5de0a9380", LabelConfig()) == "6097b259bacdbfa5"
+    assert "guided_subsample" not in exact.to_dict() and LabelConfig().to_dict()["guided_subsample"] == 4
+    assert LabelConfig.from_dict(LabelConfig().to_dict()) == LabelConfig() and LabelConfig.from_dict(exact.to_dict()) == exact
+    assert exact.segment_config().subsample == 1 and LabelConfig().segment_config().subsample == 4
     assert "soft_masks" not in LabelConfig().to_dict() and LabelConfig(soft_masks=True).to_dict()["soft_masks"]
 
 

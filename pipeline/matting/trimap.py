@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from kernels.guided_filter import guided_filter
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
-from pipeline.objects.guided_filter import guided_filter
 from pipeline.objects.localize import foreground_mask, largest_component
 
 UNITS = ("cells", "pixels")
@@ -112,7 +112,7 @@ def fiedler_mask(eigenvectors: np.ndarray, geom: GridGeometry, cfg: TrimapConfig
         if image is None:
             raise ValueError("refine='guided' needs the image")
         radius = max(1, round(cfg.guided_radius * max(geom.height, geom.width) / 1024))
-        coarse = guided_filter(image.astype(np.float64) / 255.0, coarse, radius, cfg.guided_eps)
+        coarse = guided_filter(image.astype(np.float32) / 255.0, coarse, radius, cfg.guided_eps)
     return coarse > 0.5, fallback
 
 

@@ -7,6 +7,11 @@ than FINDINGS' 1e-2 on that dev split (mIoU 81.7 vs 80.7; README "Localization a
 segmentation"). The soft map (for max-F) is the refined mask before its 0.5 threshold.
 TokenCut's bilateral solver (refine="bilateral") measured equal to the guided filter within
 noise on the tune/check halves of ECSSD and Horse, at about half its time (docs/results.md).
+
+The guided filter itself is kernels.guided_filter (float32, NumPy or CuPy). `subsample` > 1
+runs He and Sun's fast guided filter: a and b fitted on s×s block means of the image and of
+the masks (formed straight from the patch cells, never at full resolution), applied to the
+full-resolution image.
 """
 from __future__ import annotations
 
@@ -16,9 +21,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.features.geometry import GridGeometry, grid_to_pixels
+from kernels.guided_filter import downsample_mean, fast_guided_filter_blocks, guide_planes, guided_filter
+from pipeline.features.geometry import GridGeometry, grid_to_pixels, pixel_cells
 from pipeline.objects.bilateral_solver import bilateral_solve
-from pipeline.objects.guided_filter import guided_filter
 from pipeline.objects.localize import foreground_mask, largest_component
 
 REFINERS = ("none", "guided", "matting", "bilateral")
@@ -37,8 +42,13 @@ class SegmentConfig:
     eps: float = 1e-3
     guide: str = "rgb"  # "rgb" or "gray" guide for the guided filter
     # Refinement works on the image resized to at most this long side (memory: the colour
-    # guided filter holds 3×3 matrices per pixel); radius is scaled with it.
+    # guided filter holds 3×3 matrices per pixel); radius is scaled with it, so it stays in
+    # original pixels. With subsample > 1 only the fit runs at reduced size: its factor is
+    # raised to ceil(long side / max_side) where that is larger.
     max_side: int = 1024
+    # Guided filter: 1 = the exact filter; s > 1 = the fast guided filter (He and Sun 2015),
+    # a and b fitted on s×s blocks with radius radius / s, applied at full resolution.
+    subsample: int = 1
     # Bilateral solver (TokenCut's values): grid cell sizes in pixels / luma / chroma levels,
     # smoothness weight; sigma_spatial is scaled with max_side like radius.
     sigma_spatial: float = 16.0
@@ -74,36 +84,80 @@ def _resized(array: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:
 
 
 def _refine_stack(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig, refine) -> np.ndarray:
-    """Runs refine(work image (h, w, 3) uint8, maps (h, w, L), scale) at most cfg.max_side
-    long and brings the (h, w, L) result back: (H, W) or (L, H, W) in -> the same, in [0, 1]."""
+    """Runs refine(work image (h, w, 3) uint8, maps (L, h, w), scale) -> (L, h, w) at most
+    cfg.max_side long and brings the result back: (H, W) or (L, H, W) in -> the same, in [0, 1]."""
     stack = coarse if coarse.ndim == 3 else coarse[None]
     h, w = stack.shape[1:]
     s = min(1.0, cfg.max_side / max(h, w))
     work = (max(1, round(h * s)), max(1, round(w * s)))
     small = _resized(image, work, Image.BILINEAR)
-    p = np.stack([_resized(c, work, Image.BILINEAR) for c in stack], axis=-1)
+    p = np.stack([_resized(c, work, Image.BILINEAR) for c in stack])
     soft = refine(small, p, s)
-    out = np.stack([np.clip(_resized(soft[..., i], (h, w), Image.BILINEAR), 0, 1) for i in range(len(stack))])
+    out = np.stack([_resized(np.asarray(q, np.float32), (h, w), Image.BILINEAR) for q in soft])
+    np.clip(out, 0, 1, out=out)
     return out if coarse.ndim == 3 else out[0]
+
+
+def _guide(image: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
+    """(H, W, 3) uint8 -> the guide's (C, H, W) float32 planes in [0, 1] (C = 3, or 1 grey)."""
+    guide = image.astype(np.float32) * np.float32(1 / 255)
+    if cfg.guide == "gray":  # weighted sum, not a matrix product (BLAS threads cost more here)
+        guide = guide[..., 0] * 0.299 + guide[..., 1] * 0.587 + guide[..., 2] * 0.114
+    return guide_planes(guide)
+
+
+def fast_factor(height: int, width: int, cfg: SegmentConfig) -> int:
+    """The fast guided filter's block size for an image: cfg.subsample, raised so that the
+    fit runs at most cfg.max_side long."""
+    return max(cfg.subsample, -(-max(height, width) // cfg.max_side))
+
+
+def _fast(image: np.ndarray, p_blocks: np.ndarray, s: int, cfg: SegmentConfig) -> np.ndarray:
+    """The fast guided filter of maps given as s×s block means (L, h, w) -> (L, H, W) in [0, 1]."""
+    soft = fast_guided_filter_blocks(_guide(image, cfg), p_blocks, cfg.radius, cfg.eps, s)
+    return np.clip(soft, 0, 1, out=soft)
 
 
 def refine_guided(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
     """(H, W, 3) uint8, coarse (H, W) {0, 1} map or (L, H, W) stack of them -> soft map(s) in
-    [0, 1], shaped like coarse (a stack shares one filtering pass)."""
+    [0, 1], float32, shaped like coarse (a stack shares one filtering pass)."""
+    if cfg.subsample > 1:
+        stack = coarse if coarse.ndim == 3 else coarse[None]
+        s = fast_factor(*stack.shape[1:], cfg)
+        out = _fast(image, downsample_mean(stack, s), s, cfg)
+        return out if coarse.ndim == 3 else out[0]
+
     def run(small, p, s):
-        guide = small.astype(np.float64) / 255.0
-        if cfg.guide == "gray":
-            guide = guide @ np.array([0.299, 0.587, 0.114])
-        return guided_filter(guide, p, max(1, round(cfg.radius * s)), cfg.eps)
+        return guided_filter(_guide(small, cfg)[0] if cfg.guide == "gray" else small * np.float32(1 / 255),
+                             p, max(1, round(cfg.radius * s)), cfg.eps)
     return _refine_stack(image, coarse, cfg, run)
+
+
+def cell_block_means(cells: np.ndarray, geom: GridGeometry, s: int) -> np.ndarray:
+    """(L, grid_h, grid_w) patch masks -> (L, ceil(H/s), ceil(W/s)) float32: the s×s block
+    means of their nearest-cell upsampling to the original image (grid_to_pixels with
+    bilinear=False), equal to downsample_mean of it, without forming it."""
+    rows, cols = (np.argmax(m, axis=1) for m in pixel_cells(geom))
+    per_row = downsample_mean(np.asarray(cells, np.float32)[:, rows, :], s, axes=(-2,))  # (L, h, grid_w)
+    return downsample_mean(per_row[:, :, cols], s, axes=(-1,))
+
+
+def refine_guided_cells(image: np.ndarray, cells: np.ndarray, geom: GridGeometry, cfg: SegmentConfig) -> np.ndarray:
+    """(H, W, 3) uint8, (L, grid_h, grid_w) bool patch masks -> (L, H, W) float32 soft maps in
+    [0, 1]: refine_guided of their nearest-cell upsampling, which the fast filter
+    (cfg.subsample > 1) never forms at full resolution."""
+    if cfg.subsample > 1:
+        s = fast_factor(geom.height, geom.width, cfg)
+        return _fast(image, cell_block_means(cells, geom, s), s, cfg)
+    return refine_guided(image, np.stack([grid_to_pixels(c, geom, bilinear=False) for c in cells]), cfg)
 
 
 def refine_bilateral(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
     """(H, W, 3) uint8, coarse (H, W) {0, 1} map or (L, H, W) stack -> the bilateral solver's
     maps (pipeline.objects.bilateral_solver) in [0, 1], shaped like coarse (one grid for all)."""
     def run(small, p, s):
-        return bilateral_solve(small, p, sigma_spatial=max(1.0, cfg.sigma_spatial * s),
-                               sigma_luma=cfg.sigma_luma, sigma_chroma=cfg.sigma_chroma, lam=cfg.lam)
+        return np.moveaxis(bilateral_solve(small, np.moveaxis(p, 0, -1), sigma_spatial=max(1.0, cfg.sigma_spatial * s),
+                                           sigma_luma=cfg.sigma_luma, sigma_chroma=cfg.sigma_chroma, lam=cfg.lam), -1, 0)
     return _refine_stack(image, coarse, cfg, run)
 
 
@@ -138,6 +192,8 @@ def segment(eigenvectors: np.ndarray, image: np.ndarray, geom: GridGeometry,
     cells, fallback = patch_mask(eigenvectors, cfg)
     if cfg.refine == "none":
         soft = grid_to_pixels(cells, geom, bilinear=True)
+    elif cfg.refine == "guided":
+        soft = refine_guided_cells(image, cells[None], geom, cfg)[0]
     else:
         coarse = grid_to_pixels(cells, geom, bilinear=False)
         if cfg.refine in PIXEL_REFINERS:
