@@ -11,6 +11,7 @@ from pipeline.objects.discovery import DiscoveryConfig, discover
 from pipeline.objects.instances import LabelConfig, image_objects, label_digest
 from pipeline.spectral.spectrum import graph_spectrum
 from pipeline.config import EigenConfig
+from tests.conftest import gpu_available
 
 
 def two_object_scene(h=12, w=16, seed=0):
@@ -200,3 +201,39 @@ def test_cluster_categories_take_the_cluster_covering_most_of_an_object(tmp_path
     assert category_of(row(8, 19)) == 2  # mostly over label 2, partly background
     assert category_of(row(15, 29)) == 3  # 9 columns of label 3 against 5 of label 2
     assert category_of(row(0, 9)) == 4  # background only: unassigned
+
+
+def test_mask_boxes_are_pixel_boxes():
+    from pipeline.objects.instances import mask_boxes, pixel_box
+
+    rng = np.random.default_rng(1)
+    masks = [rng.random((37, 53)) < p for p in (0.001, 0.01, 0.3)] + [np.zeros((37, 53), bool)]
+    masks[1][:, :] = False
+    masks[1][5:9, 40:41] = True
+    boxes, filled = mask_boxes(masks)
+    assert filled.tolist() == [m.any() for m in masks]
+    for mask, box, full in zip(masks, boxes, filled):
+        if full:
+            np.testing.assert_array_equal(box, pixel_box(mask))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU (the NumPy path is tested above)")
+def test_objects_refined_and_encoded_on_the_gpu_equal_the_hosts():
+    """label on a GPU actor: the same image's objects from a CuPy image (fast guided filter,
+    boxes and RLE on the device) as from the NumPy image."""
+    import cupy
+
+    from pipeline.batch.labeller import mask_codes
+
+    W, spec, a, b = scene_graph()
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[np.kron(a, np.ones((10, 10), bool))] = (200, 40, 40)
+    image[np.kron(b, np.ones((10, 10), bool))] = (40, 40, 200)
+    cfg = LabelConfig(guided_subsample=4)
+    host = image_objects(spec.eigenvectors, spec.eigenvalues, W, image, SCENE_GEOM, cfg)
+    device = image_objects(spec.eigenvectors, spec.eigenvalues, W, cupy.asarray(image), SCENE_GEOM, cfg)
+    assert [o.box.tolist() for o in host] == [o.box.tolist() for o in device]
+    assert mask_codes([o.mask for o in host]) == mask_codes([o.mask for o in device])
+    for h, d in zip(host, device):
+        assert float(np.abs(h.soft - cupy.asnumpy(d.soft)).max()) <= 1e-5

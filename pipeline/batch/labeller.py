@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 
+from kernels.backend import array_module, is_cupy, to_numpy
 from pipeline.batch.decoder import DecodedImage
 from pipeline.batch.extractor import SpectralExtractor
 from pipeline.config import ExtractConfig
 from pipeline.evaluation.panels import GALLERY_DIR, panel_name, render_panel
 from pipeline.features.geometry import geometry_of
 from pipeline.io.coco_instances import encode_mask
+from pipeline.io.rle import encode_masks
 from pipeline.io.schema import eigenvectors_of, features_of
 from pipeline.io.shards import rows_by_id
 from pipeline.io.soft_masks import encode_soft
@@ -115,23 +117,27 @@ class ObjectLabeller:
             if isinstance(candidates, Exception):
                 raise candidates
             geom = geometry_of(row, self.extractor.cfg.backbone.long_side)
-            objects = image_objects(eigenvectors, eigenvalues, None, image, geom, self.cfg, candidates=candidates)
-            result.objects.extend(self.object_row(row, i, obj) for i, obj in enumerate(objects))
+            # On a GPU actor the masks are refined, boxed and run-length encoded on the GPU.
+            on_device = self.extractor.xp.asarray(image) if self.extractor.batched_solve else image
+            objects = image_objects(eigenvectors, eigenvalues, None, on_device, geom, self.cfg, candidates=candidates)
+            areas, rles = mask_codes([o.mask for o in objects])
+            result.objects.extend(self.object_row(row, i, obj, area, rle)
+                                  for i, (obj, area, rle) in enumerate(zip(objects, areas, rles)))
             if want.panel:
                 self._panel(want.ref.image_id, image, eigenvectors, geom, objects)
                 result.panels.append(want.ref.image_id)
         except Exception as exc:
             result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
 
-    def object_row(self, row: dict, index: int, obj: ImageObject) -> dict:
+    def object_row(self, row: dict, index: int, obj: ImageObject, area: int, rle: str) -> dict:
         c = obj.candidate
         return {"image_id": row["image_id"], "object": index, "height": row["height"], "width": row["width"],
                 "box": obj.box.tolist(), "patch_box": obj.patch_box.tolist(), "score": obj.score,
-                "area": int(obj.mask.sum()), "segmentation": encode_mask(obj.mask),
+                "area": area, "segmentation": rle,
                 "method": self.cfg.discovery.method, "rank": c.rank,
                 "eigenvalue": c.eigenvalue, "border": c.border, "grid_area": c.area, "fallback": c.fallback,
                 "config_digest": self.digest, "extract_digest": self.extract_digest,
-                "soft": encode_soft(obj.soft) if self.cfg.soft_masks else None}
+                "soft": encode_soft(to_numpy(obj.soft)) if self.cfg.soft_masks else None}
 
     def _stored_rows(self, stored: list[LabelRef]) -> list[dict]:
         """The shard rows of `stored`, in order, each shard read once."""
@@ -139,7 +145,7 @@ class ObjectLabeller:
         return [rows[item.ref.image_id] for item in stored]
 
     def _panel(self, image_id: str, image: np.ndarray, eigenvectors: np.ndarray, geom, objects) -> None:
-        panel = render_panel(image, eigenvectors, geom, object_masks=[o.mask for o in objects],
+        panel = render_panel(image, eigenvectors, geom, object_masks=[to_numpy(o.mask) for o in objects],
                              pred_boxes=np.array([o.box for o in objects]), title=image_id,
                              mask_title=f"{len(objects)} objects (best: red, then blue, yellow, green...)")
         buffer = io.BytesIO()
@@ -150,3 +156,15 @@ class ObjectLabeller:
     def _relabel(self, error: dict) -> dict:
         """Error rows of a label run carry its digest, so its reruns skip them."""
         return {**error, "config_digest": self.digest}
+
+
+def mask_codes(masks: list) -> tuple[list[int], list[str]]:
+    """One image's (H, W) bool object masks -> (their pixel counts, their COCO RLE strings).
+    Masks on a GPU are encoded there (pipeline.io.rle: only run boundaries cross to the host);
+    host masks by pycocotools, faster on a CPU (the same strings: tests/test_rle.py)."""
+    if not masks:
+        return [], []
+    if is_cupy(masks[0]):
+        stack = array_module(masks[0]).stack(masks)
+        return to_numpy(stack.sum(axis=(1, 2))).astype(int).tolist(), encode_masks(stack)
+    return [int(m.sum()) for m in masks], [encode_mask(m) for m in masks]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kernels.backend import array_module, to_numpy
 from pipeline.config import canonical_json, digest_of
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
 from pipeline.objects.discovery import Candidate, DiscoveryConfig, discover
@@ -133,26 +134,45 @@ def image_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, image: n
     if candidates is None:
         candidates = discover(eigenvectors, eigenvalues, W, cfg.discovery, first)
     softs = soft_masks([c.mask for c in candidates], image, geom, cfg)
+    masks = [soft > 0.5 for soft in softs]
+    boxes, filled = mask_boxes(masks)
     objects = []
-    for cand, soft in zip(candidates, softs):
-        mask = soft > 0.5
+    for cand, soft, mask, box, full in zip(candidates, softs, masks, boxes, filled):
         patch_box = mask_box(cand.mask, geom) if cand.mask.any() else np.array([0, 0, geom.width, geom.height], float)
-        box = pixel_box(mask) if mask.any() else patch_box
-        objects.append(ImageObject(mask=mask, box=box, patch_box=patch_box,
+        objects.append(ImageObject(mask=mask, box=box if full else patch_box, patch_box=patch_box,
                                    score=0.0 if cand.fallback else float(SCORES[cfg.score](cand)), candidate=cand,
                                    soft=soft))
     return sorted(objects, key=lambda o: (-o.score, o.candidate.rank))
 
 
+def mask_boxes(masks: list) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) bool masks of one image (NumPy or CuPy) -> ((L, 4) float64 [x0, y0, x1, y1]
+    around each, pixel columns 0..9 being [0, 10); (L,) bool: not empty), on the host: one
+    copy of 5 numbers per mask, however large the masks."""
+    if not masks:
+        return np.zeros((0, 4)), np.zeros(0, bool)
+    xp = array_module(masks[0])
+    stack = xp.stack(masks)
+    rows, cols = stack.any(axis=2), stack.any(axis=1)  # (L, H), (L, W)
+    h, w = rows.shape[1], cols.shape[1]
+    found = xp.stack([xp.argmax(cols, axis=1), xp.argmax(rows, axis=1),
+                      w - xp.argmax(cols[:, ::-1], axis=1), h - xp.argmax(rows[:, ::-1], axis=1),
+                      rows.any(axis=1)], axis=1)
+    found = to_numpy(found)
+    return found[:, :4].astype(np.float64), found[:, 4].astype(bool)
+
+
 def soft_masks(cells: list[np.ndarray], image: np.ndarray, geom: GridGeometry, cfg: LabelConfig) -> list[np.ndarray]:
     """(grid_h, grid_w) bool patch masks -> (H, W) float32 soft masks in [0, 1], whose > 0.5
-    are the objects' masks (one guided-filter pass for all of them)."""
+    are the objects' masks (one guided-filter pass for all of them). With the fast guided
+    filter they are made on the image's device (a CuPy image on a GPU), else on the host."""
     if cfg.refine not in REFINERS:
         raise ValueError(f"refine must be one of {REFINERS}, got {cfg.refine!r}")
     if not cells:
         return []
     if cfg.refine == "guided":  # from the cells: the fast filter never forms the full-size masks
         return list(refine_guided_cells(image, np.stack(cells), geom, cfg.segment_config()))
+    image = to_numpy(image)  # the other refiners run on the host
     coarse = np.stack([grid_to_pixels(c, geom, bilinear=False) for c in cells])
     if cfg.refine == "none":
         soft = coarse

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from kernels.backend import array_module, to_numpy
 from kernels.guided_filter import downsample_mean, fast_guided_filter_blocks, guide_planes, guided_filter
 from pipeline.features.geometry import GridGeometry, grid_to_pixels, pixel_cells
 from pipeline.objects.bilateral_solver import bilateral_solve
@@ -99,8 +100,10 @@ def _refine_stack(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig, ref
 
 
 def _guide(image: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
-    """(H, W, 3) uint8 -> the guide's (C, H, W) float32 planes in [0, 1] (C = 3, or 1 grey)."""
-    guide = image.astype(np.float32) * np.float32(1 / 255)
+    """(H, W, 3) uint8 (NumPy or CuPy) -> the guide's (C, H, W) float32 planes in [0, 1]
+    (C = 3, or 1 grey), on the image's device."""
+    xp = array_module(image)
+    guide = image.astype(xp.float32) * np.float32(1 / 255)
     if cfg.guide == "gray":  # weighted sum, not a matrix product (BLAS threads cost more here)
         guide = guide[..., 0] * 0.299 + guide[..., 1] * 0.587 + guide[..., 2] * 0.114
     return guide_planes(guide)
@@ -115,7 +118,7 @@ def fast_factor(height: int, width: int, cfg: SegmentConfig) -> int:
 def _fast(image: np.ndarray, p_blocks: np.ndarray, s: int, cfg: SegmentConfig) -> np.ndarray:
     """The fast guided filter of maps given as s×s block means (L, h, w) -> (L, H, W) in [0, 1]."""
     soft = fast_guided_filter_blocks(_guide(image, cfg), p_blocks, cfg.radius, cfg.eps, s)
-    return np.clip(soft, 0, 1, out=soft)
+    return array_module(soft).clip(soft, 0, 1, out=soft)
 
 
 def refine_guided(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
@@ -136,19 +139,22 @@ def refine_guided(image: np.ndarray, coarse: np.ndarray, cfg: SegmentConfig) -> 
 def cell_block_means(cells: np.ndarray, geom: GridGeometry, s: int) -> np.ndarray:
     """(L, grid_h, grid_w) patch masks -> (L, ceil(H/s), ceil(W/s)) float32: the s×s block
     means of their nearest-cell upsampling to the original image (grid_to_pixels with
-    bilinear=False), equal to downsample_mean of it, without forming it."""
-    rows, cols = (np.argmax(m, axis=1) for m in pixel_cells(geom))
-    per_row = downsample_mean(np.asarray(cells, np.float32)[:, rows, :], s, axes=(-2,))  # (L, h, grid_w)
+    bilinear=False), equal to downsample_mean of it, without forming it. On the cells' device."""
+    xp = array_module(cells)
+    rows, cols = (xp.asarray(np.argmax(m, axis=1)) for m in pixel_cells(geom))
+    per_row = downsample_mean(xp.asarray(cells, xp.float32)[:, rows, :], s, axes=(-2,))  # (L, h, grid_w)
     return downsample_mean(per_row[:, :, cols], s, axes=(-1,))
 
 
 def refine_guided_cells(image: np.ndarray, cells: np.ndarray, geom: GridGeometry, cfg: SegmentConfig) -> np.ndarray:
     """(H, W, 3) uint8, (L, grid_h, grid_w) bool patch masks -> (L, H, W) float32 soft maps in
     [0, 1]: refine_guided of their nearest-cell upsampling, which the fast filter
-    (cfg.subsample > 1) never forms at full resolution."""
+    (cfg.subsample > 1) never forms at full resolution. The fast filter runs on the image's
+    device (a CuPy image: the masks stay on the GPU); the exact one on the host."""
     if cfg.subsample > 1:
         s = fast_factor(geom.height, geom.width, cfg)
-        return _fast(image, cell_block_means(cells, geom, s), s, cfg)
+        return _fast(image, cell_block_means(array_module(image).asarray(cells), geom, s), s, cfg)
+    image = to_numpy(image)
     return refine_guided(image, np.stack([grid_to_pixels(c, geom, bilinear=False) for c in cells]), cfg)
 
 
