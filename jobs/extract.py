@@ -26,7 +26,7 @@ from pipeline.config import (PATCH_FEATURES, SPARSE_DEFAULT_TOPK, BackboneConfig
 from pipeline.io.schema import eigen_table, error_table
 from pipeline.io.attempts import Attempts
 from pipeline.io.lease import RunLease
-from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, commit_batch, rows_by_id, shard_files
+from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, rows_by_id, shard_files, shard_name
 from pipeline.io.sources import ImageRef, list_images
 from pipeline.io.dataset_listing import DATASETS, dataset_images
 from pipeline.semantic.segments import segment_features_kind
@@ -66,12 +66,14 @@ class ExtractActor:
                 rows, errors = rows + more, errors + failed
             return {"rows": rows, "errors": errors}
 
-        def commit(result: dict) -> None:
-            commit_batch(self.out, digest, self.extractor.config_json, [r.image_id for r in refs],
-                         eigen_table(result["rows"], self.cfg.eigen.storage_dtype) if result["rows"] else None,
-                         error_table(result["errors"]) if result["errors"] else None)
+        def shards(result: dict) -> tuple[str, dict]:
+            config_json = self.extractor.config_json
+            return shard_name(digest, [r.image_id for r in refs]), {
+                EIGEN_DIR: (eigen_table(result["rows"], self.cfg.eigen.storage_dtype) if result["rows"] else None,
+                            config_json),
+                ERROR_DIR: (error_table(result["errors"]) if result["errors"] else None, config_json)}
 
-        return runner.guarded_batch(self, digest, refs, extract, commit)
+        return runner.guarded_batch(self, digest, refs, extract, shards, batch.get(runner.DEFER_COMMIT, False))
 
 
 def pending_images(source: str | None, out: str, cfg: ExtractConfig, retry_errors: bool,

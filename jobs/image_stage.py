@@ -22,7 +22,7 @@ from jobs import runner
 from pipeline.config import RuntimeConfig
 from pipeline.io.attempts import Attempts
 from pipeline.io.schema import error_table
-from pipeline.io.shards import commit_tables, rows_by_id, shard_files, shard_name
+from pipeline.io.shards import rows_by_id, shard_files, shard_name
 from pipeline.io.sources import ImageRef
 
 
@@ -54,12 +54,13 @@ class ImageStageActor:
                        for r in part if r.image_id not in found]
             return {"rows": rows, "errors": errors}
 
-        def commit(result: dict) -> None:
-            commit_tables(self.out, shard_name(mapper.digest, [r.image_id for r in refs]), {
+        def shards(result: dict) -> tuple[str, dict]:
+            return shard_name(mapper.digest, [r.image_id for r in refs]), {
                 self.kind: (type(self).table(result["rows"]) if result.get("rows") else None, self.config_json),
-                self.error_kind: (error_table(result["errors"]) if result["errors"] else None, self.config_json)})
+                self.error_kind: (error_table(result["errors"]) if result["errors"] else None, self.config_json)}
 
-        return runner.guarded_batch(self, mapper.digest, refs, process, commit)
+        return runner.guarded_batch(self, mapper.digest, refs, process, shards,
+                                    batch.get(runner.DEFER_COMMIT, False))
 
 
 def run_image_stage(what: str, shards: str, extract_digest: str, out: str, digest: str, actor_cls,

@@ -40,7 +40,7 @@ from pipeline.batch.head_fitting import fit_stored_head, head_sample, head_uri, 
 from pipeline.io.attempts import Attempts
 from pipeline.io.coco_instances import coco_ids_by_file_name, decode_mask, stable_image_id, write_instances
 from pipeline.io.schema import eigen_table, error_table, object_table
-from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, commit_tables, scan_batches,
+from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, scan_batches,
                                 shard_files, shard_name)
 from pipeline.io.sources import ImageRef
 from pipeline.objects.discovery import DISCOVERY, DiscoveryConfig
@@ -80,15 +80,15 @@ class LabelActor:
         def label(part: list[LabelRef]) -> dict:
             return dataclasses.asdict(self.labeller(part))
 
-        def commit(result: dict) -> None:
-            commit_tables(self.out, shard_name(digest, [i.ref.image_id for i in items]), {
+        def shards(result: dict) -> tuple[str, dict]:
+            return shard_name(digest, [i.ref.image_id for i in items]), {
                 EIGEN_DIR: (eigen_table(result["eigen_rows"], storage_dtype) if result.get("eigen_rows") else None,
                             self.extract_json),
                 LABELS_DIR: (object_table(result["objects"]) if result.get("objects") else None, self.label_json),
                 ERROR_DIR: (error_table(result["errors"]) if result["errors"] else None, self.label_json),
-            })
+            }
 
-        return runner.guarded_batch(self, digest, items, label, commit)
+        return runner.guarded_batch(self, digest, items, label, shards, batch.get(runner.DEFER_COMMIT, False))
 
 
 def gallery_ids(refs: list[ImageRef], n: int, seed: int = 0) -> set[str]:

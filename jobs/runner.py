@@ -9,7 +9,9 @@ batch holds the same images and overwrites the same shards. With `decode`, a CPU
 `DecodeActor`s reads, hashes, decodes and resizes each batch's images first
 (pipeline.batch.decoder) and the compute actors (on GPUs when there are any) only compute:
 they find the result in the batch's "decoded" column (`decoded_items`). Both stages follow the
-same poison-batch rule (`guarded_process`), each under its own attempt keys.
+same poison-batch rule (`guarded_process`), each under its own attempt keys. On Ray a writer
+stage of `CommitActor`s commits each batch's shards under the run lease, so the compute actors
+never wait on the object store; in this process the actor commits itself.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pipeline.io.attempts import Attempts, unit_key
 from pipeline.io.lease import RunLease, lease_owner
 from pipeline.io.progress import Progress
 from pipeline.io.runlog import write_run_summary
-from pipeline.io.shards import ERROR_DIR, finished_ids
+from pipeline.io.shards import ERROR_DIR, commit_tables, finished_ids
 from pipeline.io.sources import ImageRef
 from pipeline.io.storage import with_retries
 
@@ -38,6 +40,8 @@ MAX_BLOCKS = 1000
 # Attempt keys of the decode stage are its job digest with this suffix: a batch that killed
 # its decoder is told apart from one that killed its compute actor.
 DECODE_UNIT = ":decode"
+# The batch key that tells a compute actor to leave its commit to the writer stage.
+DEFER_COMMIT = "defer_commit"
 
 
 def set_threads(threads: int, torch_threads: bool = True) -> None:
@@ -52,12 +56,15 @@ def set_threads(threads: int, torch_threads: bool = True) -> None:
     threadpoolctl.threadpool_limits(threads)
 
 
-def guarded_batch(actor, digest: str, items: list, process, commit) -> dict:
+def guarded_batch(actor, digest: str, items: list, process, shards, deferred: bool = False) -> dict:
     """One batch of an actor (with .out, .attempts, .max_deaths, .run_id): process it, commit it,
     and report {"image_id", "ok", "reason"} lists for the driver.
 
     `items` have `.image_id` and `.uri` (ImageRef) or `.ref` (a ref wrapper); `process(items)`
-    returns a dict of lists, "errors" among them; `commit(result)` writes the batch's shards.
+    returns a dict of lists, "errors" among them; `shards(result)` -> (shard name, {kind:
+    (table or None, config JSON)}), what pipeline.io.shards.commit_tables writes. `deferred`
+    (the batch went through `drive` on Ray, whose writer stage commits): the report carries the
+    shards as a "commit" column instead, and the actor goes on with its next batch.
 
     Poison batches: a batch that has lost `max_deaths` worker processes (markers in OUT,
     pipeline.io.attempts) is run one item at a time, and an item that loses as many alone
@@ -69,15 +76,43 @@ def guarded_batch(actor, digest: str, items: list, process, commit) -> dict:
     refs = [getattr(item, "ref", item) for item in items]
     ids = [r.image_id for r in refs]
     result, lost = guarded_process(actor, digest, items, process)
-    if actor.run_id is not None and with_retries(lease_owner, actor.out) != actor.run_id:
-        # A newer driver owns OUT: it lists and does this batch's images itself.
-        return {"image_id": ids, "ok": [False] * len(ids),
-                "reason": ["superseded: another driver took over the run lease"] * len(ids)}
-    with_retries(commit, result)
+    name, tables = shards(result)
+    failed = {e["image_id"]: f"{e['stage']}: {e['reason']}" for e in result["errors"]}
+    report = {"image_id": ids, "ok": [i not in failed for i in ids], "reason": [failed.get(i, "") for i in ids]}
+    if deferred:  # the result is safe in Ray's object store: a writer failure reruns the write alone
+        if lost:
+            clear_deaths(actor, digest, ids)
+        return {**report, "commit": pickle.dumps((name, tables), protocol=5)}
+    report = commit_leased(actor.out, actor.run_id, name, tables, report)
     if lost:
         clear_deaths(actor, digest, ids)
-    failed = {e["image_id"]: f"{e['stage']}: {e['reason']}" for e in result["errors"]}
-    return {"image_id": ids, "ok": [i not in failed for i in ids], "reason": [failed.get(i, "") for i in ids]}
+    return report
+
+
+def commit_leased(out: str, run_id: str | None, name: str, tables: dict, report: dict) -> dict:
+    """Commit a batch's shards while `run_id` holds OUT's run lease -> the batch's report, or
+    every image "superseded" when a newer driver owns OUT (it lists and does them itself)."""
+    if run_id is not None and with_retries(lease_owner, out) != run_id:
+        ids = report["image_id"]
+        return {"image_id": ids, "ok": [False] * len(ids),
+                "reason": ["superseded: another driver took over the run lease"] * len(ids)}
+    with_retries(commit_tables, out, name, tables)
+    return report
+
+
+class CommitActor:
+    """Ray Data callable of the writer stage: commits each batch's shards (the "commit" column
+    guarded_batch left) under the run lease, so the compute actors never wait on the object
+    store; passes the batch's report on."""
+
+    def __init__(self, out: str, run_id: str | None = None):
+        set_threads(1, torch_threads=False)
+        self.out, self.run_id = out, run_id
+
+    def __call__(self, batch: dict) -> dict:
+        report = {key: list(batch[key]) for key in ("image_id", "ok", "reason")}
+        name, tables = pickle.loads(batch["commit"])
+        return commit_leased(self.out, self.run_id, name, tables, report)
 
 
 def guarded_process(actor, digest: str, items: list, process) -> tuple[dict, int]:
@@ -209,7 +244,7 @@ def cut_batches(todo: list[ImageRef], size: int) -> list[dict]:
     """The work, cut into batches on the driver: {"image_id": [...], "uri": [...]} each.
 
     Batches are fixed here, not by Ray Data, so a batch retried after a worker death holds
-    the same images as the first attempt and overwrites the same shards (commit_batch)."""
+    the same images as the first attempt and overwrites the same shards (commit_tables)."""
     return [{"image_id": [r.image_id for r in todo[s:s + size]], "uri": [r.uri for r in todo[s:s + size]]}
             for s in range(0, len(todo), size)]
 
@@ -301,6 +336,7 @@ def _run_on_ray(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: Run
     # An actor that dies in its constructor (its process or node lost while it loads the
     # model) counts against this budget, and Ray Data's default of 0 fails the whole job.
     ray.data.DataContext.get_current().max_consecutive_actor_init_deaths = 3
+    batches = [{**b, DEFER_COMMIT: True} for b in batches]  # the writer stage below commits them
     items = ray.data.from_items(batches, override_num_blocks=min(len(batches), MAX_BLOCKS))
     items.set_name(name)  # how the run shows in the dashboard's Ray Data view
     if decode is not None:
@@ -315,4 +351,8 @@ def _run_on_ray(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: Run
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         **resources,
     )
+    # The writer stage: object-store round trips off the compute actors (I/O, a little CPU).
+    results = results.map(CommitActor, fn_constructor_kwargs={"out": actor_kwargs["out"],
+                                                              "run_id": actor_kwargs.get("run_id")},
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_actors), num_cpus=0.25)
     yield from results.iter_rows()
