@@ -12,6 +12,7 @@ from kernels.guided_filter import (apply_coefficients, box_mean, constant_tiles,
                                    guided_coefficients, guided_filter, upsample_bilinear)
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
 from pipeline.objects.masks import SegmentConfig, cell_block_means, refine_guided, refine_guided_cells
+from tests.conftest import gpu_available
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -204,17 +205,8 @@ def test_label_refinement_from_cells_equals_the_refiner_of_full_masks():
     np.testing.assert_allclose(small, refine_guided_cells(image, cells, geom, SegmentConfig(subsample=5)), atol=1e-6)
 
 
-def _has_gpu() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_gpu(), reason="needs CuPy and a CUDA GPU")
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
 def test_cupy_equals_numpy():
     import cupy
 
