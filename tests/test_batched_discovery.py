@@ -64,3 +64,26 @@ def test_one_failing_image_costs_only_itself(sample_graphs):
     out = discover_batch([(v, lam, W, None), bad], DiscoveryConfig(), batched=True)
     assert isinstance(out[1], Exception) and not isinstance(out[0], Exception)
     assert all(np.array_equal(a.mask, b.mask) for a, b in zip(out[0], iterative_objects(v, lam, W, DiscoveryConfig())))
+
+
+def test_one_batched_matmul_gives_each_images_graph(offline_weights):
+    """The stack a GPU batch builds in one GEMM holds every image's feature_affinity graph,
+    zero-padded; the extractor solving from it gives the per-image spectra."""
+    from pipeline.spectral.affinity import batched_feature_affinity, feature_affinity
+
+    extractor = SpectralExtractor(ExtractConfig(), batch_size=4)
+    feats = [o.features for o in extractor.backbone([d.image for d in extractor.decoder(list_images("samples"))])]
+    stack, sizes = batched_feature_affinity(feats)
+    assert len(set(sizes)) > 1  # mixed sizes
+    for i, f in enumerate(feats):
+        np.testing.assert_allclose(stack[i, :sizes[i], :sizes[i]], feature_affinity(f), rtol=0, atol=2e-6)
+        assert not stack[i, sizes[i]:].any() and not stack[i, :, sizes[i]:].any()
+    alone = {x.ref.image_id: x for x in extractor.extract(list_images("samples"))}
+    extractor.batched_solve = True  # the GPU's path, on the CPU
+    together = {x.ref.image_id: x for x in extractor.extract(list_images("samples"))}
+    for key, a in alone.items():
+        b = together[key]
+        assert b.spectrum.method == "batched_krylov" and b.affinity.shape == a.affinity.shape
+        assert np.abs(a.spectrum.eigenvalues - b.spectrum.eigenvalues).max() <= 1e-5
+        assert angle(a.spectrum.eigenvectors[1].ravel(), b.spectrum.eigenvectors[1].ravel()) <= 0.01
+        assert all(float(u.ravel() @ v.ravel()) > 0 for u, v in zip(a.spectrum.eigenvectors, b.spectrum.eigenvectors))

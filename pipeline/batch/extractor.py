@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.spectral.affinity import image_affinity, upsample_features
+from pipeline.spectral.affinity import batched_feature_affinity, image_affinity, upsample_features
 from pipeline.features.backbones import create_backbone
 from pipeline.features.supervised import segment_embedder
 from pipeline.config import ExtractConfig
@@ -24,7 +24,7 @@ from pipeline.io.schema import OPTIONAL_DEFAULTS, eigen_row, eigenvectors_of, fe
 from pipeline.semantic.segments import (backbone_grids, backbone_kinds, feature_kinds, joined, pooled_features,
                                         pooled_parts, segment_boxes, segment_crops, segment_map)
 from pipeline.io.sources import ImageRef
-from pipeline.spectral.spectrum import Spectrum, batch_spectra, device_array, grid_size
+from pipeline.spectral.spectrum import Spectrum, batch_spectra, device_array, grid_size, stacked_spectra
 
 
 def _array_module(device: str):
@@ -111,13 +111,13 @@ class SpectralExtractor:
             if isinstance(output, Exception):
                 yield self.error_row(d.ref, "backbone", output)
                 continue
-            try:
-                features = device_array(output.features, self.xp)
-                graphs.append((d, output, image_affinity(features, d.image, self.cfg.graph),
-                               grid_size(features, self.cfg)))
-            except Exception as exc:
-                yield self.error_row(d.ref, "spectral", exc)
-        spectra = batch_spectra([g[2] for g in graphs], [g[3] for g in graphs], self.cfg.eigen, self.batched_solve)
+            graphs.append((d, output, device_array(output.features, self.xp)))
+        stacked = self._stacked(graphs)
+        if stacked is not None:  # a GPU batch: one GEMM for all graphs, one stacked solve
+            graphs, spectra = stacked
+        else:
+            graphs, spectra, errors = self._one_by_one(graphs)
+            yield from errors
         for (d, output, W, _), spectrum in zip(graphs, spectra):
             if isinstance(spectrum, Exception):
                 yield self.error_row(d.ref, "spectral", spectrum)
@@ -126,6 +126,36 @@ class SpectralExtractor:
                 yield Extracted(d.ref, d.image, self._row(d.ref, d.image, d.sha256, output, spectrum), W, spectrum)
             except Exception as exc:
                 yield self.error_row(d.ref, "spectral", exc)
+
+    def _one_by_one(self, graphs: list) -> tuple[list, list, list]:
+        """(image, output, features) -> ((image, output, its graph, grid) of those whose graph
+        was built, their spectra (batch_spectra), the error rows of the others)."""
+        made, errors = [], []
+        for d, output, features in graphs:
+            try:
+                made.append((d, output, image_affinity(features, d.image, self.cfg.graph), grid_size(features, self.cfg)))
+            except Exception as exc:
+                errors.append(self.error_row(d.ref, "spectral", exc))
+        spectra = batch_spectra([g[2] for g in made], [g[3] for g in made], self.cfg.eigen, self.batched_solve)
+        return made, spectra, errors
+
+    def _stacked(self, graphs: list) -> tuple[list, list] | None:
+        """The default graph of a GPU batch's images as one padded stack from one batched matmul,
+        solved together -> ((image, output, its graph: a view of the stack), spectra), or None
+        where that does not apply (CPU, another graph, one image, a grid under k cells) or the
+        stack fails as a whole (the caller goes one by one)."""
+        g = self.cfg.graph
+        if (not self.batched_solve or len(graphs) < 2 or self.cfg.eigen.method != "auto" or g.kind != "dense"
+                or g.knn_lambda != 0 or g.upsample != 1 or g.sparsify_topk is not None
+                or min(f.shape[0] * f.shape[1] for _, _, f in graphs) < self.cfg.eigen.k):
+            return None
+        try:
+            stack, sizes = batched_feature_affinity([f for _, _, f in graphs])
+            grids = [grid_size(f, self.cfg) for _, _, f in graphs]
+            spectra = stacked_spectra(stack, sizes, grids, self.cfg.eigen)
+        except Exception:
+            return None
+        return [(d, o, stack[i, :sizes[i], :sizes[i]], grids[i]) for i, (d, o, _) in enumerate(graphs)], spectra
 
     def decode(self, refs: list[ImageRef]) -> Iterator[tuple[ImageRef, np.ndarray, str] | dict]:
         """(ref, (H, W, 3) uint8 image, SHA-256 of its bytes) per readable image, else its error row."""

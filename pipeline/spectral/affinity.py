@@ -78,6 +78,23 @@ def feature_affinity(features, upsample: int = 1, topk: int | None = None):
     return topk_graph(W, topk)
 
 
+def batched_feature_affinity(features: list):
+    """(h_i, w_i, C) features of B images, one array module -> (the zero-padded (B, N, N)
+    float32 stack of their feature_affinity graphs, N = max h_i·w_i, from one batched matmul;
+    (B,) node counts). Image i's graph is stack[i, :n_i, :n_i]; its padding rows and columns
+    are 0, isolated nodes that kernels.batched_eigensolver leaves out. The default graph only
+    (no upsampling, no top-k, no colour term): what a GPU batch builds in one GEMM."""
+    xp = array_module(features[0])
+    sizes = [f.shape[0] * f.shape[1] for f in features]
+    c = features[0].shape[-1]
+    F = xp.zeros((len(features), max(sizes), c), dtype=xp.float32)
+    for i, f in enumerate(features):
+        F[i, :sizes[i]] = f.reshape(sizes[i], c)
+    F /= xp.maximum(xp.linalg.norm(F, axis=2, keepdims=True), 1e-12)  # padding rows stay 0
+    W = xp.matmul(F, xp.swapaxes(F, 1, 2))
+    return xp.maximum(W, 0.0, out=W), sizes
+
+
 def sparse_feature_affinity(features, upsample: int = 1, topk: int | None = None):
     """(h, w, C) features -> float32 CSR W (N, N), N = h·w·upsample²: each node's top-k
     (default SPARSE_DEFAULT_TOPK) of max(f̂ f̂ᵀ, 0), symmetrised by max(W, Wᵀ).

@@ -162,7 +162,15 @@ def _stacked_spectra(graphs: list, grids: list[tuple[int, int]], cfg: EigenConfi
     stack = xp.zeros((len(graphs), n, n), dtype=xp.float32)
     for i, W in enumerate(graphs):
         stack[i, :W.shape[0], :W.shape[0]] = W
-    pairs = smallest_eigenpairs_batched(stack, cfg.k, sizes=sizes)
+    return stacked_spectra(stack, sizes, grids, cfg)
+
+
+def stacked_spectra(stack, sizes, grids: list[tuple[int, int]], cfg: EigenConfig) -> list[Spectrum]:
+    """A zero-padded (B, N, N) stack of graphs (image i's is stack[i, :sizes[i], :sizes[i]]) on
+    their (h_i, w_i) grids -> their Spectra, solved together (kernels.batched_eigensolver),
+    oriented on the device and copied to the host once. Raises when the stack cannot be solved
+    as a whole (e.g. a graph without edges): callers solve its images one by one then."""
+    pairs = smallest_eigenpairs_batched(stack, cfg.k, sizes=np.asarray(sizes))
     vectors, valid = grid_stack(pairs.eigenvectors, grids)
     vectors = to_numpy(orient_by_border_batched(vectors, valid))  # the batch's one copy to the host
     values = to_numpy(pairs.eigenvalues)
