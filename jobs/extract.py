@@ -29,6 +29,7 @@ from pipeline.io.lease import RunLease
 from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, rows_by_id, shard_files, shard_name
 from pipeline.io.sources import ImageRef, list_images
 from pipeline.io.dataset_listing import DATASETS, dataset_images
+from pipeline.features.registry import get_spec
 from pipeline.semantic.segments import segment_features_kind
 
 
@@ -113,9 +114,10 @@ def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: Runti
                   f"(config {segments_source(cfg).digest()})")
             batches = [{**b, "stored": [stored.get(i, "") for i in b["image_id"]]} for b in batches]
             summary["reused_from"] = reuse
+        ran: dict = {}
         outcome = runner.drive(batches, len(todo), ExtractActor, {"config_json": cfg.to_json(), "out": out},
-                               runtime, local, "deep-spectral-extract", lease.owner, decode_stage(cfg, out))
-        summary = runner.finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
+                               runtime, local, "deep-spectral-extract", lease.owner, decode_stage(cfg, out), ran=ran)
+        summary = runner.finish_summary(summary, outcome, started, clock, local, runtime, out, lease, ran)
         print(f"done: {summary['processed']} images written, {summary['failed']} failed, "
               f"{summary['seconds']} s ({summary['images_per_second']} images/s); shards in {out}/{EIGEN_DIR}, "
               f"errors in {out}/{ERROR_DIR}, run summary {summary['run_file']}")
@@ -247,6 +249,10 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-actors", type=int, default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--retry-errors", action="store_true", help="retry images recorded as failed")
+    parser.add_argument("--max-failures", default=RuntimeConfig.max_failures, metavar="N|P%|N,P%",
+                        help="failed images the run tolerates before it exits 1: N images, P%% of the run's "
+                             "images, or the larger of both (default %(default)s); a run in which every image "
+                             "failed always exits 1")
     parser.add_argument("--max-worker-deaths", type=int, default=RuntimeConfig.max_worker_deaths,
                         help="worker processes a batch may lose before its images run alone; an image "
                              "alone that loses as many becomes an error row (stage worker)")
@@ -260,14 +266,17 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeConfig]:
+    """The run's configs from its flags; a bad value or flags that contradict each other exit
+    (status 2, one line naming the field) before any listing, lease or write."""
     try:
+        get_spec(args.backbone)  # an unknown name fails here, listing the known ones
         cfg = _extract_config(args)
-    except ValueError as exc:  # flags that contradict each other
+        runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors,
+                                device=args.device, retry_errors=args.retry_errors, address=args.address,
+                                max_worker_deaths=args.max_worker_deaths, lease_heartbeat_s=args.lease_heartbeat_s,
+                                lease_stale_s=args.lease_stale_s, max_failures=args.max_failures)
+    except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors,
-                            device=args.device, retry_errors=args.retry_errors, address=args.address,
-                            max_worker_deaths=args.max_worker_deaths, lease_heartbeat_s=args.lease_heartbeat_s,
-                            lease_stale_s=args.lease_stale_s)
     return cfg, runtime
 
 
@@ -278,8 +287,6 @@ def _segment_features(args: argparse.Namespace) -> str:
         return args.segment_features
     if args.segment_backbone or not args.segments:
         return SegmentsConfig().features
-    from pipeline.features.backbones import get_spec  # torch: only when segments are asked for
-
     return get_spec(args.backbone).segment_features
 
 
@@ -312,7 +319,7 @@ def main(args: argparse.Namespace) -> int:
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(summary, f, indent=2)
-    return 0
+    return runner.exit_status(summary)
 
 
 if __name__ == "__main__":

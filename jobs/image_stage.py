@@ -84,10 +84,11 @@ def run_image_stage(what: str, shards: str, extract_digest: str, out: str, diges
             print(f"{what}: all {skipped} images already in {out} for {digest}")
             return summary
         print(f"{what}: {len(todo)} images to embed, {skipped} already done")
+        ran: dict = {}
         outcome = runner.drive(runner.cut_batches(todo, runtime.batch_size), len(todo), actor_cls,
                                 actor_kwargs, runtime, local, "deep-spectral-" + what.replace(" ", "-"),
-                                lease.owner)
-        summary = runner.finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
+                                lease.owner, ran=ran)
+        summary = runner.finish_summary(summary, outcome, started, clock, local, runtime, out, lease, ran)
         print(f"{what}: {summary['processed']} images embedded, {summary['failed']} failed, "
               f"{summary['seconds']} s; in {out}/{actor_cls.kind}")
         return summary

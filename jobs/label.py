@@ -133,13 +133,15 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
                     "features_shard": [rows.get(i, "") if cfg.store_features else "" for i in b["image_id"]],
                     "panel": [i in panels for i in b["image_id"]]}
                    for b in runner.cut_batches(todo, runtime.batch_size)]
+        ran: dict = {}
         outcome = runner.drive(batches, len(todo), LabelActor,
                                 {"config_json": cfg.to_json(), "label_json": label_cfg.to_json(), "out": out,
                                  "head_json": head_json},
-                                runtime, local, "deep-spectral-label", lease.owner, extract.decode_stage(cfg, out, digest))
+                                runtime, local, "deep-spectral-label", lease.owner, extract.decode_stage(cfg, out, digest),
+                                ran=ran)
         summary["instances"] = write_dataset_instances(out, digest, coco_annotations, clusters_dir)
         summary["gallery"] = write_gallery(out, digest, sorted(panels))
-        summary = runner.finish_summary(summary, outcome, started, clock, local, runtime, out, lease)
+        summary = runner.finish_summary(summary, outcome, started, clock, local, runtime, out, lease, ran)
         print(f"done: {summary['processed']} images labelled, {summary['failed']} failed, "
               f"{summary['seconds']} s ({summary['images_per_second']} images/s); "
               f"{summary['instances']['annotations']} objects in {out}/{INSTANCES_FILE}, "
@@ -323,8 +325,20 @@ def add_label_options(parser: argparse.ArgumentParser, running: bool = True) -> 
 
 
 def label_config_from_args(args: argparse.Namespace) -> LabelConfig:
+    """The objects' config from the flags; a bad value exits (status 2, one line naming the
+    field) before any work."""
+    try:
+        return _label_config(args)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
+def _label_config(args: argparse.Namespace) -> LabelConfig:
     t = args.object_threshold
-    threshold = DiscoveryConfig().threshold if t is None else ("mean" if t == "mean" else float(t))
+    try:
+        threshold = DiscoveryConfig().threshold if t in (None, "mean") else float(t)
+    except ValueError:
+        raise ValueError(f"discovery.threshold: must be a number or 'mean', got {t!r}") from None
     return LabelConfig(discovery=DiscoveryConfig(method=args.method, max_objects=args.max_objects,
                                                  threshold=threshold, min_area=args.min_area,
                                                  max_eigenvalue=args.max_eigenvalue, max_border=args.max_border),
@@ -356,7 +370,7 @@ def main(args: argparse.Namespace) -> int:
     if args.summary:
         with fsspec.open(args.summary, "w") as f:
             json.dump(summary, f, indent=2)
-    return 0
+    return runner.exit_status(summary)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ def run_nightly(source: str, refs: list[ImageRef], out_root: str, cfg: ExtractCo
     try:
         summary = extract.run_extract(source, out, cfg, runtime, refs=refs, local=local)
         counts = {key: summary[key] for key in ("processed", "failed", "skipped")}
+        if summary.get("status") == "failed":
+            error = {"error": summary["why"]}
     except Exception as exc:  # recorded, then raised: a crashed night shows in the manifest
         error = {"error": f"{type(exc).__name__}: {exc}"}
         raise
@@ -120,6 +122,10 @@ def main(args: argparse.Namespace) -> int:
     entry = run_nightly(source, refs, args.out_root, cfg, runtime, local=args.local)
     print(f"{version_name(cfg)}: {entry['images']} images, {entry['failed']} failed, "
           f"{len(entry['runs'])} run(s); manifest {args.out_root.rstrip('/')}/{MANIFEST}")
+    last = entry["runs"][-1] if entry["runs"] else {}
+    if last.get("error"):
+        print(f"error: the run failed: {last['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import sys
 import time
 from datetime import datetime
 from typing import Iterator
 
-from pipeline.config import RuntimeConfig
+from pipeline.config import RuntimeConfig, allowed_failures
 from pipeline.io.attempts import Attempts, unit_key
 from pipeline.io.lease import RunLease, lease_owner
 from pipeline.io.progress import Progress
@@ -208,10 +209,16 @@ def decode_stage(digest: str, out: str, backbone: str, long_side: int | None, ma
 def not_done(refs: list[ImageRef], out: str, digest: str, kind: str, retry_errors: bool,
              error_kind: str = ERROR_DIR) -> tuple[list[ImageRef], int]:
     """(refs with no row under OUT/kind, nor unless retry_errors an error row under
-    OUT/error_kind, for `digest`; how many were skipped)."""
+    OUT/error_kind, for `digest`; how many were skipped). Says how many of the skipped had
+    failed, and how to run them again."""
     done = finished_ids(out, digest, kind)
     if not retry_errors:
-        done |= finished_ids(out, digest, error_kind)
+        failed = finished_ids(out, digest, error_kind) - done
+        n_failed = sum(r.image_id in failed for r in refs)
+        if n_failed:
+            print(f"{n_failed} of these images failed in an earlier run (error rows in {out}/{error_kind}) "
+                  f"and are skipped; --retry-errors runs them again")
+        done |= failed
     todo = [r for r in refs if r.image_id not in done]
     return todo, len(refs) - len(todo)
 
@@ -249,7 +256,8 @@ def cut_batches(todo: list[ImageRef], size: int) -> list[dict]:
             for s in range(0, len(todo), size)]
 
 
-def _run_in_process(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: RuntimeConfig) -> Iterator[dict]:
+def _run_in_process(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: RuntimeConfig,
+                    ran: dict) -> Iterator[dict]:
     """The actors' work without Ray: one actor in this process, yielding each batch's
     {"image_id", "ok", "reason"} lists as it finishes.
 
@@ -259,6 +267,7 @@ def _run_in_process(batches: list[dict], actor_cls, actor_kwargs: dict, runtime:
     device = runtime.device if runtime.device != "auto" else "cpu"
     threads = max(1, (os.cpu_count() or 1) - 1)
     print("running in this process (no Ray)")
+    ran.update(device=device, actors=1, threads=threads, decoders=0, writers=0)
     actor = actor_cls(**actor_kwargs, device=device, batch_size=runtime.batch_size, threads=threads)
     for batch in batches:
         yield actor(batch)
@@ -275,17 +284,20 @@ def run_leased(out: str, runtime: RuntimeConfig, run):
 
 
 def drive(batches: list[dict], n_images: int, actor_cls, actor_kwargs: dict, runtime: RuntimeConfig,
-          local: bool, name: str, run_id: str, decode: dict | None = None) -> dict[str, str | None]:
+          local: bool, name: str, run_id: str, decode: dict | None = None,
+          ran: dict | None = None) -> dict[str, str | None]:
     """Map `batches` through `actor_cls` (on Ray, or in this process) printing progress ->
     {image_id: None when written, else why it failed} (counts are of distinct ids).
 
     decode: DecodeActor's arguments (decode_stage) to run a CPU decode stage before the
-    actors on Ray; in this process the actor decodes itself."""
+    actors on Ray; in this process the actor decodes itself. ran: filled with what actually
+    ran (device, actors, decoders) for the run summary."""
+    ran = {} if ran is None else ran
     extra = {"run_id": run_id, "max_worker_deaths": runtime.max_worker_deaths}
     progress = Progress(n_images, every=PROGRESS_EVERY_S)
-    results = (_run_in_process(batches, actor_cls, {**actor_kwargs, **extra}, runtime) if local
+    results = (_run_in_process(batches, actor_cls, {**actor_kwargs, **extra}, runtime, ran) if local
                else _run_on_ray(batches, actor_cls, {**actor_kwargs, **extra}, runtime, name,
-                                None if decode is None else {**decode, **extra}))
+                                None if decode is None else {**decode, **extra}, ran))
     outcome: dict[str, str | None] = {}
     for batch in results:
         new = {i: None if ok else reason for i, ok, reason in zip(batch["image_id"], batch["ok"], batch["reason"])
@@ -299,21 +311,31 @@ def drive(batches: list[dict], n_images: int, actor_cls, actor_kwargs: dict, run
 
 
 def finish_summary(summary: dict, outcome: dict[str, str | None], started: datetime, clock: float,
-                   local: bool, runtime: RuntimeConfig, out: str, lease: RunLease) -> dict:
-    """Fill a run summary from the outcome and write it to OUT/runs/ (pipeline.io.runlog)."""
+                   local: bool, runtime: RuntimeConfig, out: str, lease: RunLease, ran: dict | None = None) -> dict:
+    """Fill a run summary from the outcome and write it to OUT/runs/ (pipeline.io.runlog):
+    counts, status (max_failures), what was asked (runtime) and what ran (`ran`: device and
+    actors, drive's record), and the software (software_versions)."""
     seconds = time.monotonic() - clock
     errors = [{"image_id": i, "reason": r} for i, r in outcome.items() if r is not None]
+    allowed = allowed_failures(runtime.max_failures, len(outcome))
+    if errors and len(errors) == len(outcome):
+        summary.update(status="failed", why=f"every image failed ({len(errors)})")
+    elif len(errors) > allowed:
+        summary.update(status="failed", why=f"{len(errors)} of {len(outcome)} images failed, more than "
+                                            f"--max-failures {runtime.max_failures} allows ({allowed})")
+    else:
+        summary.update(status="ok")
     summary.update(processed=len(outcome) - len(errors), failed=len(errors), errors=errors,
                    seconds=round(seconds, 2), images_per_second=round(len(outcome) / seconds, 3),
                    started=started.isoformat(timespec="seconds"), mode="in-process" if local else "ray",
-                   runtime=dataclasses.asdict(runtime),
+                   runtime=dataclasses.asdict(runtime), ran=ran or {}, software=software_versions(),
                    lease={"owner": lease.owner, "waited_s": round(lease.waited_s, 1), "took_over": lease.took_over})
     summary["run_file"] = write_run_summary(out, summary, started)
     return summary
 
 
 def _run_on_ray(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: RuntimeConfig,
-                name: str, decode: dict | None = None) -> Iterator[dict]:
+                name: str, decode: dict | None, ran: dict) -> Iterator[dict]:
     """Actors of `actor_cls` on Ray Data, one driver-made batch per row; yields each batch's
     {"image_id", "ok", "reason"} lists as it finishes (streaming, in completion order).
 
@@ -331,6 +353,8 @@ def _run_on_ray(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: Run
     cluster = ray.cluster_resources()
     device, n_actors, resources, threads = _placement(runtime, cluster)
     print(f"Ray: {n_actors} {device} actor(s), {resources}")
+    ran.update(device=device, actors=n_actors, threads=threads, resources=resources, decoders=0,
+               writers=n_actors, cluster={k: cluster[k] for k in ("CPU", "GPU") if k in cluster})
     import ray.data
 
     # An actor that dies in its constructor (its process or node lost while it loads the
@@ -342,6 +366,7 @@ def _run_on_ray(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: Run
     if decode is not None:
         n_decoders, decoder_cpus = _decode_placement(device, n_actors, resources, cluster)
         print(f"Ray: up to {n_decoders} decode actor(s), {decoder_cpus} CPU each")
+        ran["decoders"] = n_decoders
         items = items.map(DecodeActor, fn_constructor_kwargs=decode, num_cpus=decoder_cpus,
                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_decoders))
     results = items.map(
@@ -356,3 +381,43 @@ def _run_on_ray(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: Run
                                                               "run_id": actor_kwargs.get("run_id")},
                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_actors), num_cpus=0.25)
     yield from results.iter_rows()
+
+
+def exit_status(summary: dict) -> int:
+    """A run's exit status: 1 when it failed (more failed images than --max-failures allows,
+    or every image), saying why on stderr; 0 otherwise (a run with nothing to do included)."""
+    if summary.get("status") == "failed":
+        print(f"error: the run failed: {summary['why']} (run summary {summary.get('run_file')})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def software_versions() -> dict:
+    """This package's version and git commit (when run from a checkout), and the versions of
+    what it runs on, read from the installed metadata (the driver never imports torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for name in ("deep-spectral", "torch", "timm", "ray", "numpy", "pyarrow", "cupy-cuda13x", "cupy-cuda12x"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    found["git_commit"] = git_commit()
+    return found
+
+
+def git_commit() -> str | None:
+    """The checkout's HEAD commit (with "+dirty" when files differ), or None outside git."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

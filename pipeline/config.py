@@ -28,6 +28,13 @@ def digest_of(data: dict) -> str:
 PATCH_FEATURES = ("keys", "tokens", "keys+tokens")
 
 
+def check(ok: bool, field_name: str, rule: str, value) -> None:
+    """ValueError naming the field when `ok` is False: "eigen.k: must be >= 2, got 0" (one line,
+    what the CLI prints before it exits 2 and before any work)."""
+    if not ok:
+        raise ValueError(f"{field_name}: must be {rule}, got {value!r}")
+
+
 def intermediate_block(kind: str) -> Optional[int]:
     """"blockB" -> B, the residual stream after timm's model.blocks[B] (0-based, before the
     final LayerNorm), a feature kind the backbone can return besides PATCH_FEATURES; else None."""
@@ -63,8 +70,13 @@ class BackboneConfig:
     precision: str = "fp32"
 
     def __post_init__(self):
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"backbone precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        check(self.precision in ("fp32", "bf16"), "backbone.precision", "'fp32' or 'bf16'", self.precision)
+        check(self.long_side is None or (isinstance(self.long_side, int) and self.long_side > 0),
+              "backbone.long_side", "a positive number of pixels (or none: native size)", self.long_side)
+        check(self.second_long_side is None or self.second_long_side > 0, "backbone.second_long_side",
+              "a positive number of pixels", self.second_long_side)
+        check(self.features is None or self.features in PATCH_FEATURES, "backbone.features",
+              f"one of {list(PATCH_FEATURES)}", self.features)
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,14 @@ class GraphConfig:
     # N x N, and solves it exactly from the features (kernels/lowrank.py, docs/sparse.md).
     kind: str = "dense"
 
+    def __post_init__(self):
+        check(self.knn_lambda >= 0, "graph.knn_lambda", ">= 0", self.knn_lambda)
+        check(self.knn_scale in ("relative", "absolute"), "graph.knn_scale", "'relative' or 'absolute'",
+              self.knn_scale)
+        check(self.sparsify_topk is None or self.sparsify_topk >= 1, "graph.sparsify_topk", ">= 1", self.sparsify_topk)
+        check(self.upsample >= 1, "graph.upsample", ">= 1", self.upsample)
+        check(self.kind in ("dense", "sparse", "lowrank"), "graph.kind", "'dense', 'sparse' or 'lowrank'", self.kind)
+
 
 SPARSE_DEFAULT_TOPK = 10
 
@@ -105,6 +125,15 @@ class EigenConfig:
     method: str = "auto"
     # Storage precision of eigenvectors in the shards: "float32" or "float16".
     storage_dtype: str = "float32"
+
+    def __post_init__(self):
+        from kernels.eigensolver import METHODS
+
+        # k = 1 is the constant vector alone: nothing to segment, every image would fail.
+        check(self.k >= 2, "eigen.k", ">= 2 (eigenvector 0 is constant)", self.k)
+        check(self.method in METHODS, "eigen.method", f"one of {list(METHODS)}", self.method)
+        check(self.storage_dtype in ("float32", "float16"), "eigen.storage_dtype", "'float32' or 'float16'",
+              self.storage_dtype)
 
 
 @dataclass(frozen=True)
@@ -142,6 +171,13 @@ class SegmentsConfig:
     store_patches: bool = False
 
     def __post_init__(self):
+        check(self.n_segments >= 0, "segments.n_segments", ">= 0 (0: no segments)", self.n_segments)
+        check(self.n_eigenvectors >= 1, "segments.n_eigenvectors", ">= 1", self.n_eigenvectors)
+        check(self.background in ("fiedler", "border"), "segments.background", "'fiedler' or 'border'",
+              self.background)
+        check(self.crop_size >= 1, "segments.crop_size", ">= 1", self.crop_size)
+        check(self.erode >= 0 and self.dilate >= 0, "segments.erode / segments.dilate", ">= 0",
+              (self.erode, self.dilate))
         kinds = self.features.split("+")  # checked in full by pipeline.semantic.segments.feature_kinds
         if self.backbone is not None and "crop" not in kinds:
             raise ValueError(f"a segment backbone ({self.backbone!r}) re-embeds crops: it needs "
@@ -217,3 +253,28 @@ class RuntimeConfig:
     # driver's lease is taken over by a new one.
     lease_heartbeat_s: float = 10.0
     lease_stale_s: float = 60.0
+    # Failed images a run tolerates before it exits non-zero: "N" images, "P%" of the run's
+    # images, or "N,P%" (the larger); a run in which every image failed always fails.
+    max_failures: str = "10,1%"
+
+    def __post_init__(self):
+        check(self.batch_size >= 1, "runtime.batch_size", ">= 1", self.batch_size)
+        check(self.num_actors is None or self.num_actors >= 1, "runtime.num_actors", ">= 1", self.num_actors)
+        check(self.device in ("auto", "cpu", "cuda"), "runtime.device", "'auto', 'cpu' or 'cuda'", self.device)
+        check(self.max_worker_deaths >= 1, "runtime.max_worker_deaths", ">= 1", self.max_worker_deaths)
+        check(self.lease_heartbeat_s > 0 and self.lease_stale_s > self.lease_heartbeat_s,
+              "runtime.lease_stale_s", "above lease_heartbeat_s > 0", (self.lease_heartbeat_s, self.lease_stale_s))
+        allowed_failures(self.max_failures, 1)  # raises on a malformed value
+
+
+def allowed_failures(rule: str, n_images: int) -> int:
+    """RuntimeConfig.max_failures ("N", "P%" or "N,P%") -> how many of n_images may fail."""
+    allowed = 0
+    for part in str(rule).replace(" ", "").split(","):
+        try:
+            value = float(part[:-1]) / 100 * n_images if part.endswith("%") else int(part)
+        except ValueError:
+            value = -1
+        check(value >= 0, "runtime.max_failures", "N images, P% of them, or 'N,P%' (the larger)", rule)
+        allowed = max(allowed, int(value))
+    return allowed

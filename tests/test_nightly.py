@@ -70,10 +70,20 @@ def test_nightly_rejects_flags_that_do_not_fit(tmp_path, capsys):
 def test_a_crashed_run_is_recorded_then_raised(tmp_path):
     images, root = tmp_path / "images", tmp_path / "nightly"
     _tiny_images(images)
-    with pytest.raises(ValueError, match="unknown backbone"):
-        cli.main(["nightly", str(images), "--out-root", str(root), "--local", "--backbone", "no/such"])
+    missing = tmp_path / "no_such_weights.safetensors"
+    with pytest.raises(FileNotFoundError):
+        cli.main(["nightly", str(images), "--out-root", str(root), "--local", "--weights", str(missing)])
     [(version, entry)] = json.loads((root / "manifest.json").read_text())["versions"].items()
-    assert version == f"no_such-{entry['config_digest']}"  # the backbone name made safe for a folder
+    assert version == f"dinov2_vits14_offline-{entry['config_digest']}"
     [run] = entry["runs"]
-    assert run["error"].startswith("ValueError: unknown backbone") and "processed" not in run
-    assert (entry["backbone"], entry["images"]) == ("no/such", 0)
+    assert run["error"].startswith("FileNotFoundError") and "processed" not in run
+    assert (entry["backbone"], entry["images"]) == ("dinov2_vits14_offline", 0)
+
+
+def test_an_unknown_backbone_is_refused_before_any_work(tmp_path, capsys):
+    images, root = tmp_path / "images", tmp_path / "nightly"
+    _tiny_images(images)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["nightly", str(images), "--out-root", str(root), "--local", "--backbone", "no/such"])
+    assert exited.value.code == 2 and "unknown backbone 'no/such'" in capsys.readouterr().err
+    assert not root.exists()

@@ -21,6 +21,7 @@ from kernels import smallest_eigenpairs
 from kernels.backend import array_module, is_sparse, to_numpy
 from kernels.batched_eigensolver import smallest_eigenpairs_batched
 from kernels.lowrank import LowRankGraph, subgraph
+from pipeline.config import check
 from pipeline.objects.localize import LocalizeConfig, component_candidates, foreground_mask, largest_component
 from pipeline.spectral.spectrum import border_mask, orient_by_border
 
@@ -42,6 +43,14 @@ class DiscoveryConfig:
     # background left over, not an object: it ends the search.
     max_border: float = 1.0
     n_vectors: int = 3  # components: eigenvectors 1..n_vectors
+
+    def __post_init__(self):
+        check(self.method in DISCOVERY, "discovery.method", f"one of {sorted(DISCOVERY)}", self.method)
+        check(self.max_objects >= 1, "discovery.max_objects", ">= 1", self.max_objects)
+        check(self.threshold == "mean" or isinstance(self.threshold, (int, float)), "discovery.threshold",
+              "a number or 'mean'", self.threshold)
+        check(0 <= self.min_area < 1, "discovery.min_area", "a share of the grid in [0, 1)", self.min_area)
+        check(self.n_vectors >= 1, "discovery.n_vectors", ">= 1", self.n_vectors)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kernels.backend import array_module, to_numpy
-from pipeline.config import canonical_json, digest_of
+from pipeline.config import canonical_json, check, digest_of
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
 from pipeline.objects.discovery import Candidate, DiscoveryConfig, discover
 from pipeline.objects.localize import mask_box
@@ -64,6 +64,16 @@ class LabelConfig:
     self_train: bool = False
     head_images: int = 400
     head_rounds: int = 1
+
+    def __post_init__(self):
+        check(self.score in SCORES, "label.score", f"one of {sorted(SCORES)}", self.score)
+        check(self.refine in REFINERS, "label.refine", f"one of {list(REFINERS)}", self.refine)
+        check(self.radius >= 1 and self.eps > 0, "label.radius / label.eps", "radius >= 1 and eps > 0",
+              (self.radius, self.eps))
+        check(self.guided_subsample >= 1, "label.guided_subsample", ">= 1 (1: the exact filter)", self.guided_subsample)
+        check(self.max_side >= 1, "label.max_side", ">= 1", self.max_side)
+        check(self.head_images >= 1 and self.head_rounds >= 1, "label.head_images / label.head_rounds", ">= 1",
+              (self.head_images, self.head_rounds))
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
