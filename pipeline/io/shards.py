@@ -181,6 +181,16 @@ def raw_row_count(out: str, kind: str = EIGEN_DIR) -> int:
     return 0 if dataset is None else dataset.count_rows()
 
 
+def images_per_digest(out: str, kind: str) -> dict[str, int]:
+    """{config digest: distinct images} of what OUT/kind holds (two columns read)."""
+    dataset = _dataset(out, kind)
+    if dataset is None:
+        return {}
+    table = dataset.to_table(columns=["config_digest", "image_id"])
+    return {row["config_digest"]: row["image_id_count_distinct"]
+            for row in table.group_by("config_digest").aggregate([("image_id", "count_distinct")]).to_pylist()}
+
+
 def shard_config(out: str, config_digest: str, kind: str = EIGEN_DIR) -> dict:
     """The run configuration (JSON metadata) of the shards that a config digest wrote."""
     dataset = _dataset(out, kind)
