@@ -302,8 +302,10 @@ def add_label_options(parser: argparse.ArgumentParser, running: bool = True) -> 
     group.add_argument("--score", choices=sorted(SCORES), default=d.score)
     group.add_argument("--frame-area", type=float, default=d.frame_area, metavar="A",
                        help="the frame rule: an object covering more than A of the grid and more than "
-                            "--frame-border of its border cells is background and scores 0 (1 = off)")
-    group.add_argument("--frame-border", type=float, default=d.frame_border, metavar="B")
+                            "--frame-border of its border cells is background and scores 0 "
+                            "(default %(default)s; 1 = off)")
+    group.add_argument("--frame-border", type=float, default=d.frame_border, metavar="B",
+                       help="the frame rule's border share (default %(default)s; 1 = off)")
     group.add_argument("--object-refine", choices=list(REFINERS), default=d.refine,
                        help="pixel refinement of each object's mask: colour guided filter, TokenCut's "
                             "bilateral solver, pymatting closed-form (slow), none")

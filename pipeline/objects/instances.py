@@ -49,10 +49,13 @@ class LabelConfig:
     # The frame rule: a candidate covering more than frame_area of the grid and more than
     # frame_border of the grid's border cells is the background, whatever the sign of its cut
     # (a cut whose object is small and the rest near 0 can leave the near-0 side positive and
-    # above the mean), and scores 0 like the whole-image fallback: never an image's best object
-    # while any other has a positive score. 1.0 turns it off (the runs stored before it).
-    frame_area: float = FRAME_OFF
-    frame_border: float = FRAME_OFF
+    # above the mean: samples/rocket.jpg's sky), and scores 0 like the whole-image fallback:
+    # never an image's best object while any other has a positive score. 0.6 / 0.7: the middle
+    # of the plateau of the best tune figures (areas 0.5-0.7 x borders 0.6-0.8: VOC07 CorLoc
+    # +0.4, ECSSD +0.4, the rest equal); check agrees (VOC07 +0.2, the rest equal; docs/objects.md,
+    # "The frame rule"). 1.0 turns it off (the runs stored before it).
+    frame_area: float = 0.6
+    frame_border: float = 0.7
     # "guided", "bilateral" (pipeline.objects.masks.PIXEL_REFINERS), "matting" (pymatting
     # closed-form alpha near the edge, slow) or "none" (nearest-cell upsampling of the patch mask)
     refine: str = "guided"
@@ -117,7 +120,8 @@ class LabelConfig:
 # the value that reproduces those runs, as pipeline.config does for ExtractConfig: such a run
 # keeps its digest and its stored labels stay valid. guided_subsample's default (4) is not that
 # value, so the default run has a new digest; --guided-subsample 1 keeps the old one (the
-# exact filter, now in float32: soft masks within 1e-5 of the float64 ones).
+# exact filter, now in float32: soft masks within 1e-5 of the float64 ones). Nor is the frame
+# rule's (0.6 / 0.7): --frame-area 1 --frame-border 1 keeps the digests of the runs before it.
 _OMITTED_AT_DEFAULT = {"sigma_spatial": 16.0, "sigma_luma": 16.0, "sigma_chroma": 8.0, "lam": 128.0,
                        "soft_masks": False, "self_train": False, "head_images": 400, "head_rounds": 1,
                        "guided_subsample": 1, "frame_area": FRAME_OFF, "frame_border": FRAME_OFF}
