@@ -12,7 +12,7 @@ largest components above the mean of eigenvectors 1-3 with both signs. A rule pi
 candidate patch mask (mask benchmarks refine it with the guided filter, box benchmarks score
 its patch box):
 
-    label        the top object by label's `cut` score (what `label` ranks first today)
+    label        the object label ranks first (its `cut` score and frame rule: LabelConfig's defaults)
     head         the self-trained head's own mask (pipeline.objects.self_training; `--self-train`)
     iter-head    the iterative object with the highest IoU with the head's mask
     iter-border  the iterative object touching the grid border least (ties: the larger)
@@ -37,7 +37,7 @@ from pipeline.batch.head_fitting import fit_stored_head, head_sample
 from pipeline.config import ExtractConfig
 from pipeline.io.ground_truth import read_mask
 from pipeline.objects.discovery import discover
-from pipeline.objects.instances import SCORES, LabelConfig
+from pipeline.objects.instances import LabelConfig, candidate_score
 from pipeline.objects.self_training import head_mask
 from pipeline.spectral.affinity import image_affinity
 from pipeline.spectral.spectrum import border_mask
@@ -77,7 +77,7 @@ def main() -> None:
         iterative = [c.mask for c in found if c.mask.any()] or [np.ones(item.eigenvectors.shape[1:], bool)]
         every = iterative + _candidates(item)
         target = head_mask(head, item.features)
-        cells = {"label": max(found, key=lambda c: (SCORES["cut"](c), -c.rank)).mask,
+        cells = {"label": max(found, key=lambda c: (candidate_score(c, label_cfg), -c.rank)).mask,
                  "head": target,
                  "iter-head": max(iterative, key=lambda c: _iou(c, target)),
                  "iter-border": _least_border(iterative),

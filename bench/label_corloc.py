@@ -7,6 +7,8 @@ For each image, the top-scored object's box (and, for comparison, the best of it
 the ceiling a better ranking could reach) against every ground-truth box; images without a
 box are left out, as CorLoc does. --parts position (VOC07): tune = even index in the sorted
 listing, check = odd; --parts name (COCO128): tune = even number in the file name, check = odd.
+--frame A/B rescores the stored rows by label's frame rule first (an object covering more than
+A of the grid and more than B of its border scores 0: LabelConfig.frame_area, frame_border).
 """
 from __future__ import annotations
 
@@ -30,10 +32,15 @@ def main() -> None:
     p.add_argument("--annotations")
     p.add_argument("--box", default="box", choices=["box", "patch_box"])
     p.add_argument("--parts", default="position", choices=["position", "name"])
+    p.add_argument("--frame", default="", metavar="A/B", help="rescore by the frame rule at area A, border B")
     a = p.parse_args()
+    frame = tuple(float(v) for v in a.frame.split("/")) if a.frame else None
     samples = voc_boxes(a.voc_root, a.split) if a.voc_root else coco_boxes(a.images, a.annotations)
     objects: dict[str, list[dict]] = {}
-    for row in object_rows(a.labels, a.digest, ["image_id", "box", "patch_box", "score", "rank"]):
+    for row in object_rows(a.labels, a.digest, ["image_id", "box", "patch_box", "score", "rank", "grid_area",
+                                                 "border"]):
+        if frame and row["grid_area"] > frame[0] and row["border"] > frame[1]:
+            row["score"] = 0.0
         objects.setdefault(row["image_id"], []).append(row)
     parts = {"tune": [], "check": []}
     for index, s in enumerate(sorted(samples, key=lambda s: s.image_id)):
@@ -46,7 +53,7 @@ def main() -> None:
     for name, part in parts.items():
         top, fiedler, anyone, count = [], [], [], []
         for s in part:
-            objs = sorted(objects[s.image_id], key=lambda r: -r["score"])
+            objs = sorted(objects[s.image_id], key=lambda r: (-r["score"], r["rank"]))
             ious = [best_box_iou(np.array(o[a.box]), s.boxes) for o in objs]
             top.append(ious[0] >= 0.5)
             fiedler.append(next(i for i, o in zip(ious, objs) if o["rank"] == 0) >= 0.5)

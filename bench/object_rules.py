@@ -5,6 +5,8 @@
 Reads OUT/labels (one run with many objects per image and no stopping rule), applies each
 rule by filtering and rescoring the stored rows (rank, eigenvalue, border, grid area), and
 prints class-agnostic COCO AP on the tune part (even COCO image ids) and the check part (odd).
+--frame A/B[,A/B...] adds the cut score under label's frame rule at each (grid area > A and
+border > B scores 0: LabelConfig.frame_area, frame_border); --rules picks rules by name.
 """
 from __future__ import annotations
 
@@ -47,13 +49,28 @@ RULES = {
 }
 
 
+def frame_rule(area: float, border: float):
+    """The cut score with label's frame rule (pipeline.objects.instances.is_frame) on stored rows."""
+    def score(r):
+        if r["grid_area"] > area and r["border"] > border:
+            return 0.0
+        return (1 - min(r["eigenvalue"], 1)) / (r["rank"] + 1)
+    return (lambda r: True, score)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--labels", required=True)
     p.add_argument("--digest", required=True)
     p.add_argument("--annotations", required=True)
     p.add_argument("--box", default="box", choices=["box", "patch_box"])
+    p.add_argument("--frame", default="", help="A/B,...: the cut score with the frame rule at each")
+    p.add_argument("--rules", default="", help="comma-separated RULES names (default: all)")
     a = p.parse_args()
+    rules = {k: v for k, v in RULES.items() if not a.rules or k in a.rules.split(",")}
+    for spec in filter(None, a.frame.split(",")):
+        area, border = (float(v) for v in spec.split("/"))
+        rules[f"all, cut score, frame {area:g}/{border:g}"] = frame_rule(area, border)
     rows = list(object_rows(a.labels, a.digest, COLUMNS))
     ids = coco_ids_by_file_name(a.annotations)
     with open(a.annotations) as f:
@@ -64,7 +81,7 @@ def main() -> None:
           f" boxes from {a.box}")
     print("| rule | tune box AP50 | tune box AP | tune mask AP50 | check box AP50 | check box AP | check mask AP50 |")
     print("|---|---|---|---|---|---|---|")
-    for name, (keep, score) in RULES.items():
+    for name, (keep, score) in rules.items():
         preds = predictions(rows, ids, keep, score, a.box)
         cells = []
         for part in ("tune", "check"):

@@ -9,6 +9,8 @@
         --annotations $D/coco128/instances_train2017.json --split name --levers fiedler0,head
     python -m bench.single_object --shards /work/out/voc07 --voc-root $D/voc2007/VOC2007 --split parity
     python -m bench.single_object --shards /work/out/voc07 --voc-root $D/voc2007/VOC2007 --split parity --graph lowrank
+    python -m bench.single_object --shards /work/out12/ecssd --images $D/ecssd/images --masks $D/ecssd/masks \
+        --split half --levers fiedler/guided4,label/guided4,label-frame/guided4 --frame 0.8/0.7
 
 Reads the shards of one extraction that stored its patch features (no forward pass). A lever
 is CELLS[/REFINE]: how the patch mask is chosen (CELLS) and, for mask benchmarks, how it is
@@ -27,6 +29,11 @@ label is read), and their seconds are printed apart from the per-image seconds. 
 recomputes every image's eigenvectors from its stored features on the low-rank graph
 (docs/sparse.md), or --graph sparse on the top-20 graph, instead of reading the stored
 dense-graph ones.
+
+`label` is the object `deep-spectral label` scores best with its default discovery and score
+(the iterative cuts on the graph of the stored features, then the `cut` score) and the frame
+rule off; `label-frame` the same with the frame rule at --frame A/B (an object covering more
+than A of the grid and more than B of its border scores 0; default: LabelConfig's).
 """
 from __future__ import annotations
 
@@ -47,6 +54,8 @@ from pipeline.io.images import decode_image
 from pipeline.io.schema import EIGEN_SCHEMA, eigenvectors_of, features_of
 from pipeline.io.shards import EIGEN_DIR, scan_batches
 from pipeline.io.sources import read_bytes
+from pipeline.objects.discovery import discover
+from pipeline.objects.instances import LabelConfig, candidate_score
 from pipeline.objects.localize import foreground_mask, largest_component, localize, mask_box
 from pipeline.objects.masks import PIXEL_REFINERS, SegmentConfig, patch_mask, refine_guided_cells
 from pipeline.objects.self_training import HeadConfig, fit_head, head_probability
@@ -67,6 +76,7 @@ class Item:
     features: np.ndarray  # (h, w, D)
     image: np.ndarray
     geom: object
+    candidates: list | None = None  # label's objects (discover), made once for the label levers
 
 
 def _head_cells(name: str):
@@ -107,12 +117,23 @@ def _choose_by_border(item: Item, heads: dict) -> np.ndarray:
     return min(_candidates(item), key=lambda c: (round(float(c[border].mean()), 2), -c.sum()))
 
 
+def _label_cells(cfg: LabelConfig):
+    """label's best-scored object under cfg (discovery as LabelConfig's, once per item)."""
+    def cells(item: Item, heads: dict) -> np.ndarray:
+        if item.candidates is None:
+            W = image_affinity(item.features, np.zeros((1, 1, 3), np.uint8), GraphConfig())
+            item.candidates = discover(item.eigenvectors, np.asarray(item.row["eigenvalues"]), W, cfg.discovery)
+        return min(item.candidates, key=lambda c: (-candidate_score(c, cfg), c.rank)).mask
+    return cells
+
+
 CELLS = {
     "fiedler": lambda item, heads: patch_mask(item.eigenvectors, SegmentConfig())[0],
     "fiedler0": lambda item, heads: localize(item.eigenvectors, item.geom).mask,
     **{name: _head_cells(name) for name in HEADS},
     "choose-head": _choose_by_head,
     "choose-border": _choose_by_border,
+    "label": _label_cells(replace(LabelConfig(), frame_area=1.0, frame_border=1.0)),
 }
 
 
@@ -217,7 +238,13 @@ def main() -> None:
                    help="recompute the eigenvectors on this graph kind from the stored features")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="the stored extraction's forward-pass precision (its digest)")
+    p.add_argument("--frame", default="", metavar="A/B", help="label-frame: the frame rule's area A and border B")
     a = p.parse_args()
+    if a.frame:
+        area, border = (float(v) for v in a.frame.split("/"))
+        CELLS["label-frame"] = _label_cells(replace(LabelConfig(), frame_area=area, frame_border=border))
+    else:
+        CELLS["label-frame"] = _label_cells(LabelConfig())
     cfg = ExtractConfig(backbone=BackboneConfig(precision=a.precision), store_features=True)
     seg = replace(SegmentConfig(), lam=a.lam, sigma_spatial=a.sigma_spatial)
     samples, parts = benchmark_parts(a)

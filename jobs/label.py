@@ -302,6 +302,12 @@ def add_label_options(parser: argparse.ArgumentParser, running: bool = True) -> 
     group.add_argument("--max-border", type=float, default=dd.max_border,
                        help="iterative: stop at an object covering more of the grid border than this")
     group.add_argument("--score", choices=sorted(SCORES), default=d.score)
+    group.add_argument("--frame-area", type=float, default=d.frame_area, metavar="A",
+                       help="the frame rule: an object covering more than A of the grid and more than "
+                            "--frame-border of its border cells is background and scores 0 "
+                            "(default %(default)s; 1 = off)")
+    group.add_argument("--frame-border", type=float, default=d.frame_border, metavar="B",
+                       help="the frame rule's border share (default %(default)s; 1 = off)")
     group.add_argument("--object-refine", choices=list(REFINERS), default=d.refine,
                        help="pixel refinement of each object's mask: colour guided filter, TokenCut's "
                             "bilateral solver, pymatting closed-form (slow), none")
@@ -342,7 +348,8 @@ def _label_config(args: argparse.Namespace) -> LabelConfig:
     return LabelConfig(discovery=DiscoveryConfig(method=args.method, max_objects=args.max_objects,
                                                  threshold=threshold, min_area=args.min_area,
                                                  max_eigenvalue=args.max_eigenvalue, max_border=args.max_border),
-                       score=args.score, refine=args.object_refine, guided_subsample=args.guided_subsample,
+                       score=args.score, frame_area=args.frame_area, frame_border=args.frame_border,
+                       refine=args.object_refine, guided_subsample=args.guided_subsample,
                        soft_masks=args.soft_masks,
                        self_train=args.self_train, head_images=args.head_images, head_rounds=args.head_rounds)
 

@@ -7,8 +7,8 @@ from pipeline.evaluation.coco_ap import coco_ap
 from pipeline.features.geometry import GridGeometry
 from pipeline.io.coco_instances import decode_mask, encode_mask, stable_image_id
 from pipeline.io.soft_masks import decode_soft, encode_soft
-from pipeline.objects.discovery import DiscoveryConfig, discover
-from pipeline.objects.instances import LabelConfig, image_objects, label_digest
+from pipeline.objects.discovery import DiscoveryConfig, describe, discover
+from pipeline.objects.instances import LabelConfig, image_objects, is_frame, label_digest
 from pipeline.spectral.spectrum import graph_spectrum
 from pipeline.config import EigenConfig
 from tests.conftest import gpu_available
@@ -98,6 +98,69 @@ def test_objects_are_refined_boxed_and_scored():
     assert objects[0].score == 1.0  # rank scoring: the first cut scores 1
 
 
+def test_the_frame_scores_0_and_never_ranks_first():
+    # The rocket photo's failure: the first cut's side above its mean is the whole sky (most of
+    # the grid and of its border), a strong cut; the rocket comes second, a weaker one.
+    h, w = SCENE_GEOM.grid_h, SCENE_GEOM.grid_w  # 12 x 16 cells, 52 on the border
+    rocket = np.zeros((h, w), bool)
+    rocket[3:12, 7:9] = True  # touches the bottom edge: 2 border cells
+    sky = ~rocket
+    candidates = [describe(sky, 0, 0.6, 1.0), describe(rocket, 1, 0.58, 0.5)]
+    assert candidates[0].area > 0.9 and candidates[0].border > 0.95
+    image = np.zeros((120, 160, 3), np.uint8)
+    cfg = LabelConfig(refine="none")
+    objects = image_objects(None, None, None, image, SCENE_GEOM, cfg, candidates=candidates)
+    assert [o.candidate.rank for o in objects] == [1, 0]
+    assert objects[0].score == pytest.approx(0.42 / 2) and objects[1].score == 0.0  # kept, scored last
+    assert tuple(objects[0].box) == (70.0, 30.0, 90.0, 120.0)
+    # Off (the value that reproduces the runs stored before the rule): the sky ranks first.
+    off = LabelConfig(refine="none", frame_area=1.0, frame_border=1.0)
+    objects = image_objects(None, None, None, image, SCENE_GEOM, off, candidates=candidates)
+    assert [o.candidate.rank for o in objects] == [0, 1] and objects[0].score == pytest.approx(0.4)
+    # Both conditions are needed: a large object inside the frame, or a small one on the border,
+    # is not the frame.
+    inner = np.zeros((h, w), bool)
+    inner[1:11, 1:15] = True  # 73% of the grid, no border cell
+    edge = np.zeros((h, w), bool)
+    edge[:, :3] = True  # the left 3 columns: 19% of the grid, 16 of the 52 border cells
+    for mask in (inner, edge):
+        assert not is_frame(describe(mask, 0, 0.5, 1.0), cfg.frame_area, cfg.frame_border)
+    assert is_frame(describe(sky, 0, 0.5, 1.0), cfg.frame_area, cfg.frame_border)
+
+
+def test_label_never_ranks_the_frame_first_on_the_rocket_photo(tmp_path, offline_weights):
+    # samples/rocket.jpg with label's defaults (the offline backbone): the first cut's side
+    # above its mean is the whole sky, 89% of the grid and 86% of its border, boxed as the whole
+    # frame. It must not be the image's best object.
+    import json
+    import shutil
+
+    from jobs.label import run_label
+    from pipeline.config import ExtractConfig, RuntimeConfig
+    from pipeline.io.sources import list_images
+    from tests.conftest import SAMPLES
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(SAMPLES / "rocket.jpg", folder / "rocket.jpg")
+    out = tmp_path / "out"
+    summary = run_label(str(folder), str(out), ExtractConfig(), LabelConfig(), RuntimeConfig(),
+                        list_images(str(folder)), local=True, gallery=0)
+    assert (summary["processed"], summary["failed"]) == (1, 0)
+    coco = json.loads((out / "instances.json").read_text())
+    (image,) = coco["images"]
+    anns = sorted(coco["annotations"], key=lambda a: -a["score"])
+    best = anns[0]
+    x, y, bw, bh = best["bbox"]
+    W, H = image["width"], image["height"]
+    touches = [x <= 0, y <= 0, x + bw >= W, y + bh >= H]
+    assert bw * bh < 0.9 * W * H and not all(touches), (best, W, H)
+    assert best["score"] > 0
+    # The sky is still an object, scored 0 (the frame rule demotes, it does not drop).
+    frames = [a for a in anns if a["bbox"][2] * a["bbox"][3] >= 0.9 * W * H]
+    assert frames and all(a["score"] == 0 for a in frames)
+
+
 def test_label_config_round_trips_and_keys_the_digest():
     cfg = LabelConfig(discovery=DiscoveryConfig(method="components", max_objects=2, threshold="mean"), score="cut")
     assert LabelConfig.from_dict(cfg.to_dict()) == cfg
@@ -112,10 +175,14 @@ def test_exact_filter_label_digest_is_the_one_stored_labels_carry():
     # pair's digest, docs/objects.md) stay valid and are not labelled again. So is
     # guided_subsample at 1 (the exact filter those labels used); the default fast filter (4)
     # is a new run.
-    exact = LabelConfig(guided_subsample=1)
+    # So are the frame rule's fields at 1.0 (off): the default rule (0.6 / 0.7) is a new run.
+    exact = LabelConfig(guided_subsample=1, frame_area=1.0, frame_border=1.0)
     assert label_digest("ecab1ad5de0a9380", exact) == "5b07c6e17324cd2b"
-    assert label_digest("ecab1ad5de0a9380", LabelConfig()) == "6097b259bacdbfa5"
+    assert label_digest("ecab1ad5de0a9380", LabelConfig(frame_area=1.0, frame_border=1.0)) == "6097b259bacdbfa5"
+    assert label_digest("ecab1ad5de0a9380", LabelConfig()) == "52ba9aad4b8acc9e"
     assert "guided_subsample" not in exact.to_dict() and LabelConfig().to_dict()["guided_subsample"] == 4
+    assert not {"frame_area", "frame_border"} & set(exact.to_dict())
+    assert (LabelConfig().to_dict()["frame_area"], LabelConfig().to_dict()["frame_border"]) == (0.6, 0.7)
     assert LabelConfig.from_dict(LabelConfig().to_dict()) == LabelConfig() and LabelConfig.from_dict(exact.to_dict()) == exact
     assert exact.segment_config().subsample == 1 and LabelConfig().segment_config().subsample == 4
     assert "soft_masks" not in LabelConfig().to_dict() and LabelConfig(soft_masks=True).to_dict()["soft_masks"]
