@@ -91,6 +91,8 @@ class LabelConfig:
               (self.radius, self.eps))
         check(self.guided_subsample >= 1, "label.guided_subsample", ">= 1 (1: the exact filter)", self.guided_subsample)
         check(self.max_side >= 1, "label.max_side", ">= 1", self.max_side)
+        check(0 < self.frame_area <= 1 and 0 < self.frame_border <= 1, "label.frame_area / label.frame_border",
+              "shares in (0, 1] (1: the frame rule off)", (self.frame_area, self.frame_border))
         check(self.head_images >= 1 and self.head_rounds >= 1, "label.head_images / label.head_rounds", ">= 1",
               (self.head_images, self.head_rounds))
 
