@@ -116,12 +116,14 @@ class CommitActor:
         return commit_leased(self.out, self.run_id, name, tables, report)
 
 
-def guarded_process(actor, digest: str, items: list, process) -> tuple[dict, int]:
+def guarded_process(actor, digest: str, items: list, process, unit: str | None = None) -> tuple[dict, int]:
     """`process(items)` under the poison-batch rule of guarded_batch -> (its result, with a
-    "worker" error row for each image that lost its worker alone; worker processes the whole
-    batch had lost before)."""
+    "worker" error row (of config `digest`) for each image that lost its worker alone; worker
+    processes the whole batch had lost before). `unit`: the attempt keys' prefix, when a stage
+    other than the one that writes `digest` counts its own deaths (default `digest`)."""
+    unit = unit or digest
     refs = [getattr(item, "ref", item) for item in items]
-    key = unit_key(digest, [r.image_id for r in refs])
+    key = unit_key(unit, [r.image_id for r in refs])
     lost = len(with_retries(actor.attempts.deaths, key))
     if lost < actor.max_deaths:
         with actor.attempts.attempt(key):
@@ -129,7 +131,7 @@ def guarded_process(actor, digest: str, items: list, process) -> tuple[dict, int
     else:
         result = {}
         for item, ref in zip(items, refs):
-            one = unit_key(digest, [ref.image_id])
+            one = unit_key(unit, [ref.image_id])
             dead = actor.attempts.deaths(one)
             if len(dead) >= actor.max_deaths:
                 part = {"errors": [worker_error(ref, digest, dead, lost)]}
@@ -138,7 +140,7 @@ def guarded_process(actor, digest: str, items: list, process) -> tuple[dict, int
                     part = process([item])
             for name, values in part.items():
                 result.setdefault(name, []).extend(values)
-        result.setdefault("errors", [])
+    result.setdefault("errors", [])
     return result, lost
 
 
@@ -177,15 +179,17 @@ class DecodeActor:
     def __call__(self, batch: dict) -> dict:
         refs = [ImageRef(str(i), str(u)) for i, u in zip(batch["image_id"], batch["uri"])]
         unit = self.digest + DECODE_UNIT
-        result, lost = guarded_process(self, unit, refs, lambda part: {"decoded": self.decoder(part), "errors": []})
-        found = {}
-        for item in result.get("decoded", []) + result["errors"]:
-            found[item["image_id"] if isinstance(item, dict) else item.ref.image_id] = item
-        for item in result["errors"]:  # the worker error rows carry the job's digest
-            item["config_digest"] = self.digest
+        result, lost = guarded_process(self, self.digest, refs, lambda part: {"decoded": self.decoder(part)},
+                                       unit=unit)
+        found = {_image_id(item): item for item in result.get("decoded", []) + result["errors"]}
         if lost:
             clear_deaths(self, unit, [r.image_id for r in refs])
         return {**batch, "decoded": pickle.dumps([found[r.image_id] for r in refs], protocol=5)}
+
+
+def _image_id(item) -> str:
+    """The image of a decode stage's item: a DecodedImage or an error row."""
+    return item["image_id"] if isinstance(item, dict) else item.ref.image_id
 
 
 def decoded_items(batch: dict) -> dict | None:
@@ -193,8 +197,7 @@ def decoded_items(batch: dict) -> dict | None:
     else None (the compute actor decodes itself: in-process runs)."""
     if "decoded" not in batch or batch["decoded"] is None:
         return None
-    items = pickle.loads(batch["decoded"])
-    return {item["image_id"] if isinstance(item, dict) else item.ref.image_id: item for item in items}
+    return {_image_id(item): item for item in pickle.loads(batch["decoded"])}
 
 
 def decode_stage(digest: str, out: str, backbone: str, long_side: int | None, max_pixels: int) -> dict:

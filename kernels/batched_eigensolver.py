@@ -93,6 +93,17 @@ class BatchedEigenpairs:
                           float(self.max_residuals[i]), self.fallback_from[i])
 
 
+def pad_graphs(graphs: list):
+    """Graphs (n_i, n_i) of one array module -> (their zero-padded (B, N, N) float32 stack,
+    N = max n_i; (B,) int64 node counts): the input smallest_eigenpairs_batched takes."""
+    xp = array_module(graphs[0])
+    sizes = np.array([W.shape[0] for W in graphs], dtype=np.int64)
+    stack = xp.zeros((len(graphs), int(sizes.max()), int(sizes.max())), dtype=xp.float32)
+    for i, W in enumerate(graphs):
+        stack[i, :W.shape[0], :W.shape[0]] = W
+    return stack, sizes
+
+
 def smallest_eigenpairs_batched(W, k: int, *, sizes=None, tol: float = 1e-5, seed: int = 0,
                                 maxiter: Optional[int] = None) -> BatchedEigenpairs:
     """Stack of dense symmetric non-negative W (B, N, N), NumPy or CuPy -> BatchedEigenpairs.

@@ -6,7 +6,6 @@ row: one bad file never costs the rest of its batch.
 """
 from __future__ import annotations
 
-import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -19,7 +18,6 @@ from pipeline.features.supervised import segment_embedder
 from pipeline.config import ExtractConfig
 from pipeline.features.geometry import geometry_of
 from pipeline.batch.decoder import DecodedImage, ImageDecoder
-from pipeline.io.images import ImageError
 from pipeline.io.schema import OPTIONAL_DEFAULTS, eigen_row, eigenvectors_of, features_of
 from pipeline.semantic.segments import (backbone_grids, backbone_kinds, feature_kinds, joined, pooled_features,
                                         pooled_parts, segment_boxes, segment_crops, segment_map)
@@ -157,11 +155,6 @@ class SpectralExtractor:
             return None
         return [(d, o, stack[i, :sizes[i], :sizes[i]], grids[i]) for i, (d, o, _) in enumerate(graphs)], spectra
 
-    def decode(self, refs: list[ImageRef]) -> Iterator[tuple[ImageRef, np.ndarray, str] | dict]:
-        """(ref, (H, W, 3) uint8 image, SHA-256 of its bytes) per readable image, else its error row."""
-        for item in self.decoder(refs):
-            yield item if isinstance(item, dict) else (item.ref, item.image, item.sha256)
-
     def _features(self, decoded: list[DecodedImage]) -> list:
         """Backbone outputs (tensors on the device) in input order; on a batch failure, retry
         one by one so the exception lands on the image that caused it."""
@@ -256,12 +249,12 @@ class SpectralExtractor:
                     raise ValueError(f"{ref.image_id}: no row of the reused extraction")
                 image = None
                 if "crop" in feature_kinds(self.cfg.segments.features) or self._also:  # both need the image
-                    decoded = next(iter(self.decode([ref])))
+                    decoded = self.decoder.decode(ref)
                     if isinstance(decoded, dict):
                         errors.append(decoded)
                         continue
-                    _, image, sha = decoded
-                    if sha != stored["image_sha256"]:
+                    image = decoded.image
+                    if decoded.sha256 != stored["image_sha256"]:
                         raise ValueError(f"{ref.image_id}: image changed since the reused row was written")
                 row = {**stored, "config_digest": self.config_digest, **OPTIONAL_DEFAULTS}
                 if self.cfg.store_features:
@@ -287,15 +280,5 @@ class SpectralExtractor:
         return found
 
     def error_row(self, ref: ImageRef, stage: str, exc: BaseException) -> dict:
-        # The stage has its own column: an ImageError's reason without its "stage: " prefix.
-        reason = exc.reason if isinstance(exc, ImageError) else "".join(
-            traceback.format_exception_only(type(exc), exc)
-        ).strip()
-        return {
-            "image_id": ref.image_id,
-            "source_uri": ref.uri,
-            "config_digest": self.config_digest,
-            "stage": stage,
-            "error_type": type(exc).__name__,
-            "reason": reason[:2000],
-        }
+        """The error row of `ref` failing at `stage`, under this extraction's digest."""
+        return self.decoder.error_row(ref, stage, exc)

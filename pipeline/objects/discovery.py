@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels import smallest_eigenpairs
-from kernels.backend import array_module, is_sparse, to_numpy
-from kernels.batched_eigensolver import smallest_eigenpairs_batched
-from kernels.lowrank import LowRankGraph, subgraph
+from kernels.backend import array_module, to_numpy
+from kernels.batched_eigensolver import pad_graphs, smallest_eigenpairs_batched
+from kernels.lowrank import subgraph
 from pipeline.config import check
 from pipeline.objects.localize import LocalizeConfig, component_candidates, foreground_mask, largest_component
-from pipeline.spectral.spectrum import border_mask, orient_by_border
+from pipeline.spectral.spectrum import border_mask, is_dense, orient_by_border
 
 
 @dataclass(frozen=True)
@@ -108,27 +108,40 @@ def iterative_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg:
     return iterative_objects_batch([(eigenvectors, eigenvalues, W, first)], cfg)[0]
 
 
+@dataclass
+class _Cutting:
+    """One image's iterative cut in progress: what it found, the cells still in its graph
+    (None once it stopped), its graph."""
+
+    found: list[Candidate]
+    remaining: np.ndarray | None  # (h·w,) bool
+    grid: tuple[int, int]
+    W: object
+
+    def goes_on(self, cfg: DiscoveryConfig) -> bool:
+        return (self.remaining is not None and len(self.found) < cfg.max_objects
+                and self.remaining.sum() >= max(3, cfg.min_area * self.remaining.size))
+
+
 def iterative_objects_batch(images: list[tuple], cfg: DiscoveryConfig, batched: bool = False) -> list[list[Candidate]]:
     """iterative_objects of several images, (eigenvectors, eigenvalues, W, first) each, in
     rounds across the batch: round t makes cut t of every image still cutting, all its
     remaining graphs solved in one call (remaining_fiedler); an image leaves when it stops.
     The same objects as image by image: each image's rounds depend on its own graph only."""
-    states = []
+    images_cut = []
     for eigenvectors, eigenvalues, W, first in images:
         found = fiedler_objects(eigenvectors, eigenvalues, W, cfg, first)
-        remaining = None if found[0].fallback else ~found[0].mask.ravel()
-        states.append((found, remaining, eigenvectors.shape[1:], W))
-    active = list(range(len(states)))
+        images_cut.append(_Cutting(found, None if found[0].fallback else ~found[0].mask.ravel(),
+                                   eigenvectors.shape[1:], W))
+    active = images_cut
     while True:
-        active = [i for i in active if states[i][1] is not None and len(states[i][0]) < cfg.max_objects
-                  and states[i][1].sum() >= max(3, cfg.min_area * states[i][1].size)]
+        active = [c for c in active if c.goes_on(cfg)]
         if not active:
-            return [state[0] for state in states]
-        cuts = remaining_fiedler([states[i][3] for i in active], [states[i][1] for i in active], batched)
-        for i, (lam, vec) in zip(active, cuts):
-            found, remaining, (h, w), W = states[i]
-            if not _next_cut(found, remaining, h, w, lam, vec, cfg):
-                states[i] = (found, None, (h, w), W)
+            return [c.found for c in images_cut]
+        cuts = remaining_fiedler([c.W for c in active], [c.remaining for c in active], batched)
+        for c, (lam, vec) in zip(active, cuts):
+            if not _next_cut(c.found, c.remaining, *c.grid, lam, vec, cfg):
+                c.remaining = None
 
 
 def _next_cut(found: list[Candidate], remaining: np.ndarray, h: int, w: int, lam: float, vec: np.ndarray,
@@ -162,7 +175,7 @@ def remaining_fiedler(graphs: list, remaining: list[np.ndarray], batched: bool =
     (kernels.batched_eigensolver: each sub-graph gathered to the front of its slot, the rest
     isolated padding), one device-to-host copy for all; else one solve per graph."""
     index = [np.flatnonzero(m) for m in remaining]
-    if batched and len(graphs) > 1 and all(_is_dense(W) for W in graphs):
+    if batched and len(graphs) > 1 and all(is_dense(W) for W in graphs):
         return _stacked_fiedler(graphs, index)
     out = []
     for W, idx, mask in zip(graphs, index, remaining):
@@ -173,18 +186,8 @@ def remaining_fiedler(graphs: list, remaining: list[np.ndarray], batched: bool =
     return out
 
 
-def _is_dense(W) -> bool:
-    return not is_sparse(W) and not isinstance(W, LowRankGraph)
-
-
 def _stacked_fiedler(graphs: list, index: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
-    xp = array_module(graphs[0])
-    sizes = np.array([len(i) for i in index])
-    n = int(sizes.max())
-    stack = xp.zeros((len(graphs), n, n), dtype=xp.float32)
-    for j, (W, idx) in enumerate(zip(graphs, index)):
-        rows = xp.asarray(idx)
-        stack[j, :len(idx), :len(idx)] = W[rows[:, None], rows[None, :]]
+    stack, sizes = pad_graphs([subgraph(W, array_module(W).asarray(idx)) for W, idx in zip(graphs, index)])
     pairs = smallest_eigenpairs_batched(stack, 2, sizes=sizes)
     vectors = to_numpy(pairs.eigenvectors[:, :, 1]).astype(np.float32)  # one copy for the batch
     values = to_numpy(pairs.eigenvalues[:, 1])
@@ -211,8 +214,6 @@ def discover(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, cfg: Discover
              first: np.ndarray | None = None) -> list[Candidate]:
     """The candidates of `cfg.method`, in the order found (the first is the Fiedler object,
     or `first` when given: fiedler_objects)."""
-    if cfg.method not in DISCOVERY:
-        raise ValueError(f"discovery method must be one of {sorted(DISCOVERY)}, got {cfg.method!r}")
     return DISCOVERY[cfg.method](eigenvectors, eigenvalues, W, cfg, first)
 
 

@@ -161,8 +161,6 @@ def image_objects(eigenvectors: np.ndarray, eigenvalues: np.ndarray, W, image: n
     uint8 image -> its objects, best score first (at least one: the Fiedler object, or the
     (h, w) bool `first` in its place: the self-trained head's mask). `candidates`: what
     discover_batch found for this image already (then W and first are not read)."""
-    if cfg.score not in SCORES:
-        raise ValueError(f"score must be one of {sorted(SCORES)}, got {cfg.score!r}")
     if candidates is None:
         candidates = discover(eigenvectors, eigenvalues, W, cfg.discovery, first)
     softs = soft_masks([c.mask for c in candidates], image, geom, cfg)
@@ -205,8 +203,6 @@ def soft_masks(cells: list[np.ndarray], image: np.ndarray, geom: GridGeometry, c
     """(grid_h, grid_w) bool patch masks -> (H, W) float32 soft masks in [0, 1], whose > 0.5
     are the objects' masks (one guided-filter pass for all of them). With the fast guided
     filter they are made on the image's device (a CuPy image on a GPU), else on the host."""
-    if cfg.refine not in REFINERS:
-        raise ValueError(f"refine must be one of {REFINERS}, got {cfg.refine!r}")
     if not cells:
         return []
     if cfg.refine == "guided":  # from the cells: the fast filter never forms the full-size masks

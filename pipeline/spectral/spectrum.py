@@ -7,7 +7,7 @@ import numpy as np
 
 from kernels import smallest_eigenpairs
 from kernels.backend import array_module, is_sparse, to_numpy
-from kernels.batched_eigensolver import smallest_eigenpairs_batched
+from kernels.batched_eigensolver import pad_graphs, smallest_eigenpairs_batched
 from kernels.lowrank import LowRankGraph
 from pipeline.spectral.affinity import image_affinity
 from pipeline.config import EigenConfig, ExtractConfig
@@ -134,11 +134,12 @@ def batch_spectra(graphs: list, grids: list[tuple[int, int]], cfg: EigenConfig,
     (orient_by_border_batched) and copied to the host once; graphs it cannot take (sparse,
     low-rank, fewer than k nodes) and a stack that fails as a whole are solved one by one."""
     out: list[Spectrum | Exception | None] = [None] * len(graphs)
-    stack = [i for i, W in enumerate(graphs) if batched and cfg.method == "auto" and _is_dense(W)
+    stack = [i for i, W in enumerate(graphs) if batched and cfg.method == "auto" and is_dense(W)
              and W.shape[0] >= cfg.k] if len(graphs) > 1 else []
     if len(stack) > 1:
         try:
-            for i, spectrum in zip(stack, _stacked_spectra([graphs[i] for i in stack], [grids[i] for i in stack], cfg)):
+            for i, spectrum in zip(stack, stacked_spectra(*pad_graphs([graphs[i] for i in stack]),
+                                                          [grids[i] for i in stack], cfg)):
                 out[i] = spectrum
         except Exception:  # e.g. one graph without edges: each image alone, each its own error
             pass
@@ -151,18 +152,9 @@ def batch_spectra(graphs: list, grids: list[tuple[int, int]], cfg: EigenConfig,
     return out  # type: ignore[return-value]
 
 
-def _is_dense(W) -> bool:
+def is_dense(W) -> bool:
+    """A dense (N, N) array graph: what the batched solver stacks (not sparse, not low-rank)."""
     return not is_sparse(W) and not isinstance(W, LowRankGraph)
-
-
-def _stacked_spectra(graphs: list, grids: list[tuple[int, int]], cfg: EigenConfig) -> list[Spectrum]:
-    xp = array_module(graphs[0])
-    sizes = np.array([W.shape[0] for W in graphs])
-    n = int(sizes.max())
-    stack = xp.zeros((len(graphs), n, n), dtype=xp.float32)
-    for i, W in enumerate(graphs):
-        stack[i, :W.shape[0], :W.shape[0]] = W
-    return stacked_spectra(stack, sizes, grids, cfg)
 
 
 def stacked_spectra(stack, sizes, grids: list[tuple[int, int]], cfg: EigenConfig) -> list[Spectrum]:
