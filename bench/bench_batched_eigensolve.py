@@ -1,7 +1,7 @@
 """Prints a markdown table: seconds per image, per-image vs batched smallest eigenpairs, real ViT graphs.
 
     python -m bench.bench_batched_eigensolve [--batch 8 32] [--k 15] [--repeats 3] [--gpu]
-        [--images ../shared/data/ecssd/images] [--cache /tmp/batched_bench_features.npz]
+        [--images DATA/ecssd/images] [--cache FEATURES.npz]
 
 Graphs: W = max(f̂ f̂ᵀ, 0) (pipeline.spectral.affinity.feature_affinity) from the offline
 backbone's features of ECSSD images, each resized to a long side before the backbone:

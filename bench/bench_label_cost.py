@@ -1,6 +1,6 @@
 """What labelling adds to extraction, per image, on real images under one load.
 
-    python -m bench.bench_label_cost [--images ../shared/data/coco_instances/images] [--n 20] [--subsample 1,4]
+    python -m bench.bench_label_cost [--images DATA/coco_instances/images] [--n 20] [--subsample 1,4]
 
 In one process, image by image: the spectral core (SpectralExtractor.extract: decode, forward
 pass, graph, eigensolve, shard row), then what `label` does on top in the same actor: object

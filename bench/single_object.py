@@ -9,7 +9,7 @@
         --annotations $D/coco128/instances_train2017.json --split name --levers fiedler0,head
     python -m bench.single_object --shards /work/out/voc07 --voc-root $D/voc2007/VOC2007 --split parity
     python -m bench.single_object --shards /work/out/voc07 --voc-root $D/voc2007/VOC2007 --split parity --graph lowrank
-    python -m bench.single_object --shards /work/out12/ecssd --images $D/ecssd/images --masks $D/ecssd/masks \
+    python -m bench.single_object --shards OUT --images $D/ecssd/images --masks $D/ecssd/masks \
         --split half --levers fiedler/guided4,label/guided4,label-frame/guided4 --frame 0.8/0.7
 
 Reads the shards of one extraction that stored its patch features (no forward pass). A lever

@@ -1,7 +1,7 @@
 """kernels.batched_eigensolver against the per-image solver, on the pipeline's own ViT graphs.
 
 Graphs: W = max(f̂ f̂ᵀ, 0) (pipeline.spectral.affinity.feature_affinity) from the offline
-backbone's features of the sample photos and a few ECSSD images (when ../shared is there),
+backbone's features of the sample photos and a few ECSSD images (when the benchmark data is there),
 resized to different long sides so that the batch mixes sizes (N ~ 350..1,024), plus one
 graph small enough (N <= DENSE_MAX_N) for the per-image dense route. Features are computed
 once per module (~5-20 s on this CPU).

@@ -36,7 +36,7 @@ _SPECS = [
     BackboneSpec("dino_vitb8", "vit_base_patch8_224.dino", 8, 768, pos_resample="dino_offset"),
     BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", 14, 384),
     # Offline default. Final normed tokens, not keys: on this checkpoint they segment far better
-    # (FINDINGS.md: ECSSD-200 mIoU 64.6 vs 49.7 with the reference recipe). Its middle blocks
+    # (ECSSD 0001-0200 mIoU 64.6 vs 49.7 with the reference recipe). Its middle blocks
     # hold the classes its last ones lost: segments pool the tokens joined with block 9's
     # (VOC07 and COCO128, tune and check; docs/semantic.md).
     BackboneSpec("dinov2_vits14_offline", "vit_small_patch14_dinov2", 14, 384,
