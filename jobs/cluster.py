@@ -37,14 +37,14 @@ import time
 import fsspec
 import numpy as np
 
+from jobs.extract import RUNTIME_FLAGS
 from jobs.head_maps import run_for_head
+from jobs.options import Flag, Options, dry_run
 from jobs.region_crops import run_region_crops
-from pipeline.semantic.clustering import ClusterConfig, SegmentClusters
-from pipeline.semantic.region_crops import REGION_FEATURES, RegionCropConfig
+from pipeline.semantic.clustering import SegmentClusters
 from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
 from pipeline.io.schema import segment_label_table
 from pipeline.semantic.head_map_rows import head_maps_of
-from pipeline.semantic.self_training import HEAD_FEATURES, SelfTrainConfig
 from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.semantic.labelling import (LabelClusters, PseudoLabelConfig, fit_label_clusters, fit_region_classes,
                                          head_rows, missing_head_features, pseudo_labels, segment_digests, segment_rows,
@@ -179,148 +179,39 @@ def _call(local: bool, fn, *args):
     return ray.get(ray.remote(fn).options(num_cpus=1, max_retries=3).remote(*args))
 
 
+PSEUDO_LABEL_FLAGS = [
+    Flag("pseudo_labels.cluster.n_clusters", "foreground clusters", "--clusters"),
+    Flag("pseudo_labels.cluster.seed", "seed of the clustering (and of the head)", "--seed"),
+    Flag("pseudo_labels.refine", "pixel labels: cell classes, or snapped to image edges by the guided filter or "
+         "the bilateral solver", choices=tuple(REFINE_MODES)),
+    Flag("pseudo_labels.self_train", "label pixels with a head trained on the pseudo-labels (shards extracted with "
+         "stored features or segment patches)", "--self-train", const={}),
+    Flag("pseudo_labels.region_crops.backbone", "crop each image's regions, embed them with this registry entry "
+         "(e.g. efficientnet_lite0_supervised: ImageNet-supervised, label its figures so) and cluster them again",
+         "--region-crops", metavar="NAME"),
+]
+ACTOR_FLAGS = [f for f in RUNTIME_FLAGS if f.path in ("runtime.batch_size", "runtime.num_actors", "runtime.device",
+                                                      "runtime.address")]
+OPTIONS = Options({"pseudo_labels": PseudoLabelConfig, "runtime": RuntimeConfig}, PSEUDO_LABEL_FLAGS + ACTOR_FLAGS)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = ClusterConfig()
-    parser.add_argument("shards", help="extraction output (written with --segments N)")
+    parser.add_argument("shards", help="extraction output (written with segments)")
     parser.add_argument("--out", required=True, help="output folder or fsspec URL")
-    parser.add_argument("--clusters", type=int, default=d.n_clusters, help="foreground clusters")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    add_pca_arguments(parser)
-    parser.add_argument("--sample-size", type=int, default=d.sample_size,
-                        help="segments held in memory for the k-means fit; more are streamed")
-    parser.add_argument("--refine", choices=REFINE_MODES, default="none",
-                        help="pixel labels (and self-trained ones): cell classes, or snapped to image edges by the "
-                             "guided filter or the bilateral solver")
-    add_consolidation_arguments(parser)
-    add_region_crop_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size,
-                        help="--region-crops, --self-train-backbone: images per actor batch")
-    parser.add_argument("--num-actors", type=int, default=None, help="--region-crops, --self-train-backbone: actors "
-                                                                     "(default: one per GPU, else the CPUs less one)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="--region-crops, --self-train-backbone: where the actors run their network")
-    parser.add_argument("--self-train", action="store_true",
-                        help="label pixels with a head trained on the pseudo-labels (shards extracted "
-                             "with --store-features or --store-segment-patches)")
-    add_self_train_arguments(parser)
-    parser.add_argument("--config-digest", default=None, help="which extraction config to cluster")
+    parser.add_argument("--config-digest", default=None, help="which extraction config of SHARDS to cluster "
+                        "(default: the only one with segments)")
     parser.add_argument("--local", action="store_true", help="run in this process instead of a Ray task")
-    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local)")
-
-
-def add_consolidation_arguments(parser) -> None:
-    parser.add_argument("--min-cluster-share", type=float, default=PseudoLabelConfig.min_cluster_share, metavar="S",
-                        help="per image, a cluster covering less than share S of the foreground gives its "
-                             "segments to the nearest cluster covering more (0 = off, the paper's labels)")
-    parser.add_argument("--region-rounds", type=int, default=PseudoLabelConfig.region_rounds, metavar="N",
-                        help="refit the clusters N times over every image's regions (its segments "
-                             "grouped by label) instead of its segments (0 = off)")
-    parser.add_argument("--fiedler-threshold", type=float, default=PseudoLabelConfig.fiedler_threshold, metavar="A",
-                        help="label background every cell whose Fiedler value is at most the image's mean + "
-                             "A standard deviations, whatever its segment (default: the segments' background alone)")
-
-
-def labels_config_from_args(args: argparse.Namespace, cluster: ClusterConfig, refine: str,
-                            self_train: SelfTrainConfig | None = None) -> PseudoLabelConfig:
-    """The labelling flags (add_consolidation_arguments, add_region_crop_arguments) -> the config;
-    ValueError for values it rejects."""
-    return PseudoLabelConfig(cluster, refine=refine, min_cluster_share=args.min_cluster_share,
-                             region_rounds=args.region_rounds, region_crops=region_crops_from_args(args),
-                             fiedler_threshold=args.fiedler_threshold, self_train=self_train)
-
-
-def add_region_crop_arguments(parser) -> None:
-    parser.add_argument("--region-crops", default=None, metavar="NAME",
-                        help="crop each image's regions (its segments grouped by label), embed them with this "
-                             "registry entry (the graph's backbone, or e.g. efficientnet_lite0_supervised: "
-                             "ImageNet-supervised, label its figures so) and cluster the regions again")
-    parser.add_argument("--region-features", choices=REGION_FEATURES, default=RegionCropConfig.features,
-                        help="--region-crops: the crop's embedding alone, or joined with the region's pooled "
-                             "segment features")
-    parser.add_argument("--region-crop-size", type=int, default=RegionCropConfig.crop_size, metavar="PX",
-                        help="--region-crops: crops are resized to PX x PX")
-
-
-def region_crops_from_args(args: argparse.Namespace) -> RegionCropConfig | None:
-    if not args.region_crops:
-        return None
-    try:
-        return RegionCropConfig(args.region_crops, args.region_features, args.region_crop_size)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
-
-
-def add_pca_arguments(parser) -> None:
-    d = ClusterConfig()
-    parser.add_argument("--pca", type=int, default=d.pca_dim, help="PCA dimensions before k-means (0 = none)")
-    parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=d.whiten,
-                        help="scale the PCA directions to unit variance (needs --pca D)")
-
-
-def cluster_config_from_args(args: argparse.Namespace, n_clusters: int, seed: int,
-                             sample_size: int = ClusterConfig.sample_size) -> ClusterConfig:
-    # --pca 0 means no PCA, so nothing to whiten: recorded as whiten False, not an error.
-    return ClusterConfig(n_clusters=n_clusters, seed=seed, pca_dim=args.pca, whiten=args.whiten and args.pca > 0,
-                         sample_size=sample_size)
-
-
-def add_self_train_arguments(parser) -> None:
-    d = SelfTrainConfig()
-    parser.add_argument("--self-train-epochs", type=int, default=d.epochs, help="--self-train: epochs")
-    parser.add_argument("--self-train-patches", type=int, default=d.sample_patches,
-                        help="--self-train: train on a seeded uniform sample of at most N patches, drawn "
-                             "in one pass (default: stream every patch each epoch)")
-    parser.add_argument("--self-train-hidden", type=int, default=d.hidden,
-                        help="--self-train: hidden units of an MLP head (0 = linear)")
-    parser.add_argument("--self-train-balance", action="store_true",
-                        help="--self-train: inverse-frequency class weights (needs --self-train-patches)")
-    parser.add_argument("--self-train-whiten", type=int, default=d.whiten, metavar="D",
-                        help="--self-train: a fixed PCA whitening of the patch sample to D dimensions in "
-                             "front of the head (needs --self-train-patches; 0 = none)")
-    parser.add_argument("--self-train-features", choices=HEAD_FEATURES, default=None,
-                        help="--self-train: the head's patch features: the graph's tokens "
-                             "(extracted with --store-features) or the kinds the segments pool, per patch "
-                             "(--store-segment-patches), e.g. pool+block9; default: segment where the "
-                             "shards hold them, else tokens")
-    parser.add_argument("--self-train-context", type=int, default=d.context, metavar="R",
-                        help="--self-train: join each patch's feature with its (2R+1)^2 neighbourhood "
-                             "mean (0 = the patch alone)")
-    parser.add_argument("--self-train-max-ratio", type=float, default=d.max_ratio, metavar="Q",
-                        help="--self-train: train only on foreground segments whose nearest-centroid "
-                             "distance is at most Q times the second nearest (1 = all)")
-    parser.add_argument("--self-train-label-weight", type=float, default=d.label_weight, metavar="W",
-                        help="--self-train: the final labels are the argmax of (1 - W) x the head's "
-                             "probabilities + W x the pseudo-labels' one-hot (0 = the head alone)")
-    parser.add_argument("--self-train-backbone", default=None, metavar="NAME",
-                        help="--self-train: the head also reads NAME's dense feature map of each image (a second "
-                             "network, as the paper's self-training trains one), e.g. efficientnet_lite0_supervised "
-                             "(ImageNet-supervised: label its figures so); made once per extraction in OUT/head_maps")
-
-
-def self_train_from_args(args: argparse.Namespace, seed: int) -> SelfTrainConfig:
-    """The head's config; without --self-train-features, features None: made definite from the
-    shards' config (labelling.with_head_features)."""
-    try:
-        return SelfTrainConfig(epochs=args.self_train_epochs, sample_patches=args.self_train_patches,
-                               hidden=args.self_train_hidden, balance=args.self_train_balance,
-                               whiten=args.self_train_whiten, features=args.self_train_features,
-                               context=args.self_train_context, max_ratio=args.self_train_max_ratio,
-                               label_weight=args.self_train_label_weight, backbone=args.self_train_backbone,
-                               seed=seed)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    OPTIONS.add_to(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = labels_config_from_args(args, cluster_config_from_args(args, args.clusters, args.seed, args.sample_size),
-                                      args.refine, self_train_from_args(args, args.seed) if args.self_train else None)
-        runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors, device=args.device)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
-    record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, args.address,
+    configs = OPTIONS.configs(args)
+    cfg, runtime = configs["pseudo_labels"], configs["runtime"]
+    if args.dry_run:
+        return dry_run(configs, {})
+    record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, runtime.address,
                          runtime)
-    print(f"{record['n_images']} images, {record['n_segments']} segments -> {args.clusters} clusters "
+    print(f"{record['n_images']} images, {record['n_segments']} segments -> {cfg.cluster.n_clusters} clusters "
           f"in {record['seconds']} s; pseudo-labels in {args.out}/labels")
     for error in record["failed"]:
         print(f"  failed {error['image_id']}: {error['reason']}")

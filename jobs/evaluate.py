@@ -35,11 +35,13 @@ import numpy as np
 import pyarrow.compute as pc
 from PIL import Image
 
-from jobs import evaluate_instances, evaluate_semantic, extract, label, matte
+from jobs import evaluate_instances, evaluate_semantic, label, matte
+from jobs.options import dry_run
 from jobs.tasks import TASKS, Result, Task, data_flags
 from pipeline.evaluation.panels import GALLERY_DIR, gallery_html, panel_name
 from pipeline.io.shards import EIGEN_DIR, LABELS_DIR, scan_batches
 from pipeline.io.sources import ImageRef
+from pipeline.objects.instances import label_digest
 
 
 def best_objects(shards: str, digest: str, image_ids: list[str], columns: tuple[str, ...]) -> Iterator[dict]:
@@ -71,8 +73,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     """Label (or reuse the labels of) the benchmark's images, score each image's best object,
     write outputs; returns the report."""
     task = TASKS[args.task]
-    cfg, runtime = extract.configs_from_args(args)
-    label_cfg = task.label_config(label.label_config_from_args(args))
+    configs = label.configs_from_args(args, PER_IMAGE_OPTIONS)
+    cfg, runtime = configs["extract"], configs["runtime"]
+    label_cfg = task.label_config(configs["label"])
+    if args.dry_run:
+        dry_run({**configs, "label": label_cfg}, {"extract": cfg.digest(), "label": label_digest(cfg.digest(), label_cfg)})
+        raise SystemExit(0)
     samples = task.samples(args)
     if args.limit:
         samples = samples[:args.limit]
@@ -175,17 +181,19 @@ def _add_common_arguments(parser: argparse.ArgumentParser, panels: bool = True) 
     if panels:
         run.add_argument("--panels", type=int, nargs="?", const=10 ** 9, default=0,
                          help="label's gallery panels and OUT/index.html: every image, or a fixed sample of N")
-    extract.add_extract_options(parser.add_argument_group("extraction (as `deep-spectral extract`)"))
+
+
+PER_IMAGE_OPTIONS = label.OPTIONS
 
 
 def _per_image_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common_arguments(parser)
-    label.add_label_options(parser, running=False)
+    PER_IMAGE_OPTIONS.add_to(parser)
 
 
 def _semantic_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common_arguments(parser, panels=False)
-    evaluate_semantic.add_arguments(parser.add_argument_group("method"))
+    evaluate_semantic.add_arguments(parser)
 
 
 def _exit_code(report: dict) -> int:

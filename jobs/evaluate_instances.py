@@ -17,7 +17,9 @@ import time
 
 import fsspec
 
-from jobs import extract, label
+from jobs import label
+from jobs.options import dry_run
+from pipeline.objects.instances import label_digest
 from pipeline.evaluation.coco_ap import coco_ap
 from pipeline.io.ground_truth import coco_boxes
 from pipeline.io.sources import ImageRef
@@ -32,13 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--out", required=True, help="folder for metrics.json")
     run.add_argument("--json", default=None, help="also write the metrics JSON here")
     run.add_argument("--shards", default=None, help="the label run's folder (default OUT/labelled)")
-    extract.add_extract_options(parser.add_argument_group("extraction (as `deep-spectral extract`)"))
-    label.add_label_options(parser)
+    run.add_argument("--local", action="store_true", help="label in this process instead of on Ray")
+    label.OPTIONS.add_to(parser)
 
 
 def run(args: argparse.Namespace) -> dict:
-    cfg, runtime = extract.configs_from_args(args)
-    label_cfg = label.label_config_from_args(args)
+    configs = label.configs_from_args(args)
+    cfg, label_cfg, runtime = configs["extract"], configs["label"], configs["runtime"]
+    if args.dry_run:
+        dry_run(configs, {"extract": cfg.digest(), "label": label_digest(cfg.digest(), label_cfg)})
+        raise SystemExit(0)
     samples = coco_boxes(args.images, args.annotations)
     if args.limit:
         samples = samples[:args.limit]

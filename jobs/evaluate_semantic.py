@@ -36,45 +36,36 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
-from jobs.cluster import (add_consolidation_arguments, add_pca_arguments, add_region_crop_arguments,
-                          add_self_train_arguments, cluster_config_from_args, labels_config_from_args,
-                          region_crops_from_args, self_train_from_args)
+from jobs.cluster import PSEUDO_LABEL_FLAGS
+from jobs.options import Options, dry_run
 from jobs.head_maps import run_for_head
 from jobs.region_crops import run_region_crops
 from jobs.semantic_oracle import region_features, score_oracle
 from jobs.tasks import data_flags, extract_samples
-from pipeline.semantic.clustering import ClusterConfig
 from pipeline.io.ground_truth import Sample, folder_pairs, voc_split_ids
-from pipeline.semantic.pseudo_labels import REFINE_MODES, encode_label_png
+from pipeline.semantic.pseudo_labels import encode_label_png
 from pipeline.semantic.head_map_rows import HeadMaps, head_maps_of
 from pipeline.semantic.labelling import (PseudoLabelConfig, RegionClasses, fit_label_clusters, fit_region_classes,
                                          head_rows, missing_head_features, pseudo_labels, segment_rows, self_train,
                                          self_trained_labels, source_image, with_head_features)
-from pipeline.semantic.self_training import SelfTrainConfig
-from pipeline.config import ExtractConfig
+from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.io.semantic_masks import VOC_CLASSES, LabelMap, read_class_mask, read_label_map, voc_semantic
 from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
 
 DEFAULT_SEGMENTS = 15  # the paper's segments per image, when extraction flags do not say
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
+OPTIONS = Options({"extract": ExtractConfig, "pseudo_labels": PseudoLabelConfig, "runtime": RuntimeConfig},
+                  extract.EXTRACT_FLAGS + extract.SEGMENT_FLAGS
+                  + [f for f in PSEUDO_LABEL_FLAGS if f.option != "--seed"] + extract.RUNTIME_FLAGS)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("semantic benchmark")
     group.add_argument("--label-map", default=None,
                        help="JSON {classes, ignore_index, map: raw mask value -> class}")
     group.add_argument("--ignore-index", type=int, default=255, help="class value not scored")
     group.add_argument("--seeds", type=int, default=5, help="clustering runs (seeds 0..N-1)")
-    group.add_argument("--clusters", type=int, default=None,
-                       help="foreground clusters (default: classes - 1)")
-    add_pca_arguments(group)
-    group.add_argument("--label-refine", choices=REFINE_MODES, default="none",
-                       help="pixel labels (and self-trained ones): cell classes, or snapped to image edges by the "
-                            "guided filter or the bilateral solver")
-    add_consolidation_arguments(group)
-    add_region_crop_arguments(group)
-    group.add_argument("--self-train", action="store_true",
-                       help="also score a head trained on the pseudo-labels (needs --store-features "
-                            "or --store-segment-patches; --self-train-features)")
-    add_self_train_arguments(group)
     group.add_argument("--cluster-split", default=None,
                        help="VOC: also extract and cluster every image of ImageSets/Main/SPLIT.txt "
                             "(unlabeled), scoring only the masked --split")
@@ -86,6 +77,29 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--part", action="append", default=[], metavar="NAME=FILE",
                        help="also score the listed masked images (stems) on their own, with their "
                             "own matching: a tune or check part of one run (repeatable)")
+    group.add_argument("--reuse-shards", default=None, metavar="OUT2",
+                       help="an output holding this extraction without segments but with stored "
+                            "features: add segments to its rows instead of a forward pass")
+    OPTIONS.add_to(parser)
+
+
+def configs_from_args(args: argparse.Namespace, n_classes: int) -> dict:
+    """The benchmark's configs: segments on (DEFAULT_SEGMENTS) and one cluster per foreground
+    class unless the settings say otherwise; the head's features made definite for these
+    shards. A bad or missing setting exits (status 2, one line) before any extraction."""
+    configs = extract.checked(OPTIONS.configs(args, defaults={"extract.segments.n_segments": DEFAULT_SEGMENTS,
+                                                              "pseudo_labels.cluster.n_clusters": n_classes - 1}))
+    cfg, labels = configs["extract"], configs["pseudo_labels"]
+    if labels.self_train is not None:
+        labels = dataclasses.replace(labels, self_train=with_head_features(labels.self_train, cfg))
+        if why := missing_head_features(cfg, labels.self_train.features):
+            raise SystemExit(f"error: {why}")
+    return {**configs, "pseudo_labels": labels}
+
+
+def seeded(labels: PseudoLabelConfig, seed: int) -> PseudoLabelConfig:
+    """One seed's labelling config (the head's seed follows the clustering's)."""
+    return dataclasses.replace(labels, cluster=dataclasses.replace(labels.cluster, seed=seed))
 
 
 def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, ...], LabelMap | None]:
@@ -139,15 +153,6 @@ def _cluster_only(args: argparse.Namespace, scored: list[Sample]) -> list[Sample
     root, have = args.voc_root.rstrip("/"), {s.image_id for s in scored}
     extra = [Sample(f"JPEGImages/{i}.jpg", f"{root}/JPEGImages/{i}.jpg") for i in voc_split_ids(root, args.cluster_split)]
     return [s for s in extra if s.image_id not in have]
-
-
-def _extract_config(args: argparse.Namespace):
-    # Segments on before the config is made: their default features depend on it (extract).
-    return extract.configs_from_args(argparse.Namespace(**{**vars(args), "segments": args.segments or DEFAULT_SEGMENTS}))
-
-
-def _self_train(args: argparse.Namespace, seed: int, cfg: ExtractConfig) -> SelfTrainConfig:
-    return with_head_features(self_train_from_args(args, seed), cfg)
 
 
 def _score_seed(shards: str, digest: str, samples: dict[str, Sample], classes: tuple[str, ...],
@@ -237,13 +242,12 @@ def run(args: argparse.Namespace) -> dict:
     samples, classes, label_map = _samples(args)
     if not samples:
         raise SystemExit("no images found for these dataset flags")
-    try:  # bad labelling flags fail before any extraction
-        labels_config_from_args(args, ClusterConfig(), args.label_refine)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
-    cfg, runtime = _extract_config(args)
-    if args.self_train and (why := missing_head_features(cfg, _self_train(args, 0, cfg).features)):
-        raise SystemExit(f"error: {why}")
+    configs = configs_from_args(args, len(classes))
+    cfg, labels, runtime = configs["extract"], configs["pseudo_labels"], configs["runtime"]
+    if args.dry_run:
+        dry_run(configs, {"extract": cfg.digest(), "pseudo_labels": labels.digest(cfg.digest())})
+        raise SystemExit(0)
+    self_training = labels.self_train is not None
     unlabeled = _cluster_only(args, samples)
     out, shards, summary, extract_seconds = extract_samples(args, cfg, runtime, samples + unlabeled)
 
@@ -251,7 +255,6 @@ def run(args: argparse.Namespace) -> dict:
     by_id = {s.image_id: s for s in samples}
     parts = _parts(args)
     cluster_ids = list(by_id) + [s.image_id for s in unlabeled]
-    clusters = args.clusters or len(classes) - 1
 
     def region_classes(model, labels_cfg: PseudoLabelConfig) -> RegionClasses:
         run_region_crops(shards, cfg.digest(), out, model, labels_cfg, cfg.backbone.long_side, runtime, args.local,
@@ -259,23 +262,22 @@ def run(args: argparse.Namespace) -> dict:
         return fit_region_classes(out, labels_cfg.regions_digest(cfg.digest()), labels_cfg.cluster,
                                   image_ids=cluster_ids)
 
-    head_cfg = _self_train(args, 0, cfg) if args.self_train else None
+    head_cfg = labels.self_train
     maps_run = run_for_head(shards, cfg.digest(), out, head_cfg, cfg.backbone.long_side, runtime, args.local,
                             image_ids=cluster_ids)
     maps = head_maps_of(out, head_cfg, cfg.digest())
     per_seed, scored = [], []
     for seed in range(args.seeds):
-        labels_cfg = labels_config_from_args(args, cluster_config_from_args(args, clusters, seed), args.label_refine,
-                                             _self_train(args, seed, cfg) if args.self_train else None)
+        labels_cfg = seeded(labels, seed)
         result, scored = _score_seed(shards, cfg.digest(), by_id, classes, label_map, labels_cfg,
                                      cfg.backbone.long_side, args.ignore_index,
-                                     f"{out}/labels" if seed == 0 else None, args.self_train, cluster_ids, parts,
+                                     f"{out}/labels" if seed == 0 else None, self_training, cluster_ids, parts,
                                      region_classes, maps)
         print(f"  seed {seed}: mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f}"
-              + (f", self-trained mIoU {result['self_trained_miou']:.4f}" if args.self_train else ""))
+              + (f", self-trained mIoU {result['self_trained_miou']:.4f}" if self_training else ""))
         per_seed.append(result)
     evaluate_seconds = time.time() - started
-    oracle = _oracle(args, shards, cfg, by_id, classes, label_map, clusters, parts) if args.oracle_segments else {}
+    oracle = _oracle(args, shards, cfg, by_id, classes, label_map, labels, parts) if args.oracle_segments else {}
 
     mious = np.array([r["miou"] for r in per_seed])
     ious = np.array([r["iou"] for r in per_seed], dtype=float)
@@ -289,7 +291,7 @@ def run(args: argparse.Namespace) -> dict:
             "self_trained_miou_std": float(np.std([r["self_trained_miou"] for r in per_seed])),
             "self_trained_pixel_accuracy": float(np.mean([r["self_trained_pixel_accuracy"] for r in per_seed])),
             "self_trained_parts": _summarise_parts(per_seed, "self_trained_parts")}
-           if args.self_train else {}),
+           if self_training else {}),
         "per_class_iou": {c: (None if np.isnan(v) else round(float(v), 4))
                           for c, v in zip(classes, ious.mean(axis=0))},
         "parts": {name: {**score, "n_images": sum(_stem(i) in parts[name] for i in scored)}
@@ -310,11 +312,9 @@ def run(args: argparse.Namespace) -> dict:
         "backbone": cfg.backbone.name,
         "config_digest": cfg.digest(),
         "config": {"extract": cfg.to_dict(), "task": {
-                       "labels": labels_config_from_args(args, cluster_config_from_args(args, clusters,
-                                                                                        ClusterConfig().seed),
-                                                         args.label_refine).to_dict(),
+                       "labels": dataclasses.replace(seeded(labels, 0), self_train=None).to_dict(),
                        "seeds": args.seeds, "classes": list(classes),
-                       "self_train": dataclasses.asdict(_self_train(args, 0, cfg)) if args.self_train else None,
+                       "self_train": dataclasses.asdict(seeded(labels, 0).self_train) if self_training else None,
                        "label_map": args.label_map, "ignore_index": args.ignore_index,
                        "cluster_split": args.cluster_split, "oracle_segments": args.oracle_segments,
                        "score_list": args.score_list, "parts": args.part, "reuse_shards": args.reuse_shards},
@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"  part {name} ({part['n_images']} images): mIoU {part['miou']:.4f} ± {part['miou_std']:.4f}"
               + (f", self-trained {trained['miou']:.4f} ± {trained['miou_std']:.4f}" if trained else "")
               + (f", oracle {ceiling['miou']:.4f} ± {ceiling['miou_std']:.4f}" if ceiling else ""))
-    if args.self_train:
+    if self_training:
         print(f"self-trained  mIoU {report['self_trained_miou']:.4f} ± {report['self_trained_miou_std']:.4f}  "
               f"pixel accuracy {report['self_trained_pixel_accuracy']:.4f}")
     if oracle:
@@ -344,12 +344,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _oracle(args: argparse.Namespace, shards: str, cfg, by_id: dict[str, Sample], classes: tuple[str, ...],
-            label_map: LabelMap | None, clusters: int, parts: dict[str, set[str]]) -> dict:
+            label_map: LabelMap | None, labels: PseudoLabelConfig, parts: dict[str, set[str]]) -> dict:
     """The report's oracle_* keys: every seed with ground-truth regions as the segments."""
     started = time.time()
-    features, failed = region_features(shards, cfg, by_id, label_map, args.ignore_index, region_crops_from_args(args))
+    features, failed = region_features(shards, cfg, by_id, label_map, args.ignore_index, labels.region_crops)
     runs = [score_oracle(features, by_id, label_map, len(classes),
-                         cluster_config_from_args(args, clusters, seed), args.ignore_index,
+                         seeded(labels, seed).cluster, args.ignore_index,
                          {name: {i for i in by_id if _stem(i) in stems} for name, stems in parts.items()})
             for seed in range(args.seeds)]
     for r in runs:

@@ -20,9 +20,8 @@ import time
 from datetime import datetime, timezone
 
 from jobs import runner
-from pipeline.spectral.affinity import GRAPH_BUILDERS
-from pipeline.config import (PATCH_FEATURES, SPARSE_DEFAULT_TOPK, BackboneConfig, EigenConfig, ExtractConfig,
-                             GraphConfig, RuntimeConfig, SegmentsConfig, segments_source)
+from jobs.options import Flag, Options, dry_run, write_summary
+from pipeline.config import ExtractConfig, RuntimeConfig, segments_source
 from pipeline.io.schema import eigen_table, error_table
 from pipeline.io.attempts import Attempts
 from pipeline.io.lease import RunLease
@@ -134,11 +133,54 @@ def decode_stage(cfg: ExtractConfig, out: str, digest: str | None = None) -> dic
                                cfg.max_pixels)
 
 
+EXTRACT_FLAGS = [
+    Flag("extract.backbone.name", "a backbone of the registry (`deep-spectral backbones` lists them)", "--backbone"),
+    Flag("extract.backbone.weights", "local path or fsspec URL of the weights (none: the registry's source)"),
+    Flag("extract.backbone.long_side", "resize the long side to this many pixels (none: native size)", metavar="PX"),
+    Flag("extract.backbone.precision", "arithmetic of the forward pass: bf16 is ~2x faster on GPUs with bf16 "
+         "tensor cores (docs/scale.md)", choices=("fp32", "bf16")),
+    Flag("extract.eigen.k", "eigenvectors per image", "--eigenvectors"),
+    Flag("extract.store_features", "also store the patch features (self-training and stored-row reuse need them)"),
+]
+SCALE_FLAGS = [
+    Flag("extract.graph.kind", "dense: the N x N feature graph; sparse / lowrank: never N x N, for large grids "
+         "(docs/sparse.md)", "--graph", choices=("dense", "sparse", "lowrank")),
+    Flag("extract.eigen.storage_dtype", "eigenvectors stored as float32 or float16", "--storage-dtype",
+         choices=("float32", "float16")),
+]
+SEGMENT_FLAGS = [
+    Flag("extract.segments.n_segments", "k-means segments per image for semantic segmentation (0: none)",
+         "--segments"),
+    Flag("extract.segments.features", "what describes a segment: crop, pool, keys, blockB, joined with '+' "
+         "(docs/semantic.md)", "--segment-features", metavar="KINDS"),
+]
+RUNTIME_FLAGS = [
+    Flag("runtime.batch_size", "images per batch"),
+    Flag("runtime.num_actors", "compute actors (none: one per GPU, else per spare CPU core)"),
+    Flag("runtime.device", "where the compute actors run", choices=("auto", "cpu", "cuda")),
+    Flag("runtime.retry_errors", "run again the images recorded as failed"),
+    Flag("runtime.max_failures", "failed images the run tolerates before it exits 1: N, P% of the images, "
+         "or the larger of 'N,P%' (a run in which every image failed always exits 1)", metavar="N|P%|N,P%"),
+    Flag("runtime.address", "Ray address (none: RAY_ADDRESS, else a new local Ray; 'auto' joins a cluster "
+         "started with `ray start` here)"),
+]
+OPTIONS = Options({"extract": ExtractConfig, "runtime": RuntimeConfig},
+                  EXTRACT_FLAGS + SCALE_FLAGS + SEGMENT_FLAGS + RUNTIME_FLAGS)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_options(parser)
     parser.add_argument("--out", required=True, help="output folder or fsspec URL")
-    add_extract_options(parser)
-    parser.add_argument("--summary", default=None, help="write the run summary JSON here")
+    parser.add_argument("--reuse-shards", default=None, metavar="OUT2",
+                        help="an output holding this extraction without segments but with stored "
+                             "features: add segments to its rows instead of a forward pass")
+    add_running_options(parser)
+    OPTIONS.add_to(parser)
+
+
+def add_running_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
+    parser.add_argument("--summary", default=None, help="write the run summary JSON here too")
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -178,147 +220,35 @@ def images_from_args(args: argparse.Namespace) -> tuple[str, list[ImageRef]]:
     return described, refs
 
 
-def add_extract_options(parser: argparse.ArgumentParser) -> None:
-    """Every option of ExtractConfig and RuntimeConfig (shared with `evaluate`)."""
-    d, g, e = BackboneConfig(), GraphConfig(), EigenConfig()
-    parser.add_argument("--backbone", default=d.name)
-    parser.add_argument("--weights", default=None, help="local path or fsspec URL of weights (default: registry)")
-    parser.add_argument("--features", choices=PATCH_FEATURES, default=None,
-                        help="patch features (default: the backbone's measured default); keys+tokens: "
-                             "both at unit norm, concatenated (the graph's cosine is their mean)")
-    parser.add_argument("--long-side", type=int, default=d.long_side,
-                        help="resize the long side to this many px; 0 = native size cropped to the patch grid")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision,
-                        help="arithmetic of the forward pass: bf16 autocast is ~2x faster on GPUs with "
-                             "bf16 tensor cores (measured against fp32: docs/scale.md)")
-    parser.add_argument("--flip-average", action="store_true",
-                        help="average each patch's features with the mirrored image's (2x forward pass)")
-    parser.add_argument("--second-long-side", type=int, default=None, metavar="PX",
-                        help="average each patch's features with the image's at this long side too, "
-                             "resampled onto the --long-side cells (a second forward pass; with "
-                             "--flip-average, 4x)")
-    parser.add_argument("--k", type=int, default=e.k, help="number of eigenvectors")
-    parser.add_argument("--lambda-knn", type=float, default=g.knn_lambda, help="weight of the KNN colour graph")
-    parser.add_argument("--knn-scale", choices=["relative", "absolute"], default=g.knn_scale)
-    parser.add_argument("--graph", choices=sorted(GRAPH_BUILDERS), default=g.kind,
-                        help="dense: the N x N feature graph; sparse: each node's top-k (--knn) "
-                             "built in row blocks; lowrank: shifted cosines f fᵀ + s solved from the "
-                             "features (both never N x N, for large grids; docs/sparse.md)")
-    parser.add_argument("--knn", "--sparsify-topk", dest="sparsify_topk", type=int, default=None,
-                        help="keep each node's top-k feature affinities (symmetrised); "
-                             f"--graph sparse defaults to {SPARSE_DEFAULT_TOPK}")
-    parser.add_argument("--upsample", type=int, default=g.upsample, help="feature-grid upsampling factor")
-    parser.add_argument("--eigensolver", default=e.method)
-    parser.add_argument("--float16", action="store_true", help="store eigenvectors as float16")
-    parser.add_argument("--store-features", action="store_true", help="also store the patch features")
-    sg = SegmentsConfig()
-    parser.add_argument("--segments", type=int, default=sg.n_segments,
-                        help="k-means segments per image for semantic segmentation (0 = none; paper: 15)")
-    parser.add_argument("--segment-eigenvectors", type=int, default=sg.n_eigenvectors,
-                        help="eigenvectors 1..m that the per-image k-means clusters")
-    parser.add_argument("--segment-features", type=segment_features_kind, default=None,
-                        metavar="{crop,pool,keys,blockB}[+...]",
-                        help="default: the backbone registry's (crop; pool+block9 on the offline backbone, "
-                             "crop with --segment-backbone); "
-                             "crop: re-embed each segment's box crop (CLS); pool: mean patch feature; "
-                             "keys: mean last-block attention key; blockB: mean of the residual stream "
-                             "after block B (0-based), from one more forward pass when segments are added; "
-                             "kinds join with '+' (pool+block9, crop+pool+block9: each at unit norm, "
-                             "concatenated)")
-    parser.add_argument("--segment-backbone", default=sg.backbone, metavar="NAME",
-                        help="re-embed segment crops (--segment-features crop, alone or joined) with this "
-                             "registry entry "
-                             "instead of the graph's backbone, e.g. efficientnet_lite0_supervised "
-                             "(ImageNet-supervised: label its figures so)")
-    parser.add_argument("--segment-background", choices=["fiedler", "border"], default=sg.background,
-                        help="background segments: the Fiedler vector's background side, or only "
-                             "the segment covering most of the border (the reference)")
-    parser.add_argument("--store-segment-patches", action="store_true",
-                        help="also store every patch's pooled-kind features (float16), for a "
-                             "self-training head over them (--self-train-features segment)")
-    parser.add_argument("--segment-seed", type=int, default=sg.seed)
-    parser.add_argument("--segment-erode", type=int, default=sg.erode,
-                        help="patch-level erosions of each segment before its box is taken")
-    parser.add_argument("--segment-dilate", type=int, default=sg.dilate,
-                        help="patch-level dilations after the erosion (the reference's semantic "
-                             "recipe: 5)")
-    parser.add_argument("--reuse-shards", default=None,
-                        help="an output holding this extraction without segments but with "
-                             "--store-features: add segments to its rows instead of a forward pass")
-    parser.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size)
-    parser.add_argument("--num-actors", type=int, default=None)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--retry-errors", action="store_true", help="retry images recorded as failed")
-    parser.add_argument("--max-failures", default=RuntimeConfig.max_failures, metavar="N|P%|N,P%",
-                        help="failed images the run tolerates before it exits 1: N images, P%% of the run's "
-                             "images, or the larger of both (default %(default)s); a run in which every image "
-                             "failed always exits 1")
-    parser.add_argument("--max-worker-deaths", type=int, default=RuntimeConfig.max_worker_deaths,
-                        help="worker processes a batch may lose before its images run alone; an image "
-                             "alone that loses as many becomes an error row (stage worker)")
-    parser.add_argument("--lease-heartbeat-s", type=float, default=RuntimeConfig.lease_heartbeat_s,
-                        help="how often the driver renews its run lease in OUT")
-    parser.add_argument("--lease-stale-s", type=float, default=RuntimeConfig.lease_stale_s,
-                        help="a lease not renewed for this long is taken over by a new driver")
-    parser.add_argument("--address", default=None,
-                        help="Ray address (default: RAY_ADDRESS, else a new local Ray; 'auto' joins "
-                             "a cluster started with `ray start` on this machine)")
-
-
-def configs_from_args(args: argparse.Namespace) -> tuple[ExtractConfig, RuntimeConfig]:
-    """The run's configs from its flags; a bad value or flags that contradict each other exit
-    (status 2, one line naming the field) before any listing, lease or write."""
+def checked(configs: dict) -> dict:
+    """What the configs cannot check alone: the backbone names (listing the known ones) and
+    the segment features' kinds. SystemExit(one line) for a bad one."""
+    cfg = configs["extract"]
     try:
-        get_spec(args.backbone)  # an unknown name fails here, listing the known ones
-        cfg = _extract_config(args)
-        runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors,
-                                device=args.device, retry_errors=args.retry_errors, address=args.address,
-                                max_worker_deaths=args.max_worker_deaths, lease_heartbeat_s=args.lease_heartbeat_s,
-                                lease_stale_s=args.lease_stale_s, max_failures=args.max_failures)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
-    return cfg, runtime
+        get_spec(cfg.backbone.name)
+        segment_features_kind(cfg.segments.features)
+    except (ValueError, KeyError, argparse.ArgumentTypeError) as exc:
+        raise SystemExit(f"error: {str(exc).strip(chr(39))}") from None
+    return configs
 
 
-def _segment_features(args: argparse.Namespace) -> str:
-    """--segment-features, else the backbone registry's default for segments (crop when a
-    segment backbone re-embeds them, or when no segments are made)."""
-    if args.segment_features:
-        return args.segment_features
-    if args.segment_backbone or not args.segments:
-        return SegmentsConfig().features
-    return get_spec(args.backbone).segment_features
-
-
-def _extract_config(args: argparse.Namespace) -> ExtractConfig:
-    return ExtractConfig(
-        backbone=BackboneConfig(name=args.backbone, weights=args.weights, features=args.features,
-                                long_side=args.long_side or None, flip_average=args.flip_average,
-                                second_long_side=args.second_long_side, precision=args.precision),
-        graph=GraphConfig(knn_lambda=args.lambda_knn, knn_scale=args.knn_scale,
-                          upsample=args.upsample, kind=args.graph,
-                          sparsify_topk=args.sparsify_topk or (SPARSE_DEFAULT_TOPK if args.graph == "sparse" else None)),
-        eigen=EigenConfig(k=args.k, method=args.eigensolver,
-                          storage_dtype="float16" if args.float16 else "float32"),
-        segments=SegmentsConfig(n_segments=args.segments, n_eigenvectors=args.segment_eigenvectors,
-                                features=_segment_features(args), background=args.segment_background,
-                                backbone=args.segment_backbone, store_patches=args.store_segment_patches,
-                                seed=args.segment_seed, erode=args.segment_erode, dilate=args.segment_dilate),
-        store_features=args.store_features,
-    )
+def configs_from_args(args: argparse.Namespace, options: Options = OPTIONS) -> dict:
+    """The run's typed configs (section -> config) from --config, flags and --set; a bad value
+    exits (status 2, one line naming the setting) before any listing, lease or write."""
+    return checked(options.configs(args))
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg, runtime = configs_from_args(args)
+    configs = configs_from_args(args)
+    cfg, runtime = configs["extract"], configs["runtime"]
+    if args.dry_run:
+        return dry_run(configs, {"extract": cfg.digest()})
     try:
         source, refs = images_from_args(args)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    summary = run_extract(source, args.out, cfg, runtime, refs=refs, reuse=args.reuse_shards)
-    if args.summary:
-        with open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2)
+        raise SystemExit(f"error: {exc}") from None
+    summary = run_extract(source, args.out, cfg, runtime, refs=refs, local=args.local, reuse=args.reuse_shards)
+    write_summary(args.summary, summary)
     return runner.exit_status(summary)
 
 

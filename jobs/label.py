@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract, runner
+from jobs.options import Flag, Options, dry_run, write_summary
 from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.evaluation.panels import GALLERY_DIR, gallery_html, panel_name
 from pipeline.batch.head_fitting import fit_stored_head, head_sample, head_uri, read_head, write_head
@@ -43,8 +44,7 @@ from pipeline.io.schema import eigen_table, error_table, object_table
 from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, scan_batches,
                                 shard_files, shard_name)
 from pipeline.io.sources import ImageRef
-from pipeline.objects.discovery import DISCOVERY, DiscoveryConfig
-from pipeline.objects.instances import SCORES, LabelConfig, label_digest
+from pipeline.objects.instances import LabelConfig, label_digest
 from pipeline.objects.masks import REFINERS
 from pipeline.objects.self_training import Head
 from pipeline.semantic.pseudo_labels import decode_label_png
@@ -156,7 +156,8 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
 def check_configs(cfg: ExtractConfig, label_cfg: LabelConfig) -> None:
     """ValueError where the label config needs what the extraction config leaves out."""
     if label_cfg.self_train and not cfg.store_features:
-        raise ValueError("self-training fits its head on stored patch features: add --store-features")
+        raise ValueError("label.self_train: fits its head on stored patch features: needs "
+                         "extract.store_features (--store-features)")
 
 
 def self_train(out: str, cfg: ExtractConfig, label_cfg: LabelConfig, digest: str, runtime: RuntimeConfig,
@@ -287,96 +288,52 @@ def write_gallery(out: str, digest: str, ids: list[str]) -> str:
     return fs.unstrip_protocol(f"{root}/index.html")
 
 
-def add_label_options(parser: argparse.ArgumentParser, running: bool = True) -> None:
-    """The objects flags (LabelConfig); with `running`, also --gallery and --local."""
-    d, dd = LabelConfig(), DiscoveryConfig()
-    group = parser.add_argument_group("objects")
-    group.add_argument("--method", choices=sorted(DISCOVERY), default=dd.method,
-                       help="how objects are found (docs/objects.md compares them)")
-    group.add_argument("--max-objects", type=int, default=dd.max_objects)
-    group.add_argument("--object-threshold", default=None,
-                       help="patch threshold on each cut's Fiedler vector: a number or 'mean' (default mean)")
-    group.add_argument("--min-area", type=float, default=dd.min_area, help="smallest object, share of the grid")
-    group.add_argument("--max-eigenvalue", type=float, default=dd.max_eigenvalue,
-                       help="iterative: stop at a cut weaker than this")
-    group.add_argument("--max-border", type=float, default=dd.max_border,
-                       help="iterative: stop at an object covering more of the grid border than this")
-    group.add_argument("--score", choices=sorted(SCORES), default=d.score)
-    group.add_argument("--frame-area", type=float, default=d.frame_area, metavar="A",
-                       help="the frame rule: an object covering more than A of the grid and more than "
-                            "--frame-border of its border cells is background and scores 0 "
-                            "(default %(default)s; 1 = off)")
-    group.add_argument("--frame-border", type=float, default=d.frame_border, metavar="B",
-                       help="the frame rule's border share (default %(default)s; 1 = off)")
-    group.add_argument("--object-refine", choices=list(REFINERS), default=d.refine,
-                       help="pixel refinement of each object's mask: colour guided filter, TokenCut's "
-                            "bilateral solver, pymatting closed-form (slow), none")
-    group.add_argument("--guided-subsample", type=int, default=d.guided_subsample, metavar="S",
-                       help="guided refinement: 1 = the exact guided filter, S > 1 = the fast guided filter "
-                            "(He and Sun) fitted on S×S pixel blocks")
-    group.add_argument("--soft-masks", action="store_true",
-                       help="also store each object's soft mask (8-bit PNG column `soft` of the labels table)")
-    group.add_argument("--self-train", action="store_true",
-                       help="fit a logistic head on the Fiedler objects of a fixed-seed sample of the stored "
-                            "rows (needs --store-features) and take its mask as each image's first object")
-    group.add_argument("--head-images", type=int, default=d.head_images, help="--self-train: rows it fits on")
-    group.add_argument("--head-rounds", type=int, default=d.head_rounds,
-                       help="--self-train: 2 refits once to the first head's own masks")
-    group.add_argument("--categories", default=None, metavar="CLUSTER_OUT",
-                       help="categories of instances.json from a `deep-spectral cluster` output folder "
-                            "(the cluster covering most of each object); default one class-agnostic category")
-    if running:
-        group.add_argument("--gallery", type=int, default=50, help="panels: every image up to N, else a sample of N")
-        group.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
-
-
-def label_config_from_args(args: argparse.Namespace) -> LabelConfig:
-    """The objects' config from the flags; a bad value exits (status 2, one line naming the
-    field) before any work."""
-    try:
-        return _label_config(args)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
-
-
-def _label_config(args: argparse.Namespace) -> LabelConfig:
-    t = args.object_threshold
-    try:
-        threshold = DiscoveryConfig().threshold if t in (None, "mean") else float(t)
-    except ValueError:
-        raise ValueError(f"discovery.threshold: must be a number or 'mean', got {t!r}") from None
-    return LabelConfig(discovery=DiscoveryConfig(method=args.method, max_objects=args.max_objects,
-                                                 threshold=threshold, min_area=args.min_area,
-                                                 max_eigenvalue=args.max_eigenvalue, max_border=args.max_border),
-                       score=args.score, frame_area=args.frame_area, frame_border=args.frame_border,
-                       refine=args.object_refine, guided_subsample=args.guided_subsample,
-                       soft_masks=args.soft_masks,
-                       self_train=args.self_train, head_images=args.head_images, head_rounds=args.head_rounds)
+LABEL_FLAGS = [
+    Flag("label.discovery.max_objects", "most objects per image"),
+    Flag("label.refine", "pixel refinement of each object's mask: colour guided filter, TokenCut's bilateral "
+         "solver, pymatting closed-form (slow), none", choices=tuple(REFINERS)),
+    Flag("label.self_train", "fit a logistic head on the objects of a sample of stored rows and take its mask "
+         "as each image's first object (needs --store-features)"),
+]
+OPTIONS = Options({"extract": ExtractConfig, "label": LabelConfig, "runtime": RuntimeConfig},
+                  extract.EXTRACT_FLAGS + LABEL_FLAGS + extract.RUNTIME_FLAGS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     extract.add_source_options(parser)
     parser.add_argument("--out", required=True, help="output folder or fsspec URL")
-    extract.add_extract_options(parser)
-    add_label_options(parser)
-    parser.add_argument("--summary", default=None, help="write the run summary JSON here")
+    parser.add_argument("--gallery", type=int, default=50, help="panels: every image up to N, else a sample of N")
+    parser.add_argument("--categories", default=None, metavar="CLUSTER_OUT",
+                        help="categories of instances.json from a `deep-spectral cluster` output folder "
+                             "(the cluster covering most of each object); default one class-agnostic category")
+    extract.add_running_options(parser)
+    OPTIONS.add_to(parser)
+
+
+def configs_from_args(args: argparse.Namespace, options: Options = OPTIONS) -> dict:
+    """The run's typed configs from --config, flags and --set; a bad value, or settings that do
+    not fit together, exit (status 2, one line) before any work."""
+    configs = extract.configs_from_args(args, options)
+    try:
+        check_configs(configs["extract"], configs["label"])
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return configs
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg, runtime = extract.configs_from_args(args)
-    label_cfg = label_config_from_args(args)
+    configs = configs_from_args(args)
+    cfg, label_cfg, runtime = configs["extract"], configs["label"], configs["runtime"]
+    if args.dry_run:
+        return dry_run(configs, {"extract": cfg.digest(), "label": label_digest(cfg.digest(), label_cfg)})
     try:
-        check_configs(cfg, label_cfg)
         source, refs = extract.images_from_args(args)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise SystemExit(f"error: {exc}") from None
     coco = args.annotations if args.dataset == "coco" else None
     summary = run_label(source, args.out, cfg, label_cfg, runtime, refs,
                         local=args.local, gallery=args.gallery, coco_annotations=coco, clusters_dir=args.categories)
-    if args.summary:
-        with fsspec.open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_summary(args.summary, summary)
     return runner.exit_status(summary)
 
 

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 import fsspec
 
 from jobs import extract
+from jobs.options import dry_run
 from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table
 from pipeline.io.sources import ImageRef
@@ -108,17 +109,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     extract.add_source_options(parser)
     parser.add_argument("--out-root", required=True,
                         help="folder or fsspec URL holding one <backbone>-<digest>/ folder per version")
-    extract.add_extract_options(parser)
     parser.add_argument("--local", action="store_true", help="extract in this process instead of on Ray")
+    extract.OPTIONS.add_to(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg, runtime = extract.configs_from_args(args)
+    configs = extract.configs_from_args(args)
+    cfg, runtime = configs["extract"], configs["runtime"]
+    if args.dry_run:
+        return dry_run(configs, {"extract": cfg.digest()})
     try:
         source, refs = extract.images_from_args(args)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise SystemExit(f"error: {exc}") from None
     entry = run_nightly(source, refs, args.out_root, cfg, runtime, local=args.local)
     print(f"{version_name(cfg)}: {entry['images']} images, {entry['failed']} failed, "
           f"{len(entry['runs'])} run(s); manifest {args.out_root.rstrip('/')}/{MANIFEST}")

@@ -108,6 +108,8 @@ class GraphConfig:
         check(self.sparsify_topk is None or self.sparsify_topk >= 1, "graph.sparsify_topk", ">= 1", self.sparsify_topk)
         check(self.upsample >= 1, "graph.upsample", ">= 1", self.upsample)
         check(self.kind in ("dense", "sparse", "lowrank"), "graph.kind", "'dense', 'sparse' or 'lowrank'", self.kind)
+        if self.kind == "sparse" and self.sparsify_topk is None:  # the sparse graph is a top-k graph
+            object.__setattr__(self, "sparsify_topk", SPARSE_DEFAULT_TOPK)
 
 
 SPARSE_DEFAULT_TOPK = 10
@@ -199,6 +201,10 @@ class ExtractConfig:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
+        if not self.segments.n_segments:
+            # Without segments their settings change nothing written: a preset's segment
+            # features must not change the digest of an extraction that makes none.
+            data["segments"] = dataclasses.asdict(SegmentsConfig())
         for section, defaults in _OMITTED_AT_DEFAULT.items():
             for key, value in defaults.items():
                 if data[section].get(key) == value:
@@ -214,17 +220,9 @@ class ExtractConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExtractConfig":
-        graph = dict(data.get("graph", {}))
-        for key in ("knn_neighbors", "knn_spatial_weights"):
-            if key in graph:
-                graph[key] = tuple(graph[key])
-        return cls(
-            backbone=BackboneConfig(**data.get("backbone", {})),
-            graph=GraphConfig(**graph),
-            eigen=EigenConfig(**data.get("eigen", {})),
-            segments=SegmentsConfig(**data.get("segments", {})),
-            **{k: v for k, v in data.items() if k not in ("backbone", "graph", "eigen", "segments")},
-        )
+        from pipeline.settings import build
+
+        return build(cls, data, "extract")
 
 
 def segments_source(cfg: ExtractConfig) -> ExtractConfig:

@@ -9,17 +9,17 @@ import pytest
 from jobs import cli
 from tests.conftest import ROOT
 
-FAST = ["--long-side", "112", "--k", "4", "--local", "--gallery", "0"]
+FAST = ["--long-side", "112", "--eigenvectors", "4", "--local", "--gallery", "0"]
 
 
 @pytest.mark.parametrize("flags, field", [
-    (["--k", "0"], "eigen.k"),
+    (["--eigenvectors", "0"], "eigen.k"),
     (["--long-side", "-5"], "backbone.long_side"),
     (["--backbone", "nosuch"], "unknown backbone 'nosuch'; known: dino_vits16"),
-    (["--object-threshold", "abc"], "discovery.threshold"),
+    (["--set", "label.discovery.threshold=abc"], "discovery.threshold"),
     (["--max-failures", "5x"], "runtime.max_failures"),
     (["--batch-size", "0"], "runtime.batch_size"),
-    (["--guided-subsample", "0"], "label.guided_subsample"),
+    (["--set", "label.guided_subsample=0"], "label.guided_subsample"),
 ])
 def test_a_bad_value_exits_2_with_one_line_and_leaves_out_untouched(tmp_path, capsys, flags, field):
     out = tmp_path / "out"

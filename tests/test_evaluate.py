@@ -53,7 +53,7 @@ def test_segmentation_on_ecssd(tmp_path, offline_weights):
 
     # Refinement off: a new label run over the same eigen rows, a different (plausible) result.
     argv[argv.index("--json") + 1] = str(tmp_path / "raw.json")
-    assert main(argv + ["--object-refine", "none", "--limit", "5"]) == 0
+    assert main(argv + ["--refine", "none", "--limit", "5"]) == 0
     raw = json.loads((tmp_path / "raw.json").read_text())
     assert raw["n_labelled"] == 5 and raw["n_images"] == 5 and raw["n_failed"] == 0
     assert raw["config"]["label"]["refine"] == "none" and 0.5 < raw["miou"] != report["miou"]

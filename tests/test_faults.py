@@ -144,8 +144,8 @@ def start_job(images: Path, out: Path, address: str, summary: Path, batch: int =
     with open(out.parent / f"{summary.stem}.log", "w") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "jobs.extract", str(images), "--out", str(out), "--long-side", "112",
-             "--k", "4", "--batch-size", str(batch), "--num-actors", "2", "--address", address,
-             "--summary", str(summary), "--lease-heartbeat-s", "2", "--lease-stale-s", "10", *extra],
+             "--eigenvectors", "4", "--batch-size", str(batch), "--num-actors", "2", "--address", address,
+             "--summary", str(summary), "--set", "runtime.lease_heartbeat_s=2", "--set", "runtime.lease_stale_s=10", *extra],
             cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -262,7 +262,7 @@ def test_poison_image_becomes_one_worker_error_row(cluster, tmp_path):
     corrupt.write_bytes(corrupt.read_bytes()[:300])
     out = tmp_path / "out"
     summary, log = finish(start_job(folder, out, address, tmp_path / "poison.json", 4,
-                                    "--max-worker-deaths", "1"), tmp_path / "poison.json")
+                                    "--set", "runtime.max_worker_deaths=1"), tmp_path / "poison.json")
     rows = read_table(str(out), EIGEN_DIR, columns=["image_id"]).column("image_id").to_pylist()
     errors = {e["image_id"]: e for e in read_table(str(out), ERROR_DIR).to_pylist()}
     assert sorted(rows) == sorted(set(names) - {poison.name, corrupt.name})

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from jobs.cluster import add_arguments, labels_config_from_args
+from jobs.cluster import OPTIONS, add_arguments
 from pipeline.evaluation.semantic_metrics import confusion, hungarian_miou
 from pipeline.io.schema import eigen_row, eigen_table
 from pipeline.io.shards import write_shard
@@ -39,10 +39,10 @@ def test_cells_at_most_the_mean_plus_a_std_multiple_are_background():
 def test_the_threshold_is_recorded_and_named_by_the_digest_but_not_the_regions():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["shards", "--out", "o", "--fiedler-threshold", "0.25"])
-    cfg = labels_config_from_args(args, ClusterConfig(), "none")
+    args = parser.parse_args(["shards", "--out", "o", "--set", "pseudo_labels.fiedler_threshold=0.25"])
+    cfg = OPTIONS.configs(args)["pseudo_labels"]
     assert json.loads(json.dumps(cfg.to_dict()))["fiedler_threshold"] == 0.25
-    off = labels_config_from_args(parser.parse_args(["shards", "--out", "o"]), ClusterConfig(), "none")
+    off = OPTIONS.configs(parser.parse_args(["shards", "--out", "o"]))["pseudo_labels"]
     assert off.fiedler_threshold is None
     at_mean = PseudoLabelConfig(fiedler_threshold=0.0)
     assert len({off.digest("e"), at_mean.digest("e"), cfg.digest("e")}) == 3  # 0 (the mean) is on

@@ -55,7 +55,7 @@ def test_ray_job_submit(ray_head, tmp_path, offline_weights):
     out = tmp_path / "out"
     result = subprocess.run(
         [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-         "python", "-m", "jobs.extract", "samples", "--out", str(out), "--long-side", "224", "--k", "4"],
+         "python", "-m", "jobs.extract", "samples", "--out", str(out), "--long-side", "224", "--eigenvectors", "4"],
         env=env, capture_output=True, text=True, timeout=480,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -27,7 +27,7 @@ def _files(folder):
 def test_nightly_versions_reruns_and_manifest(tmp_path, offline_weights, capsys):
     images, root = tmp_path / "images", tmp_path / "nightly"
     _tiny_images(images)
-    argv = ["nightly", str(images), "--out-root", str(root), "--local", "--long-side", "84", "--k", "4"]
+    argv = ["nightly", str(images), "--out-root", str(root), "--local", "--long-side", "84", "--eigenvectors", "4"]
     cfg = ExtractConfig(backbone=BackboneConfig(long_side=84), eigen=EigenConfig(k=4))
     version = f"dinov2_vits14_offline-{cfg.digest()}"
 

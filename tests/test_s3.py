@@ -28,8 +28,8 @@ pytest.importorskip("moto")
 pytestmark = pytest.mark.ray
 
 BUCKET = "deep-spectral-test"
-EXTRACT = ["--long-side", "84", "--k", "4", "--batch-size", "2"]
-SEGMENTS = ["--segments", "3", "--segment-eigenvectors", "3", "--segment-features", "pool"]
+EXTRACT = ["--long-side", "84", "--eigenvectors", "4", "--batch-size", "2"]
+SEGMENTS = ["--segments", "3", "--set", "extract.segments.n_eigenvectors=3", "--segment-features", "pool"]
 
 
 @pytest.fixture(scope="module")

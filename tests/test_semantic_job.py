@@ -176,7 +176,7 @@ def test_evaluate_semantic_on_coco128(tmp_path, offline_weights):
     code = main(["evaluate", "semantic", "--images", str(root / "images"),
                  "--masks", str(masks), "--label-map", str(root / "semantic_eval_map.json"),
                  "--seeds", "2", "--clusters", "3", "--segments", "4",
-                 "--segment-features", "pool", "--long-side", "112", "--k", "6",
+                 "--segment-features", "pool", "--long-side", "112", "--eigenvectors", "6",
                  "--store-features", "--self-train",
                  "--out", str(tmp_path / "out"), "--json", str(metrics), "--local"])
     assert code == 0
@@ -196,7 +196,7 @@ def test_cluster_command_line(shards, tmp_path):
 
     out, _ = shards
     assert main(["cluster", str(out), "--out", str(tmp_path / "labels"), "--clusters", "2",
-                 "--pca", "4", "--whiten", "--refine", "guided", "--min-cluster-share", "0.3", "--region-rounds", "2", "--local"]) == 0
+                 "--set", "pseudo_labels.cluster.pca_dim=4", "--set", "pseudo_labels.cluster.whiten=true", "--refine", "guided", "--set", "pseudo_labels.min_cluster_share=0.3", "--set", "pseudo_labels.region_rounds=2", "--local"]) == 0
     record = json.loads((tmp_path / "labels" / "cluster.json").read_text())
     assert record["config"]["cluster"]["pca_dim"] == 4 and record["config"]["refine"] == "guided"
     assert record["config"]["min_cluster_share"] == 0.3 and record["config"]["region_rounds"] == 2
@@ -204,7 +204,7 @@ def test_cluster_command_line(shards, tmp_path):
     assert len(list((tmp_path / "labels" / "labels").glob("*.png"))) == record["n_images"]
     assert record["n_failed"] == 0
     with pytest.raises(SystemExit, match="min_cluster_share"):
-        main(["cluster", str(out), "--out", str(tmp_path / "x"), "--min-cluster-share", "2", "--local"])
+        main(["cluster", str(out), "--out", str(tmp_path / "x"), "--set", "pseudo_labels.min_cluster_share=2", "--local"])
     with pytest.raises(ValueError, match="store-features"):  # self-training needs patch features
         main(["cluster", str(out), "--out", str(tmp_path / "st"), "--clusters", "2", "--self-train", "--local"])
 

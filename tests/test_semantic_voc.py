@@ -122,7 +122,7 @@ def voc_tree(tmp_path_factory):
     return root, ids
 
 
-SMALL = ["--long-side", "112", "--k", "6", "--segments", "4", "--segment-eigenvectors", "5",
+SMALL = ["--long-side", "112", "--eigenvectors", "6", "--segments", "4", "--set", "extract.segments.n_eigenvectors=5",
          "--segment-features", "pool", "--store-features", "--seeds", "2", "--clusters", "2", "--local"]
 
 
@@ -189,7 +189,7 @@ def test_voc_protocol_with_region_crops_and_their_oracle(voc_tree, tmp_path, off
     assert read_table(str(out), REGION_DIR).num_rows == len(regions) and again["per_seed"] == report["per_seed"]
     assert again["oracle_per_seed"] == report["oracle_per_seed"]
     # Background per cell by the Fiedler vector changes the labels, not the regions: none embedded again.
-    cells = _evaluate(root, out, "--region-crops", "efficientnet_lite0_supervised", "--fiedler-threshold", "0")
+    cells = _evaluate(root, out, "--region-crops", "efficientnet_lite0_supervised", "--set", "pseudo_labels.fiedler_threshold=0")
     assert read_table(str(out), REGION_DIR).num_rows == len(regions)
     assert cells["config"]["task"]["labels"]["fiedler_threshold"] == 0 and cells["n_images"] == 2
 
@@ -206,7 +206,7 @@ def test_voc_protocol_with_a_second_network_for_the_head(voc_tree, tmp_path, off
 
     root, ids = voc_tree
     out = tmp_path / "hm"
-    flags = ["--self-train", "--self-train-patches", "5000", "--self-train-backbone", "efficientnet_lite0_supervised"]
+    flags = ["--self-train", "--set", "pseudo_labels.self_train.sample_patches=5000", "--set", "pseudo_labels.self_train.backbone=efficientnet_lite0_supervised"]
     report = _evaluate(root, out, *flags)
     maps = read_table(str(out), HEAD_MAP_DIR).to_pylist()
     assert sorted(r["image_id"] for r in maps) == sorted(f"JPEGImages/{i}.jpg" for i in ids)
@@ -395,39 +395,47 @@ def test_oracle_pools_the_graph_features_from_a_forward_pass_when_none_are_store
 def test_segment_features_flag_takes_block_kinds_and_refuses_others():
     import argparse
 
-    from jobs.extract import add_extract_options, configs_from_args
+    from jobs.extract import add_arguments, configs_from_args
 
     parser = argparse.ArgumentParser()
-    add_extract_options(parser)
-    cfg, _ = configs_from_args(parser.parse_args(["--segments", "15", "--segment-features", "block7"]))
+    add_arguments(parser)
+
+    def extract_config(*flags):
+        return configs_from_args(parser.parse_args(["src", "--out", "o", *flags]))["extract"]
+    cfg = extract_config("--segments", "15", "--segment-features", "block7")
     assert cfg.segments.features == "block7" and ExtractConfig.from_dict(json.loads(cfg.to_json())) == cfg
     for bad in ("blockx", "block", "values"):
-        with pytest.raises(SystemExit):
-            parser.parse_args(["--segment-features", bad])
+        with pytest.raises(SystemExit, match="error: "):
+            extract_config("--segments", "15", "--segment-features", bad)
 
 
-def test_segment_features_default_to_the_backbone_registry_entry():
-    """No --segment-features: the registry's per-backbone default (pool+block9 on the offline
-    backbone, crop on DINO); crop with a segment backbone, and crop without segments, so an
-    extraction without segments keeps the digest it always had. evaluate semantic turns
-    segments on before the default is read."""
+def test_segment_features_come_from_the_settings_and_presets():
+    """The default is crop (the paper's); the offline backbone's preset pools the tokens and
+    block 9. Segment settings without segments leave the digest alone, so a preset never
+    changes an extraction that makes none. evaluate semantic turns segments on by default."""
     import argparse
 
-    from jobs.evaluate_semantic import _extract_config
-    from jobs.extract import add_extract_options, configs_from_args
+    from jobs import evaluate
+    from jobs.extract import add_arguments, configs_from_args
 
     parser = argparse.ArgumentParser()
-    add_extract_options(parser)
+    add_arguments(parser)
 
-    def features(*flags):
-        return configs_from_args(parser.parse_args(list(flags)))[0].segments.features
-    assert features("--segments", "15") == "pool+block9"
-    assert features("--segments", "15", "--backbone", "dino_vits16") == "crop"
-    assert features("--segments", "15", "--segment-backbone", "efficientnet_lite0_supervised") == "crop"
-    assert features("--segments", "15", "--segment-features", "pool") == "pool"
-    assert configs_from_args(parser.parse_args([]))[0].digest() == ExtractConfig().digest()
-    cfg, _ = _extract_config(parser.parse_args([]))
-    assert cfg.segments.n_segments == 15 and cfg.segments.features == "pool+block9"
+    def extract_config(*flags):
+        return configs_from_args(parser.parse_args(["src", "--out", "o", *flags]))["extract"]
+    assert extract_config("--segments", "15").segments.features == "crop"
+    assert extract_config("--segments", "15", "--config", "offline").segments.features == "pool+block9"
+    assert extract_config("--segments", "15", "--config", "offline", "--segment-features", "pool"
+                          ).segments.features == "pool"
+    assert extract_config("--config", "offline").digest() == ExtractConfig().digest()
+    semantic = argparse.ArgumentParser()
+    evaluate.add_arguments(semantic)
+    args = semantic.parse_args(["semantic", "--voc-root", "v", "--out", "o", "--config", "offline"])
+    from jobs.evaluate_semantic import configs_from_args as semantic_configs
+
+    configs = semantic_configs(args, n_classes=21)
+    assert configs["extract"].segments.n_segments == 15 and configs["extract"].segments.features == "pool+block9"
+    assert configs["pseudo_labels"].cluster.n_clusters == 20
 
 
 def test_a_block_the_backbone_lacks_fails_before_any_image(offline_weights):
@@ -486,8 +494,8 @@ def test_self_training_head_over_the_segments_patch_features(voc_tree, tmp_path,
     from pipeline.semantic.self_training import SelfTrainConfig
 
     root, ids = voc_tree
-    flags = ["--segment-features", "pool+block7", "--self-train", "--self-train-patches", "5000"]
-    report = _evaluate(root, tmp_path / "a", *flags, "--store-segment-patches")  # segment: the default where stored
+    flags = ["--segment-features", "pool+block7", "--self-train", "--set", "pseudo_labels.self_train.sample_patches=5000"]
+    report = _evaluate(root, tmp_path / "a", *flags, "--set", "extract.segments.store_patches=true")  # segment: the default where stored
     assert report["config"]["task"]["self_train"]["features"] == "segment"
     assert 0 <= report["self_trained_miou"] <= 1 and len(report["per_seed"]) == 2
     shards, digest = str(tmp_path / "a" / "spectral"), read_table(str(tmp_path / "a" / "spectral"))["config_digest"][0].as_py()
@@ -509,5 +517,5 @@ def test_self_training_head_over_the_segments_patch_features(voc_tree, tmp_path,
     tokens = _evaluate(root, tmp_path / "t", *flags, "--seeds", "1")  # none stored: the tokens' head
     assert tokens["config"]["task"]["self_train"]["features"] == "tokens"
     with pytest.raises(SystemExit, match="store-segment-patches"):  # none stored: refused before extraction
-        _evaluate(root, tmp_path / "b", *flags, "--self-train-features", "segment")
+        _evaluate(root, tmp_path / "b", *flags, "--set", "pseudo_labels.self_train.features=segment")
     assert not (tmp_path / "b").exists()

@@ -73,7 +73,7 @@ def test_segment_backbone_round_trips_and_needs_crop_features(tmp_path):
 
     with pytest.raises(SystemExit, match="needs features 'crop'"):
         main(["extract", str(SAMPLES), "--out", str(tmp_path), "--segments", "4",
-              "--segment-features", "pool", "--segment-backbone", LITE0])
+              "--segment-features", "pool", "--set", f"extract.segments.backbone={LITE0}"])
 
 
 def test_extraction_re_embeds_segment_crops_with_the_segment_backbone(tmp_path, embedder, offline_weights):

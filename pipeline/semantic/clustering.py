@@ -21,6 +21,8 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
+from pipeline.config import check
+
 # scikit-learn's KMeans sums each OpenMP thread's chunks, and BLAS splits the PCA's and the
 # distances' products across its threads, so centroids depend on both thread counts in their low
 # bits, and k-means carries those bits to another optimum: VOC07's seed 2 gave labels of 20.4
@@ -59,8 +61,13 @@ class ClusterConfig:
     tol: float = 1e-5  # stop when no centroid moves more than this (squared distance)
 
     def __post_init__(self):
-        if self.whiten and not self.pca_dim:
-            raise ValueError("whitening needs PCA dimensions (pca_dim > 0)")
+        where = "pseudo_labels.cluster"
+        check(self.n_clusters >= 1, f"{where}.n_clusters", ">= 1", self.n_clusters)
+        check(self.pca_dim >= 0, f"{where}.pca_dim", ">= 0 (0: no PCA)", self.pca_dim)
+        check(self.sample_size >= 1 and self.n_init >= 1, f"{where}.sample_size / n_init", ">= 1",
+              (self.sample_size, self.n_init))
+        if not self.pca_dim and self.whiten:  # no PCA, nothing to whiten: recorded as off
+            object.__setattr__(self, "whiten", False)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 import pyarrow.compute as pc
 
-from pipeline.config import ExtractConfig
+from pipeline.config import ExtractConfig, check
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, TooFewToCluster, fit_clusters
 from pipeline.semantic.head_map_rows import HeadMaps, with_head_maps
 from pipeline.semantic.fiedler_cells import fiedler_background, with_fiedler_background
@@ -36,7 +36,7 @@ from pipeline.semantic.region_crops import RegionCropConfig, relabel
 from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict_probabilities, train_head, with_labels
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
-from pipeline.semantic.pseudo_labels import label_grid, label_image, label_image_from_scores
+from pipeline.semantic.pseudo_labels import REFINE_MODES, label_grid, label_image, label_image_from_scores
 from pipeline.io.schema import eigenvectors_of, features_of, list_rows, segment_patch_features_of, segments_of
 from pipeline.io.shards import EIGEN_DIR, REGION_DIR, scan_batches
 from pipeline.io.sources import read_bytes
@@ -75,12 +75,15 @@ class PseudoLabelConfig:
     fiedler_threshold: Optional[float] = None
 
     def __post_init__(self):
-        if not 0 <= self.min_cluster_share <= 1:
-            raise ValueError(f"min_cluster_share is a share of the foreground in [0, 1], got {self.min_cluster_share}")
-        if self.region_rounds < 0:
-            raise ValueError(f"region_rounds counts refits, got {self.region_rounds}")
-        if self.fiedler_threshold is not None and not np.isfinite(self.fiedler_threshold):
-            raise ValueError(f"fiedler_threshold is a number of standard deviations, got {self.fiedler_threshold}")
+        check(0 <= self.min_cluster_share <= 1, "pseudo_labels.min_cluster_share", "a share of the foreground in [0, 1]",
+              self.min_cluster_share)
+        check(self.region_rounds >= 0, "pseudo_labels.region_rounds", ">= 0 (0: none)", self.region_rounds)
+        check(self.fiedler_threshold is None or bool(np.isfinite(self.fiedler_threshold)),
+              "pseudo_labels.fiedler_threshold", "a number of standard deviations", self.fiedler_threshold)
+        check(self.refine in REFINE_MODES, "pseudo_labels.refine", f"one of {list(REFINE_MODES)}", self.refine)
+        if self.self_train is not None and self.self_train.seed != self.cluster.seed:
+            # The head's seed is the clustering's: one seed names one run (evaluate's seeds).
+            object.__setattr__(self, "self_train", dataclasses.replace(self.self_train, seed=self.cluster.seed))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

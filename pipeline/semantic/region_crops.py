@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config import check
 from pipeline.features.geometry import GridGeometry, cells_to_box
 from pipeline.semantic.segments import joined
 
@@ -38,12 +39,10 @@ class RegionCropConfig:
     crop_size: int = 224  # crops are resized to this square, as segment crops are
 
     def __post_init__(self):
-        if self.features not in REGION_FEATURES:
-            raise ValueError(f"region features must be one of {REGION_FEATURES}, got {self.features!r}")
-        if not self.backbone:
-            raise ValueError("region crops need an embedder name")
-        if self.crop_size < 1:
-            raise ValueError(f"crop_size is a side in pixels, got {self.crop_size}")
+        where = "pseudo_labels.region_crops"
+        check(self.features in REGION_FEATURES, f"{where}.features", f"one of {list(REGION_FEATURES)}", self.features)
+        check(bool(self.backbone), f"{where}.backbone", "an embedder name", self.backbone)
+        check(self.crop_size >= 1, f"{where}.crop_size", "a side in pixels >= 1", self.crop_size)
 
 
 def image_regions_of(segment_map: np.ndarray, classes: np.ndarray,

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from pipeline.config import check
 from pipeline.features.supervised import EMBEDDERS
 from pipeline.semantic.clustering import CLUSTERING_THREADS, pca_projection
 
@@ -69,7 +70,7 @@ class SelfTrainConfig:
     # the graph's stored features (store_features); "segment", the features the segments pooled,
     # stored per patch (SegmentsConfig.store_patches), e.g. pool+block9; None, "segment" where
     # the shards hold them, else "tokens" (made definite by labelling.with_head_features).
-    features: Optional[str] = "tokens"
+    features: Optional[str] = None
     # Context: each patch's feature joined with the mean over its (2r+1)^2 neighbourhood on the
     # grid (head_input), so a per-patch head sees what surrounds it; 0 = the patch alone.
     context: int = 0
@@ -87,18 +88,19 @@ class SelfTrainConfig:
     backbone: Optional[str] = None
 
     def __post_init__(self):
-        if not 0 <= self.label_weight < 1:
-            raise ValueError(f"label_weight blends the head with the labels, in [0, 1), got {self.label_weight}")
-        if not 0 < self.max_ratio <= 1:
-            raise ValueError(f"max_ratio is a distance ratio in (0, 1], got {self.max_ratio}")
-        if self.features is not None and self.features not in HEAD_FEATURES:
-            raise ValueError(f"self-training features must be one of {HEAD_FEATURES}, got {self.features!r}")
-        if self.balance and not self.sample_patches:
-            raise ValueError("balance weights classes by their share of the patch sample: it needs sample_patches")
-        if self.whiten and not self.sample_patches:
-            raise ValueError("whiten fits PCA on the patch sample: it needs sample_patches")
-        if self.backbone is not None and self.backbone not in EMBEDDERS:
-            raise ValueError(f"the head's second network must be one of {sorted(EMBEDDERS)}, got {self.backbone!r}")
+        where = "pseudo_labels.self_train"
+        check(0 <= self.label_weight < 1, f"{where}.label_weight", "in [0, 1) (0: the head alone)", self.label_weight)
+        check(0 < self.max_ratio <= 1, f"{where}.max_ratio", "a distance ratio in (0, 1]", self.max_ratio)
+        check(self.features is None or self.features in HEAD_FEATURES, f"{where}.features",
+              f"one of {list(HEAD_FEATURES)} (or none: segment where stored, else tokens)", self.features)
+        check(self.epochs >= 1 and self.batch_patches >= 1, f"{where}.epochs / batch_patches", ">= 1",
+              (self.epochs, self.batch_patches))
+        check(not self.balance or bool(self.sample_patches), f"{where}.balance",
+              "off without sample_patches (it weights classes by their share of the sample)", self.balance)
+        check(not self.whiten or bool(self.sample_patches), f"{where}.whiten",
+              "0 without sample_patches (PCA is fitted on the sample)", self.whiten)
+        check(self.backbone is None or self.backbone in EMBEDDERS, f"{where}.backbone",
+              f"one of {sorted(EMBEDDERS)}", self.backbone)
 
 
 def head_input(grid: np.ndarray, context: int) -> np.ndarray:
