@@ -184,19 +184,12 @@ def add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default=d.name)
     parser.add_argument("--weights", default=None, help="local path or fsspec URL of weights (default: registry)")
     parser.add_argument("--features", choices=PATCH_FEATURES, default=None,
-                        help="patch features (default: the backbone's measured default); keys+tokens: "
-                             "both at unit norm, concatenated (the graph's cosine is their mean)")
+                        help="patch features (default: the backbone's measured default)")
     parser.add_argument("--long-side", type=int, default=d.long_side,
                         help="resize the long side to this many px; 0 = native size cropped to the patch grid")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision,
                         help="arithmetic of the forward pass: bf16 autocast is ~2x faster on GPUs with "
                              "bf16 tensor cores (measured against fp32: docs/scale.md)")
-    parser.add_argument("--flip-average", action="store_true",
-                        help="average each patch's features with the mirrored image's (2x forward pass)")
-    parser.add_argument("--second-long-side", type=int, default=None, metavar="PX",
-                        help="average each patch's features with the image's at this long side too, "
-                             "resampled onto the --long-side cells (a second forward pass; with "
-                             "--flip-average, 4x)")
     parser.add_argument("--k", type=int, default=e.k, help="number of eigenvectors")
     parser.add_argument("--lambda-knn", type=float, default=g.knn_lambda, help="weight of the KNN colour graph")
     parser.add_argument("--knn-scale", choices=["relative", "absolute"], default=g.knn_scale)
@@ -293,8 +286,7 @@ def _segment_features(args: argparse.Namespace) -> str:
 def _extract_config(args: argparse.Namespace) -> ExtractConfig:
     return ExtractConfig(
         backbone=BackboneConfig(name=args.backbone, weights=args.weights, features=args.features,
-                                long_side=args.long_side or None, flip_average=args.flip_average,
-                                second_long_side=args.second_long_side, precision=args.precision),
+                                long_side=args.long_side or None, precision=args.precision),
         graph=GraphConfig(knn_lambda=args.lambda_knn, knn_scale=args.knn_scale,
                           upsample=args.upsample, kind=args.graph,
                           sparsify_topk=args.sparsify_topk or (SPARSE_DEFAULT_TOPK if args.graph == "sparse" else None)),
