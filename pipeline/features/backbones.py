@@ -22,9 +22,7 @@ import torch
 from pipeline.config import PATCH_FEATURES, intermediate_block
 from pipeline.features.preprocess import parse_resize, preprocess
 from pipeline.features.registry import BACKBONES, DEFAULT_BACKBONE, BackboneSpec, get_spec
-from pipeline.features.geometry import resized_size
 from pipeline.features.pos_embed import POS_RESAMPLERS
-from pipeline.features.scale_average import to_first_grid
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -125,18 +123,10 @@ def _keys(tokens: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
     return qkv[..., tokens.shape[-1]:2 * tokens.shape[-1]]
 
 
-def _keys_and_tokens(tokens: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
-    """(B, T, 2C): each half at unit norm, the whole scaled to unit norm, so the cosine of two
-    such features is the mean of the keys' and the tokens' cosines."""
-    unit = [torch.nn.functional.normalize(f, dim=-1) for f in (_keys(tokens, qkv), tokens)]
-    return torch.cat(unit, dim=-1) / 2 ** 0.5
-
-
-# (normed tokens (B, T, C), last-block qkv (B, T, 3C)) -> per-token features (B, T, C or 2C)
+# (normed tokens (B, T, C), last-block qkv (B, T, 3C)) -> per-token features (B, T, C)
 _FEATURE_SELECTORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "keys": _keys,
     "tokens": lambda tokens, qkv: tokens,
-    "keys+tokens": _keys_and_tokens,
 }
 
 
@@ -169,23 +159,17 @@ class BackboneOutput:
 class Backbone:
     """Frozen ViT feature extractor for any image size; loads the model once.
 
-    features: "keys" (last block's attention keys, the paper's choice), "tokens" (final
-    LayerNorm'd tokens) or "keys+tokens" (both, concatenated at unit norm each). resize: "crop"
-    (native size, cropped to a patch multiple) or a long side. Test-time averaging: flip_average
-    (the mirrored input's features, flipped back) and second_long_side (the image's features at a
-    second long side, resampled bilinearly onto the first scale's cells; see scale_average), each
-    a mean with what came before: with both, the mean of two flip-averaged scales.
+    features: "keys" (last block's attention keys, the paper's choice) or "tokens" (final
+    LayerNorm'd tokens). resize: "crop" (native size, cropped to a patch multiple) or a long side.
     """
 
     def __init__(self, spec: BackboneSpec, weights: str | None = None, features: str | None = None,
                  device: str = "cpu", resize: str | int | None = "crop", max_batch_size: int = 8,
-                 flip_average: bool = False, second_long_side: int | None = None, precision: str = "fp32"):
+                 precision: str = "fp32"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.spec = spec
         self.precision = precision
-        self.flip_average = flip_average
-        self.second_long_side = None if second_long_side is None else parse_resize(second_long_side)
         self.features = features or spec.features
         if self.features not in _FEATURE_SELECTORS:
             raise ValueError(f"features must be one of {list(_FEATURE_SELECTORS)}, got {self.features!r}")
@@ -209,11 +193,6 @@ class Backbone:
     def feature_dim(self) -> int:
         """Width of the network's tokens (and of cls_embeddings)."""
         return self.spec.feature_dim
-
-    @property
-    def patch_feature_dim(self) -> int:
-        """Width of BackboneOutput.features."""
-        return self.spec.feature_dim * (2 if self.features == "keys+tokens" else 1)
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor, blocks: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -262,27 +241,21 @@ class Backbone:
         more class information than its last ones; docs/semantic.md).
         """
         prepared = [preprocess(image, self.patch_size, self.long_side) for image in images]
-        outputs = self.forward_prepared([p[0] for p in prepared], [p[1] for p in prepared], also, images)
+        outputs = self.forward_prepared([p[0] for p in prepared], [p[1] for p in prepared], also)
         return [output.to_host() for output in outputs]
 
-    def forward_prepared(self, crops: list[np.ndarray], scales: list[float], also: tuple[str, ...] = (),
-                         images: list[np.ndarray] | None = None) -> list[BackboneOutput]:
+    def forward_prepared(self, crops: list[np.ndarray], scales: list[float],
+                         also: tuple[str, ...] = ()) -> list[BackboneOutput]:
         """Network inputs made by `preprocess` (uint8 (h, w, 3), patch multiples) and their
         scales -> one BackboneOutput each, in input order, whose arrays are float32 torch
         tensors on the model's device (views into one tensor per forward pass: no copy to the
-        host). Equal sizes share a forward pass of up to max_batch_size. `images`, the
-        originals, are needed only for second_long_side."""
+        host). Equal sizes share a forward pass of up to max_batch_size."""
         self.check_kinds(also)
-        if self.second_long_side is not None and images is None:
-            raise ValueError("second_long_side resamples the original images: pass them")
         out: list[BackboneOutput | None] = [None] * len(crops)
         kinds = (self.features, *also)
         for idx in self._groups([c.shape[:2] for c in crops]):
             h, w = crops[idx[0]].shape[:2]
-            grids = self._flip_averaged(_to_tensor([crops[i] for i in idx], self.device), kinds)
-            if self.second_long_side is not None:
-                second = self._second_scale([images[i] for i in idx], kinds, (h // self.patch_size, w // self.patch_size))
-                grids = {kind: (grids[kind] + second[kind]) / 2 for kind in kinds}
+            grids = self._grid_features(_to_tensor([crops[i] for i in idx], self.device), kinds)
             grids = {kind: g.float() for kind, g in grids.items()}
             for j, i in enumerate(idx):
                 out[i] = BackboneOutput(grids[self.features][j], (h, w), scales[i],
@@ -296,28 +269,6 @@ class Backbone:
             groups.setdefault(size, []).append(i)
         return [items[s:s + self.max_batch_size] for items in groups.values()
                 for s in range(0, len(items), self.max_batch_size)]
-
-    def _flip_averaged(self, x: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """_grid_features, averaged with the mirrored input's flipped back when flip_average."""
-        grids = self._grid_features(x, kinds)
-        if self.flip_average:
-            mirrored = self._grid_features(x.flip(-1), kinds)
-            grids = {kind: (grids[kind] + mirrored[kind].flip(2)) / 2 for kind in kinds}
-        return grids
-
-    def _second_scale(self, images: list[np.ndarray], kinds: tuple[str, ...],
-                      grid: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Images of one first-scale batch -> {kind: (B, *grid, C)}: their features at
-        second_long_side (grouped by that scale's own crop sizes), on the first scale's cells."""
-        out = {kind: [None] * len(images) for kind in kinds}
-        for idx, crops, _ in self._batches(images, self.second_long_side):
-            grids = self._flip_averaged(_to_tensor(crops, self.device), kinds)
-            for j, i in enumerate(idx):
-                hw = images[i].shape[:2]
-                first, second = resized_size(*hw, self.long_side), resized_size(*hw, self.second_long_side)
-                for kind in kinds:
-                    out[kind][i] = to_first_grid(grids[kind][j], second, first, grid)
-        return {kind: torch.stack(v) for kind, v in out.items()}
 
     def check_kinds(self, kinds: tuple[str, ...]) -> None:
         """Raises ValueError naming the feature kinds this model cannot return."""
@@ -361,14 +312,10 @@ class Backbone:
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None,
                     features: str | None = None, device: str = "cpu",
                     resize: str | int | None = "crop", max_batch_size: int = 8,
-                    flip_average: bool = False, second_long_side: int | None = None,
                     precision: str = "fp32") -> Backbone:
-    """Backbone by registry name; `weights` and `features` override the spec's defaults;
-    `flip_average` averages each patch's features with the horizontally mirrored input's,
-    `second_long_side` with the image's at that long side (Backbone)."""
+    """Backbone by registry name; `weights` and `features` override the spec's defaults."""
     return Backbone(get_spec(name), weights=weights, features=features, device=device,
-                    resize=resize, max_batch_size=max_batch_size, flip_average=flip_average,
-                    second_long_side=second_long_side, precision=precision)
+                    resize=resize, max_batch_size=max_batch_size, precision=precision)
 
 
 def grid_shape(hw: tuple[int, int], patch: int, long_side: int | None) -> tuple[int, int]:
