@@ -2,7 +2,7 @@
 
     deep-spectral status OUT
 
-For each digest: the images each table holds (eigs, labels, regions, head maps) and how many
+For each digest: the images each table holds (eigs, labels, regions, head maps, mattes) and how many
 failed (their error rows), then the runs recorded in OUT/runs (start, what was asked, counts,
 status, seconds). Reads two columns of each table and the run records; never a model.
 """
@@ -14,16 +14,17 @@ import json
 import fsspec
 
 from pipeline.io.runlog import RUNS_DIR
-from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, HEAD_MAP_DIR, HEAD_MAP_ERROR_DIR, LABELS_DIR, REGION_DIR,
-                                REGION_ERROR_DIR, images_per_digest)
+from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, HEAD_MAP_DIR, HEAD_MAP_ERROR_DIR, LABELS_DIR, MATTES_DIR,
+                                REGION_DIR, REGION_ERROR_DIR, images_per_digest)
 
 # (what a kind holds, its rows' table, its error rows' table)
 KINDS = (("eigenvectors", EIGEN_DIR, ERROR_DIR), ("objects", LABELS_DIR, ERROR_DIR),
-         ("regions", REGION_DIR, REGION_ERROR_DIR), ("head maps", HEAD_MAP_DIR, HEAD_MAP_ERROR_DIR))
+         ("regions", REGION_DIR, REGION_ERROR_DIR), ("head maps", HEAD_MAP_DIR, HEAD_MAP_ERROR_DIR),
+         ("mattes", MATTES_DIR, ERROR_DIR))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="an output folder or fsspec URL of extract, label, cluster or nightly")
+    parser.add_argument("out", help="an output folder or fsspec URL of extract, label, cluster, matte or nightly")
 
 
 def runs(out: str) -> list[dict]:

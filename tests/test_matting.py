@@ -318,24 +318,80 @@ def test_evaluate_matting_against_pymatting_baseline(tmp_path):
 
 
 def test_cli_writes_alpha_and_cutout_with_max_side(tmp_path):
+    import pyarrow.parquet as pq
+
     from jobs.matte import cli
 
-    _write_benchmark(tmp_path, n=1)
-    (tmp_path / "images" / "bad.png").write_text("not an image")  # recorded, the others go on
+    _write_benchmark(tmp_path, n=2)
+    (tmp_path / "images" / "bad.png").write_text("not an image")  # an error row, the others go on
     (tmp_path / "trimaps" / "bad.png").write_bytes((tmp_path / "trimaps" / "im0.png").read_bytes())
+    (tmp_path / "trimaps" / "im1.png").write_text("not a trimap")  # its image fails, stage trimap
     out = tmp_path / "out"
-    assert cli([str(tmp_path / "images" / "im0.png"), str(tmp_path / "images" / "bad.png"),
-                "--out", str(out), "--trimap", str(tmp_path / "trimaps"), "--max-side", "64"]) == 0
+    run = [str(tmp_path / "images"), "--out", str(out), "--trimap", str(tmp_path / "trimaps"),
+           "--max-side", "64", "--local"]
+    assert cli(run) == 0  # 2 of 3 failed: within the default --max-failures
     alpha = np.asarray(Image.open(out / "im0.alpha.png"))
     rgba = Image.open(out / "im0.rgba.png")
     assert alpha.shape == (SIZE, SIZE) and rgba.mode == "RGBA" and rgba.size == (SIZE, SIZE)
     np.testing.assert_array_equal(np.asarray(rgba)[..., 3], alpha)
-    report = json.loads((out / "matte.json").read_text())
-    assert report["n_images"] == 1 and report["n_failed"] == 1
-    assert report["images"][0]["work_size"] == [64, 64] and report["config"]["max_side"] == 64
+    assert not (out / "im0.trimap.png").exists()  # given trimaps are not written back
+    rows = pq.read_table(out / "mattes").to_pylist()
+    assert [r["image_id"] for r in rows] == ["im0.png"] and rows[0]["trimap"] is None
+    assert rows[0]["trimap_uri"].endswith("trimaps/im0.png")
+    assert json.loads(rows[0]["info"])["work_size"] == [64, 64]
+    errors = {e["image_id"]: e for e in pq.read_table(out / "errors").to_pylist()}
+    assert errors["bad.png"]["stage"] == "decode" and errors["im1.png"]["stage"] == "trimap"
+    (summary_file,) = (out / "runs").iterdir()
+    summary = json.loads(summary_file.read_text())
+    assert (summary["processed"], summary["failed"], summary["status"]) == (1, 2, "ok")
+    assert summary["config"]["max_side"] == 64 and summary["mode"] == "in-process"
+    assert summary["files_written"] == 2 and "seconds_solve" in summary["seconds_per_image"]
+    # A rerun matte nothing and rewrites only a file that went missing.
+    (out / "im0.rgba.png").unlink()
+    assert cli(run + ["--summary", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert (again["skipped"], again["processed"], again["files_written"]) == (3, 0, 1)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "im0.rgba.png")), np.asarray(rgba))
+    assert len(list((out / "runs").iterdir())) == 1
     assert cli(["evaluate", "--images", str(tmp_path / "images"), "--alpha", str(tmp_path / "alpha"),
                 "--trimaps", str(tmp_path / "trimaps"), "--json", str(tmp_path / "m.json")]) == 0
-    assert json.loads((tmp_path / "m.json").read_text())["n_images"] == 1
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["n_images"] == 1 and report["n_failed"] == 1  # im1's trimap is unreadable
+
+
+def test_matte_digest_file_stems_and_config_round_trip():
+    from pipeline.batch.matter import file_stem
+    from pipeline.matting.matte import matte_digest
+
+    cfg = MattingConfig(max_side=64, trimap=TrimapConfig(threshold=0.1))
+    assert MattingConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    # Where CG runs is not in the digest; the method and given trimaps' source are.
+    assert cfg.digest() == dataclasses.replace(cfg, device="cuda").digest() == matte_digest(cfg)
+    assert cfg.digest() != dataclasses.replace(cfg, max_side=128).digest()
+    assert len({matte_digest(cfg), matte_digest(cfg, ["a"]), matte_digest(cfg, ["b"])}) == 3
+    assert file_stem("cat.jpg") == "cat" and file_stem("train/x.y.png") == "train/x.y"
+    assert file_stem("s3://bucket/a/b.jpg") == "b" and file_stem("/abs/c.png") == "c"
+    assert file_stem("../up/d.jpg") == "d"
+
+
+@pytest.mark.parametrize("flags, field", [
+    (["--long-side", "-5"], "backbone.long_side"),
+    (["--backbone", "nosuch"], "unknown backbone 'nosuch'"),
+    (["--threshold", "abc"], "trimap.threshold"),
+    (["--batch-size", "0"], "runtime.batch_size"),
+    (["--max-failures", "5x"], "runtime.max_failures"),
+])
+def test_matte_bad_value_exits_2_with_one_line_and_leaves_out_untouched(tmp_path, capsys, flags, field):
+    from jobs.cli import main
+    from tests.conftest import SAMPLES
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exited:
+        main(["matte", str(SAMPLES), "--out", str(out), "--local", *flags])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and field in err[0], err
+    assert not out.exists()
 
 
 def test_automatic_mode_on_a_photo(sample_image, offline_weights):

@@ -143,6 +143,26 @@ OBJECT_SCHEMA = pa.schema(
     ]
 )
 
+# The mattes table of `deep-spectral matte`: one row per matted image, its alpha, cut-out and
+# automatic trimap as PNG bytes (the OUT/STEM.*.png files are written from these).
+MATTE_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=False),  # of the image file's bytes
+        pa.field("config_digest", pa.string(), nullable=False),  # the matte run's (matte_digest)
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("trimap_uri", pa.string(), nullable=True),  # the given trimap; null in automatic mode
+        pa.field("alpha", pa.binary(), nullable=False),  # 8-bit greyscale PNG, round(255 alpha)
+        # RGBA PNG: the estimated foreground with straight alpha; null without foreground estimation.
+        pa.field("rgba", pa.binary(), nullable=True),
+        pa.field("trimap", pa.binary(), nullable=True),  # the automatic trimap, PNG 0/128/255; null when given
+        pa.field("seconds", pa.float64(), nullable=False),  # the method's wall time (not reading, not writing)
+        pa.field("info", pa.string(), nullable=False),  # JSON: seconds per stage, solver iterations, work size
+    ]
+)
+
 
 def eigen_schema(storage_dtype: str = "float32") -> pa.Schema:
     """EIGEN_SCHEMA with eigenvectors stored as float32 or float16 (half the bytes;
@@ -254,6 +274,10 @@ def exception_error_row(row: dict, config_digest: str, stage: str, exc: BaseExce
 
 def object_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=OBJECT_SCHEMA)
+
+
+def matte_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=MATTE_SCHEMA)
 
 
 def region_table(records: list[dict]) -> pa.Table:

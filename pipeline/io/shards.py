@@ -34,6 +34,7 @@ REGION_DIR = "regions"  # re-embedded regions of `cluster --region-crops` (REGIO
 REGION_ERROR_DIR = "region_errors"  # images whose regions could not be embedded (ERROR_SCHEMA)
 HEAD_MAP_DIR = "head_maps"  # a self-training head's second network's maps (HEAD_MAP_SCHEMA)
 HEAD_MAP_ERROR_DIR = "head_map_errors"  # images without a map (ERROR_SCHEMA)
+MATTES_DIR = "mattes"  # alphas and cut-outs of `deep-spectral matte` (MATTE_SCHEMA)
 
 
 def shard_name(config_digest: str, image_ids: list[str]) -> str:

@@ -35,7 +35,7 @@ from PIL import Image
 
 from kernels.feature_laplacian import interpolation_axis, laplacian_rows, pixel_feature_affinity, window_offsets
 from kernels.pcg import PRECONDITIONERS, solve_spd
-from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig
+from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, canonical_json, digest_of
 from pipeline.features.geometry import GridGeometry, resized_size
 from pipeline.matting.trimap import TrimapConfig, auto_trimap, cell_pixels, split
 
@@ -74,9 +74,42 @@ class MattingConfig:
     estimate_foreground: bool = True
     trimap: TrimapConfig = field(default_factory=TrimapConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # Decompression-bomb guard of the job's decoder: images with more pixels fail unread.
+    max_pixels: int = 64_000_000
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    def digest(self) -> str:
+        """What keys the matte job's rows in automatic mode (same digest = same work, skipped):
+        matte_record's hash."""
+        return matte_digest(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MattingConfig":
+        data = dict(data)
+        return cls(trimap=TrimapConfig(**data.pop("trimap", {})), backbone=BackboneConfig(**data.pop("backbone", {})),
+                   **data)
+
+
+def matte_record(cfg: MattingConfig, trimaps: list[str] | None = None) -> dict:
+    """What a matte run's digest hashes (and its shards' metadata holds): every field of cfg
+    but `device`, which only says where CG runs (CPU and GPU agree to CG's tolerance); with
+    given trimaps also where they came from (a folder, or the files), so matting the same
+    images with other trimaps is new work."""
+    data = cfg.to_dict()
+    del data["device"]
+    if trimaps:
+        data["trimaps"] = list(trimaps)
+    return data
+
+
+def matte_digest(cfg: MattingConfig, trimaps: list[str] | None = None) -> str:
+    """The digest that keys a matte run's rows: matte_record's (pipeline.config.digest_of)."""
+    return digest_of(matte_record(cfg, trimaps))
 
 
 @dataclass(frozen=True)
