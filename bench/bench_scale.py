@@ -43,7 +43,7 @@ def run_job(source: Path, out: Path, long_side: int, actors: int, job: str = "ex
     the driver's peak RSS."""
     summary_file = out.parent / f"{out.name}-{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", f"jobs.{job}", str(source), "--out", str(out), "--long-side", str(long_side),
-           "--k", "4", "--num-actors", str(actors), "--summary", str(summary_file)]
+           "--eigenvectors", "4", "--num-actors", str(actors), "--summary", str(summary_file)]
     start = time.perf_counter()
     with open(out.parent / f"{out.name}.log", "a") as log:
         job = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -204,9 +204,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     OPTIONS.add_to(parser)
 
 
+def seeded(labels: PseudoLabelConfig, seed: int) -> PseudoLabelConfig:
+    """The labelling config of one seed: the clustering's, and the head's with it (one seed names
+    one run, as evaluate's seeds do)."""
+    head = labels.self_train and dataclasses.replace(labels.self_train, seed=seed)
+    return dataclasses.replace(labels, cluster=dataclasses.replace(labels.cluster, seed=seed), self_train=head)
+
+
 def main(args: argparse.Namespace) -> int:
     configs = OPTIONS.configs(args)
     cfg, runtime = configs["pseudo_labels"], configs["runtime"]
+    cfg = configs["pseudo_labels"] = seeded(cfg, cfg.cluster.seed)
     if args.dry_run:
         return dry_run(configs, {})
     record = run_cluster(args.shards, args.out.rstrip("/"), cfg, args.config_digest, args.local, runtime.address,

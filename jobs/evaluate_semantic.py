@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract
-from jobs.cluster import PSEUDO_LABEL_FLAGS
+from jobs.cluster import PSEUDO_LABEL_FLAGS, seeded
 from jobs.options import Options, dry_run
 from jobs.head_maps import run_for_head
 from jobs.region_crops import run_region_crops
@@ -95,11 +95,6 @@ def configs_from_args(args: argparse.Namespace, n_classes: int) -> dict:
         if why := missing_head_features(cfg, labels.self_train.features):
             raise SystemExit(f"error: {why}")
     return {**configs, "pseudo_labels": labels}
-
-
-def seeded(labels: PseudoLabelConfig, seed: int) -> PseudoLabelConfig:
-    """One seed's labelling config (the head's seed follows the clustering's)."""
-    return dataclasses.replace(labels, cluster=dataclasses.replace(labels.cluster, seed=seed))
 
 
 def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, ...], LabelMap | None]:

@@ -42,8 +42,9 @@ import numpy as np
 from PIL import Image
 
 from jobs import extract, runner
+from jobs.options import Flag, Options, dry_run, write_summary
 from pipeline.batch.matter import MatteItem, file_stem, load_backbone, needs_backbone
-from pipeline.config import BackboneConfig, RuntimeConfig, canonical_json
+from pipeline.config import RuntimeConfig, canonical_json
 from pipeline.evaluation.matting_metrics import matting_errors
 from pipeline.features.registry import get_spec
 from pipeline.io.attempts import Attempts
@@ -52,9 +53,9 @@ from pipeline.io.schema import error_table, matte_table
 from pipeline.io.shards import ERROR_DIR, MATTES_DIR, finished_ids, scan_batches, shard_name
 from pipeline.io.sources import ImageRef, list_images, read_bytes
 from pipeline.io.storage import fresh_listing, put_whole
-from pipeline.matting.matte import (DEVICES, LAYER_GRAPHS, SOLVERS, MattingConfig, matte, matte_digest,
+from pipeline.matting.matte import (SOLVERS, MattingConfig, matte, matte_digest,
                                     matte_record)
-from pipeline.matting.trimap import REFINE, UNITS, TrimapConfig, read_trimap, split
+from pipeline.matting.trimap import read_trimap, split
 
 MODES = ("auto", "trimap", "pymatting_cf")
 # The PNG files written from the rows: each is OUT/STEM.<kind>.png from MATTE_SCHEMA's column <kind>.
@@ -63,45 +64,27 @@ FILES = ("alpha", "rgba", "trimap")
 # --------------------------------------------------------------------------- configuration
 
 
-def config_from_args(args: argparse.Namespace) -> MattingConfig:
-    """The method's config from its flags (`add_method_arguments`, and `add_arguments`'
-    --no-foreground); a bad value exits (status 2, one line naming the field) before any work."""
+MATTE_FLAGS = [
+    Flag("matte.solver", "cg: constrained solve of the matting Laplacian; spectral: its smallest eigenvectors as "
+         "layers", choices=tuple(SOLVERS)),
+    Flag("matte.max_side", "solve at this long side at most and upsample alpha (none: full size)", metavar="PX"),
+    Flag("matte.estimate_foreground", "also estimate the foreground colours: the RGBA cut-out", "--foreground"),
+    Flag("matte.backbone.name", "the backbone of the automatic trimap (`deep-spectral backbones`)", "--backbone"),
+    Flag("matte.backbone.long_side", "the backbone's input long side (none: native size)", "--long-side", metavar="PX"),
+]
+OPTIONS = Options({"matte": MattingConfig, "runtime": RuntimeConfig}, MATTE_FLAGS + extract.RUNTIME_FLAGS)
+EVALUATE_OPTIONS = Options({"matte": MattingConfig}, MATTE_FLAGS)
+
+
+def configs_from_args(args: argparse.Namespace, options: Options = OPTIONS) -> dict:
+    """The run's configs from --config, flags and --set; a bad value, or an unknown backbone,
+    exits (status 2, one line naming the setting) before any work."""
+    configs = options.configs(args)
     try:
-        return _matting_config(args)
+        get_spec(configs["matte"].backbone.name)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
-
-
-def _matting_config(args: argparse.Namespace) -> MattingConfig:
-    try:
-        threshold = args.threshold if args.threshold == "mean" else float(args.threshold)
-    except ValueError:
-        raise ValueError(f"trimap.threshold: must be a number or 'mean', got {args.threshold!r}") from None
-    get_spec(args.backbone)  # an unknown name fails here, listing the known ones
-    return MattingConfig(
-        feature_weight=args.fusion, feature_radius=args.feature_radius,
-        feature_stride=args.feature_stride, feature_power=args.feature_power,
-        solver=args.solver, preconditioner=args.preconditioner, device=args.device,
-        n_layers=args.layers, spectral_max_side=args.spectral_side, spectral_graph=args.spectral_graph, max_side=args.max_side or None,
-        estimate_foreground=not getattr(args, "no_foreground", False),
-        trimap=TrimapConfig(threshold=threshold, fg_width=args.fg_width, bg_width=args.bg_width,
-                            unit=args.width_unit, refine=args.refine_trimap),
-        backbone=BackboneConfig(name=args.backbone, weights=args.weights, long_side=args.long_side or None),
-    )
-
-
-def configs_from_args(args: argparse.Namespace) -> tuple[MattingConfig, RuntimeConfig]:
-    """The run's configs from its flags: the method's, and how it runs (the runtime flags of
-    `extract`, --device shared with the method's CG); a bad value exits (status 2)."""
-    cfg = config_from_args(args)
-    try:
-        runtime = RuntimeConfig(batch_size=args.batch_size, num_actors=args.num_actors, device=args.device,
-                                retry_errors=args.retry_errors, address=args.address,
-                                max_worker_deaths=args.max_worker_deaths, lease_heartbeat_s=args.lease_heartbeat_s,
-                                lease_stale_s=args.lease_stale_s, max_failures=args.max_failures)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
-    return cfg, runtime
+        raise SystemExit(f"error: {exc}") from None
+    return configs
 
 
 def _stem(path: str) -> str:
@@ -344,71 +327,15 @@ def evaluate_matting(images_dir: str, alpha_dir: str, trimaps_dir: str | None = 
 # ------------------------------------------------------------------------------------ CLI
 
 
-def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    d, t, b = MattingConfig(), TrimapConfig(), BackboneConfig()
-    m = parser.add_argument_group("alpha")
-    m.add_argument("--solver", choices=SOLVERS, default=d.solver,
-                   help="cg: constrained solve of the fused Laplacian; spectral: its smallest eigenvectors as layers")
-    m.add_argument("--fusion", type=float, default=d.feature_weight, metavar="W",
-                   help="weight of the pixel feature Laplacian relative to the colour one (0 = closed-form matting)")
-    m.add_argument("--feature-radius", type=int, default=d.feature_radius)
-    m.add_argument("--feature-stride", type=float, default=d.feature_stride, help="stencil spacing in patch cells")
-    m.add_argument("--feature-power", type=float, default=d.feature_power)
-    m.add_argument("--layers", type=int, default=d.n_layers, help="spectral: number of eigenvectors")
-    m.add_argument("--spectral-side", type=int, default=d.spectral_max_side, help="spectral: long side they are computed at")
-    m.add_argument("--spectral-graph", choices=tuple(LAYER_GRAPHS), default=d.spectral_graph,
-                   help="spectral: layers of the closed-form Laplacian (cf) or of the KNN colour graph (knn)")
-    m.add_argument("--max-side", type=int, default=0, help="solve at this long side at most, upsample alpha (0 = full size)")
-    m.add_argument("--preconditioner", choices=("auto", "ichol", "jacobi"), default=d.preconditioner)
-    m.add_argument("--device", choices=DEVICES, default=d.device,
-                   help="where CG runs (cuda: CuPy); `matte` also places its actors by it (auto: GPUs when "
-                        "Ray has some; in this process, --local, the CPU)")
-    a = parser.add_argument_group("automatic trimap (when none is given)")
-    a.add_argument("--threshold", default="mean", help="Fiedler threshold: a number or 'mean'")
-    a.add_argument("--fg-width", type=float, default=t.fg_width, help="erosion of the mask into sure foreground")
-    a.add_argument("--bg-width", type=float, default=t.bg_width, help="distance outside the mask to sure background")
-    a.add_argument("--width-unit", choices=UNITS, default=t.unit)
-    a.add_argument("--refine-trimap", choices=REFINE, default=t.refine, help="guided: snap the cell mask to edges first")
-    k = parser.add_argument_group("backbone (automatic trimap and fusion)")
-    k.add_argument("--backbone", default=b.name)
-    k.add_argument("--weights", default=None)
-    k.add_argument("--long-side", type=int, default=b.long_side)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     extract.add_source_options(parser)
     parser.add_argument("--out", required=True, help="output folder or fsspec URL")
     parser.add_argument("--trimap", nargs="+", default=None,
                         help="trimap mode: one folder (matched by file stem) or one trimap per image (listing order)")
-    parser.add_argument("--no-foreground", action="store_true", help="alpha only, no RGBA cut-out")
     parser.add_argument("--save-layers", action="store_true",
                         help="spectral solver: save the layers as STEM.layers.npy (not kept in the rows)")
-    parser.add_argument("--summary", default=None, help="write the run summary JSON here")
-    add_method_arguments(parser)
-    add_runtime_arguments(parser)
-
-
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """RuntimeConfig's flags, named as `extract`'s (--device is the method's, shared), and --local."""
-    r = parser.add_argument_group("runtime")
-    r.add_argument("--batch-size", type=int, default=RuntimeConfig.batch_size)
-    r.add_argument("--num-actors", type=int, default=None, help="default: one per GPU, or one per spare CPU core")
-    r.add_argument("--retry-errors", action="store_true", help="retry images recorded as failed")
-    r.add_argument("--max-failures", default=RuntimeConfig.max_failures, metavar="N|P%|N,P%",
-                   help="failed images the run tolerates before it exits 1: N images, P%% of the run's "
-                        "images, or the larger of both (default %(default)s); a run in which every image "
-                        "failed always exits 1")
-    r.add_argument("--max-worker-deaths", type=int, default=RuntimeConfig.max_worker_deaths,
-                   help="worker processes a batch may lose before its images run alone; an image "
-                        "alone that loses as many becomes an error row (stage worker)")
-    r.add_argument("--lease-heartbeat-s", type=float, default=RuntimeConfig.lease_heartbeat_s,
-                   help="how often the driver renews its run lease in OUT")
-    r.add_argument("--lease-stale-s", type=float, default=RuntimeConfig.lease_stale_s,
-                   help="a lease not renewed for this long is taken over by a new driver")
-    r.add_argument("--address", default=None,
-                   help="Ray address (default: RAY_ADDRESS, else a new local Ray; 'auto' joins "
-                        "a cluster started with `ray start` on this machine)")
-    r.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
+    extract.add_running_options(parser)
+    OPTIONS.add_to(parser)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -420,27 +347,30 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write the metrics JSON here")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--per-image", action="store_true", help="include per-image errors in the JSON")
-    add_method_arguments(parser)
+    EVALUATE_OPTIONS.add_to(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg, runtime = configs_from_args(args)
+    configs = configs_from_args(args)
+    cfg, runtime = configs["matte"], configs["runtime"]
+    if args.dry_run:
+        return dry_run(configs, {"matte": cfg.digest()})
     try:
         source, refs = extract.images_from_args(args)
         trimap_uris = trimaps_for(refs, args.trimap)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise SystemExit(f"error: {exc}") from None
     summary = run_matte(source, args.out, cfg, runtime, refs, args.trimap, local=args.local,
                         save_layers=args.save_layers, trimap_uris=trimap_uris)
-    if args.summary:
-        with fsspec.open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_summary(args.summary, summary)
     return runner.exit_status(summary)
 
 
 def main_evaluate(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    configs = configs_from_args(args, EVALUATE_OPTIONS)
+    if args.dry_run:
+        return dry_run(configs, {})
+    cfg = configs["matte"]
     cfg = dataclasses.replace(cfg, estimate_foreground=False)  # scores need alpha only
     report = evaluate_matting(args.images, args.alpha, args.trimaps, args.mode, cfg,
                               limit=args.limit or None, per_image=args.per_image)

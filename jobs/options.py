@@ -103,6 +103,8 @@ class Options:
                 value = getattr(args, _dest(flag))
                 if flag.const is _UNSET and isinstance(value, str):
                     value = self.value(flag.path, value)
+                if isinstance(value, dict):  # a switch's {}: a copy, or --set would fill the flag's own
+                    value = merged(value, data_at(data, flag.path))
                 set_path(data, flag.path, value)
         for text in getattr(args, "set_", []) or []:
             path, _ = parse_assignment(text)
@@ -145,6 +147,13 @@ def dry_run(configs: dict, digests: dict[str, str]) -> int:
     for what, digest in digests.items():
         print(f"# {what} digest: {digest}")
     return 0
+
+
+def data_at(data: dict, path: str) -> dict:
+    """The mapping at `path` in plain settings, or {} (a switch keeps what a file set there)."""
+    for key in path.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
 
 
 def _dest(flag: Flag) -> str:

@@ -72,7 +72,7 @@ def test_maps_are_read_back_as_written_and_named_by_their_digest(tmp_path):
     assert cfg.digest("e") != cfg.digest("f") != HeadMapConfig(LITE0, cell_pixels=32).digest("f")
     assert PseudoLabelConfig(self_train=SelfTrainConfig()).digest("e") != \
         PseudoLabelConfig(self_train=SelfTrainConfig(backbone=LITE0)).digest("e")
-    with pytest.raises(ValueError, match="second network"):
+    with pytest.raises(ValueError, match="self_train.backbone: must be one of"):
         SelfTrainConfig(backbone="no-such-net")
 
 

@@ -377,7 +377,7 @@ def test_matte_digest_file_stems_and_config_round_trip():
 @pytest.mark.parametrize("flags, field", [
     (["--long-side", "-5"], "backbone.long_side"),
     (["--backbone", "nosuch"], "unknown backbone 'nosuch'"),
-    (["--threshold", "abc"], "trimap.threshold"),
+    (["--set", "matte.trimap.threshold=abc"], "matte.trimap.threshold"),
     (["--batch-size", "0"], "runtime.batch_size"),
     (["--max-failures", "5x"], "runtime.max_failures"),
 ])

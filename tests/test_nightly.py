@@ -62,7 +62,9 @@ def test_nightly_versions_reruns_and_manifest(tmp_path, offline_weights, capsys)
 
 
 def test_nightly_rejects_flags_that_do_not_fit(tmp_path, capsys):
-    assert cli.main(["nightly", "--dataset", "coco", "--root", str(tmp_path), "--out-root", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["nightly", "--dataset", "coco", "--root", str(tmp_path), "--out-root", str(tmp_path)])
+    assert exited.value.code == 2
     assert "needs annotations" in capsys.readouterr().err
     assert not (tmp_path / "manifest.json").exists()
 

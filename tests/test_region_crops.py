@@ -53,7 +53,7 @@ def test_region_features_join_the_crop_and_the_pooled_features_at_unit_norm():
     np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, rtol=1e-6)
     # the cosine of two joined features is the mean of the kinds' cosines: (0.6 + 0) / 2
     assert float(both[0] @ both[1]) == pytest.approx(0.3)
-    with pytest.raises(ValueError, match="region features"):
+    with pytest.raises(ValueError, match="region_crops.features: must be one of"):
         RegionCropConfig("x", features="pooled")
 
 

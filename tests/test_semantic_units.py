@@ -473,6 +473,7 @@ def test_self_train_settings_reach_the_recorded_config():
     import argparse
 
     from jobs.cluster import OPTIONS, add_arguments
+    from pipeline.semantic.labelling import PseudoLabelConfig
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

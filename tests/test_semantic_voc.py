@@ -516,6 +516,6 @@ def test_self_training_head_over_the_segments_patch_features(voc_tree, tmp_path,
     assert not self_trained_labels(row, head, segment_labels, labels_cfg, 112).any()
     tokens = _evaluate(root, tmp_path / "t", *flags, "--seeds", "1")  # none stored: the tokens' head
     assert tokens["config"]["task"]["self_train"]["features"] == "tokens"
-    with pytest.raises(SystemExit, match="store-segment-patches"):  # none stored: refused before extraction
+    with pytest.raises(SystemExit, match="extract.segments.store_patches"):  # none stored: refused before extraction
         _evaluate(root, tmp_path / "b", *flags, "--set", "pseudo_labels.self_train.features=segment")
     assert not (tmp_path / "b").exists()

@@ -131,7 +131,7 @@ def test_eigen_shards_written_before_a_new_column_read_it_as_null(tmp_path):
                                                                "segment_patch_features"]) for r in b.to_pylist()]
     assert [r["image_id"] for r in rows] == ["a.jpg", "b.jpg"] and rows[0]["segment_patch_features"] is None
     np.testing.assert_array_equal(segment_patch_features_of(rows[1]), patches.reshape(4, 5, 2))
-    with pytest.raises(ValueError, match="store-segment-patches"):
+    with pytest.raises(ValueError, match="extract.segments.store_patches"):
         segment_patch_features_of(rows[0])
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 from scipy import ndimage
 
 from kernels.guided_filter import guided_filter
+from pipeline.config import check
 from pipeline.features.geometry import GridGeometry, grid_to_pixels
 from pipeline.objects.localize import foreground_mask, largest_component
 
@@ -44,6 +45,12 @@ class TrimapConfig:
     refine: str = "none"
     guided_radius: int = 16
     guided_eps: float = 1e-2
+
+    def __post_init__(self):
+        check(self.threshold == "mean" or isinstance(self.threshold, (int, float)), "matte.trimap.threshold",
+              "a number or 'mean'", self.threshold)
+        check(self.unit in UNITS, "matte.trimap.unit", f"one of {list(UNITS)}", self.unit)
+        check(self.refine in REFINE, "matte.trimap.refine", f"one of {list(REFINE)}", self.refine)
 
 
 def read_trimap(data) -> np.ndarray:

@@ -38,7 +38,7 @@ from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
 from pipeline.semantic.pseudo_labels import REFINE_MODES, label_grid, label_image, label_image_from_scores
 from pipeline.io.schema import eigenvectors_of, features_of, list_rows, segment_patch_features_of, segments_of
-from pipeline.io.shards import EIGEN_DIR, REGION_DIR, scan_batches
+from pipeline.io.shards import EIGEN_DIR, REGION_DIR, scan_batches, shard_config
 from pipeline.io.sources import read_bytes
 
 ROW_COLUMNS = ["image_id", "source_uri", "height", "width", "input_height", "input_width",
@@ -81,9 +81,6 @@ class PseudoLabelConfig:
         check(self.fiedler_threshold is None or bool(np.isfinite(self.fiedler_threshold)),
               "pseudo_labels.fiedler_threshold", "a number of standard deviations", self.fiedler_threshold)
         check(self.refine in REFINE_MODES, "pseudo_labels.refine", f"one of {list(REFINE_MODES)}", self.refine)
-        if self.self_train is not None and self.self_train.seed != self.cluster.seed:
-            # The head's seed is the clustering's: one seed names one run (evaluate's seeds).
-            object.__setattr__(self, "self_train", dataclasses.replace(self.self_train, seed=self.cluster.seed))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -258,10 +255,11 @@ def missing_head_features(extract: ExtractConfig, features: str) -> str | None:
     """Why shards of `extract` cannot feed a head over `features` (a HEAD_FEATURE_COLUMNS key),
     or None when they can."""
     if features == "tokens" and not extract.store_features:
-        return "a self-training head over the tokens needs shards extracted with --store-features"
+        return ("pseudo_labels.self_train.features: a head over the tokens needs shards extracted with "
+                "extract.store_features (--store-features)")
     if features == "segment" and not extract.segments.store_patches:
-        return ("a self-training head over the segments' patch features needs shards extracted with "
-                "--store-segment-patches")
+        return ("pseudo_labels.self_train.features: a head over the segments' patch features needs shards "
+                "extracted with extract.segments.store_patches")
     return None
 
 
@@ -346,7 +344,8 @@ def head_rows(shards: str, digest: str, cfg: SelfTrainConfig, maps: HeadMaps | N
     """segment_rows with row["patch_features"] what the head reads: the stored cfg.features,
     joined with the image's second-network map where `maps` (cfg.backbone's) are given (None
     where the image has none)."""
-    rows = segment_rows(shards, digest, image_ids=image_ids, patch_features=cfg.features)
+    features = cfg.features or with_head_features(cfg, ExtractConfig.from_dict(shard_config(shards, digest))).features
+    rows = segment_rows(shards, digest, image_ids=image_ids, patch_features=features)
     if maps is None:
         return rows
     return (row for batch in _batched(rows, 32) for row in with_head_maps(batch, maps))  # maps read 32 at a time
