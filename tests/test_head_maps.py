@@ -107,7 +107,7 @@ def _scene(tmp_path, n_images=8):
 
 
 def _head_accuracy(shards, truth, maps, tmp_path):
-    st = SelfTrainConfig(epochs=1000, seed=0, label_weight=0, backbone=LITE0 if maps else None)
+    st = SelfTrainConfig(epochs=1000, seed=0, label_weight=0, backbone=LITE0 if maps else None, features="tokens")
     cfg = PseudoLabelConfig(ClusterConfig(n_clusters=2, seed=0, pca_dim=0, whiten=False), region_rounds=0,
                             self_train=st)
     model = fit_label_clusters(shards, "planted", cfg).model
@@ -149,7 +149,7 @@ def test_an_image_without_a_map_is_left_out_of_training_and_fails_its_prediction
     assert [(e["image_id"], e["stage"]) for e in errors] == [("im2", "head_maps")]
     out = str(tmp_path / "out")
     write_shard(head_map_table(written), out, HEAD_MAP_DIR, "{}")
-    st = SelfTrainConfig(epochs=2, seed=0, backbone=LITE0)
+    st = SelfTrainConfig(epochs=2, seed=0, backbone=LITE0, features="tokens")
     cfg = PseudoLabelConfig(ClusterConfig(n_clusters=2, seed=0, pca_dim=0, whiten=False), self_train=st)
     maps = HeadMaps(out, mapper.digest)
     model = fit_label_clusters(shards, "planted", cfg).model
