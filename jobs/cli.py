@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"deep-spectral {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_) in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=help_, description=module.__doc__,
+        module.add_arguments(sub.add_parser(name, help=help_, description=getattr(module, "HELP", help_),
                                             formatter_class=argparse.RawDescriptionHelpFormatter))
     sub.add_parser("backbones", help="the backbone registry: names, timm models, patch sizes, weights")
     args = parser.parse_args(argv)

@@ -26,6 +26,7 @@ same files (and embeds no region twice).
 """
 from __future__ import annotations
 
+
 import argparse
 import dataclasses
 import io
@@ -50,6 +51,18 @@ from pipeline.semantic.labelling import (LabelClusters, PseudoLabelConfig, fit_l
                                          head_rows, missing_head_features, pseudo_labels, segment_digests, segment_rows,
                                          self_train, self_trained_labels, source_image, with_head_features)
 from pipeline.io.shards import shard_config, write_shard
+
+# What `deep-spectral cluster --help` says (the module docstring is for developers).
+HELP = """Segments in an extraction's shards -> dataset-wide clusters -> pseudo-label PNGs.
+
+  deep-spectral cluster SHARDS --out LABELS --clusters 20
+  deep-spectral cluster SHARDS --out LABELS --config voc-semantic
+
+SHARDS is an `extract` output written with segments. LABELS gets labels/STEM.png (palette PNG
+per image, 0 = background, c + 1 = cluster c), segment_labels/ (one Parquet row per segment),
+clusters.npz (the centroids, to label new images the same way) and cluster.json (settings,
+digests, counts, failed images). Same seed and shards give the same labels.
+"""
 
 LABEL_DIR = "segment_labels"
 FLUSH_ROWS = 4096  # segment rows per labels shard

@@ -24,6 +24,7 @@ metrics, n_images, n_failed, seconds_per_image, backbone, config).
 """
 from __future__ import annotations
 
+
 import argparse
 import json
 import os
@@ -42,6 +43,17 @@ from pipeline.evaluation.panels import GALLERY_DIR, gallery_html, panel_name
 from pipeline.io.shards import EIGEN_DIR, LABELS_DIR, scan_batches
 from pipeline.io.sources import ImageRef
 from pipeline.objects.instances import label_digest
+
+# What `deep-spectral evaluate --help` says (the module docstring is for developers).
+HELP = """Benchmarks: label or extract the benchmark's images with the same jobs users run, then score
+the outputs against ground truth (metrics.json, per-image records, panels).
+
+  deep-spectral evaluate segmentation --images ecssd/images --masks ecssd/masks --out OUT
+  deep-spectral evaluate localization --voc-root VOC2007 --split trainval --out OUT
+  deep-spectral evaluate instances --images coco/images --annotations instances.json --out OUT
+  deep-spectral evaluate semantic --config voc-semantic --voc-root VOC2007 --split Segmentation/trainval --out OUT
+  deep-spectral evaluate matting --images am/images --alpha am/alpha --trimaps am/trimap1
+"""
 
 
 def best_objects(shards: str, digest: str, image_ids: list[str], columns: tuple[str, ...]) -> Iterator[dict]:

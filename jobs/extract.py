@@ -13,6 +13,7 @@ GPU, or CPU actors; jobs/runner.py) that compute and write their own shards.
 """
 from __future__ import annotations
 
+
 import argparse
 import json
 import sys
@@ -30,6 +31,18 @@ from pipeline.io.sources import ImageRef, list_images
 from pipeline.io.dataset_listing import DATASETS, dataset_images
 from pipeline.features.registry import get_spec
 from pipeline.semantic.segments import segment_features_kind
+
+# What `deep-spectral extract --help` says (the module docstring is for developers).
+HELP = """Images -> Parquet shards of each image's graph eigenvectors (and, with segments, per-image
+segments for semantic segmentation).
+
+  deep-spectral extract SOURCE --out OUT
+  deep-spectral extract --dataset voc --root VOC2007 --split trainval --out OUT --config offline
+
+SOURCE is a folder, glob, list file or fsspec URL; --dataset reads VOC or COCO layouts. OUT gets
+eigs/ (one row per image), errors/ (one row per image that failed, with its reason) and runs/
+(one summary per run). A rerun skips every image OUT already holds for the same settings.
+"""
 
 
 class ExtractActor:

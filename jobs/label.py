@@ -20,6 +20,7 @@ take its mask of each image's patch features as the first object. OUT gets
 """
 from __future__ import annotations
 
+
 import argparse
 import dataclasses
 import json
@@ -48,6 +49,19 @@ from pipeline.objects.instances import LabelConfig, label_digest
 from pipeline.objects.masks import REFINERS
 from pipeline.objects.self_training import Head
 from pipeline.semantic.pseudo_labels import decode_label_png
+
+# What `deep-spectral label --help` says (the module docstring is for developers).
+HELP = """Images -> objects for a whole dataset: boxes, instance masks and scores, as COCO instances.
+
+  deep-spectral label SOURCE --out OUT
+  deep-spectral label --dataset coco --root COCO --split train2017 --annotations FILE --out OUT
+
+OUT gets instances.json (class-agnostic COCO instances: boxes, RLE masks, scores; what
+detectors train on), labels/ (one Parquet row per object), gallery/index.html (a panel per
+image, or a sample of --gallery N), eigs/ and errors/ as `extract` writes them, and runs/ (one
+summary per run, which --config reads back). A rerun skips every image already labelled with
+the same settings; --retry-errors runs the failed ones again.
+"""
 
 INSTANCES_FILE = "instances.json"
 OBJECT_CATEGORY = [{"id": 1, "name": "object", "supercategory": "object"}]

@@ -26,6 +26,7 @@ as the images are matted; the layers are not in the rows.
 """
 from __future__ import annotations
 
+
 import argparse
 import dataclasses
 import io
@@ -56,6 +57,17 @@ from pipeline.io.storage import fresh_listing, put_whole
 from pipeline.matting.matte import (SOLVERS, MattingConfig, matte, matte_digest,
                                     matte_record)
 from pipeline.matting.trimap import read_trimap, split
+
+# What `deep-spectral matte --help` says (the module docstring is for developers).
+HELP = """Images -> soft alpha mattes and RGBA cut-outs.
+
+  deep-spectral matte SOURCE --out OUT                      # automatic trimaps from the graph
+  deep-spectral matte SOURCE --out OUT --trimap TRIMAP_DIR  # given trimaps, matched by file stem
+
+OUT gets STEM.alpha.png, STEM.rgba.png (straight alpha) and, with automatic trimaps,
+STEM.trimap.png; mattes/ (one Parquet row per image with the same PNGs), errors/ and runs/. A
+rerun skips every image already matted with the same settings and rewrites missing files.
+"""
 
 MODES = ("auto", "trimap", "pymatting_cf")
 # The PNG files written from the rows: each is OUT/STEM.<kind>.png from MATTE_SCHEMA's column <kind>.

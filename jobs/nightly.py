@@ -24,6 +24,7 @@ cron entry), or one run's record can be lost; the shards are unaffected.
 """
 from __future__ import annotations
 
+
 import argparse
 import json
 import re
@@ -39,6 +40,16 @@ from pipeline.config import ExtractConfig, RuntimeConfig
 from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, finished_ids, read_table
 from pipeline.io.sources import ImageRef
 from pipeline.io.storage import fresh_listing, put_whole
+
+# What `deep-spectral nightly --help` says (the module docstring is for developers).
+HELP = """Incremental, versioned re-extraction: one output folder per backbone and settings.
+
+  deep-spectral nightly --dataset coco --root COCO --annotations FILE --out-root ROOT --backbone NAME
+
+Each run extracts into ROOT/<backbone>-<digest>/ only the images added since the last run; a
+new backbone or setting starts a new folder beside the old ones. ROOT/manifest.json records
+every version: images done and failed, and its runs.
+"""
 
 MANIFEST = "manifest.json"
 FIRST_ERRORS = 10

@@ -461,10 +461,12 @@ def test_options_added_later_keep_the_digests_of_runs_made_before_them_where_off
     # --self-train-label-weight (commit 38fbd5f), for its defaults and a self-trained run.
     before = PseudoLabelConfig(min_cluster_share=0, region_rounds=0)
     assert before.digest("x") == "6203e35731ac741e"
-    trained = PseudoLabelConfig(min_cluster_share=0, region_rounds=0, self_train=SelfTrainConfig(seed=4, label_weight=0))
+    # features: what the run's head read (a run's config holds it definite: with_head_features).
+    trained = PseudoLabelConfig(min_cluster_share=0, region_rounds=0,
+                                self_train=SelfTrainConfig(seed=4, label_weight=0, features="tokens"))
     assert trained.digest("x") == "03597421c66321f6"
     assert len({before.digest("x"), PseudoLabelConfig().digest("x"), trained.digest("x"),
-                dataclasses.replace(trained, self_train=SelfTrainConfig(seed=4)).digest("x")}) == 4
+                dataclasses.replace(trained, self_train=SelfTrainConfig(seed=4, features="tokens")).digest("x")}) == 4
     with pytest.raises(ValueError, match="label_weight"):
         SelfTrainConfig(label_weight=1.0)
 
@@ -472,14 +474,15 @@ def test_options_added_later_keep_the_digests_of_runs_made_before_them_where_off
 def test_self_train_settings_reach_the_recorded_config():
     import argparse
 
-    from jobs.cluster import OPTIONS, add_arguments
+    from jobs.cluster import OPTIONS, add_arguments, seeded
     from pipeline.semantic.labelling import PseudoLabelConfig
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
 
-    def labels(*flags):
-        return OPTIONS.configs(parser.parse_args(["shards", "--out", "o", *flags]))["pseudo_labels"]
+    def labels(*flags):  # as `cluster` runs them: the head's seed is the clustering's
+        cfg = OPTIONS.configs(parser.parse_args(["shards", "--out", "o", *flags]))["pseudo_labels"]
+        return seeded(cfg, cfg.cluster.seed)
 
     head = "pseudo_labels.self_train"
     cfg = labels("--self-train", "--seed", "4", "--set", f"{head}.sample_patches=5000", "--set", f"{head}.hidden=64",

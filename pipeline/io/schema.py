@@ -194,7 +194,7 @@ def segment_patch_features_of(row: dict) -> np.ndarray:
     width of the segments' pooled kinds (segment_dim, unless crops are joined into the segments)."""
     if row.get("segment_patch_features") is None:
         raise ValueError(f"{row['image_id']}: shard was written without the segments' patch features "
-                         "(--store-segment-patches)")
+                         "(extract.segments.store_patches)")
     flat = np.asarray(row["segment_patch_features"], dtype=np.float32)
     return flat.reshape(row["grid_h"], row["grid_w"], -1)
 

@@ -355,7 +355,7 @@ def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainC
                image_ids: list[str] | None = None, min_share: float = 0.0, regions: RegionClasses | None = None,
                fiedler_threshold: float | None = None, maps: HeadMaps | None = None):
     """Train a head on every patch's stored feature (cfg.features: extracted with
-    --store-features, or --store-segment-patches; joined with cfg.backbone's `maps`) and its
+    extract.store_features, or extract.segments.store_patches; joined with cfg.backbone's `maps`) and its
     pseudo-label (row_classes with min_share and `regions`, label_cells with fiedler_threshold)
     -> the head (pipeline.semantic.self_training). An image that has no pseudo-label (its
     regions failed to embed) or no map is left out."""
