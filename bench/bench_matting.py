@@ -47,7 +47,7 @@ TRIMAP_SETS = ("trimap1", "trimap2", "auto")
 
 def quality(data: Path, limit: int | None) -> list[dict]:
     from jobs.matte import evaluate_matting, load_backbone
-    from pipeline.matting.matte import MattingConfig
+    from pipeline.matting.config import MattingConfig
 
     backbone = load_backbone(MattingConfig())
     rows = []
@@ -91,7 +91,8 @@ def print_quality(rows: list[dict]) -> None:
 
 def _one(spec: str, data: Path) -> None:
     """Child process: '<h>x<w>:<mode>[:max_side]' -> one JSON line of cost figures."""
-    from pipeline.matting.matte import MattingConfig, matte
+    from pipeline.matting.config import MattingConfig
+    from pipeline.matting.matte import matte
     from pipeline.matting.trimap import read_trimap
 
     size, mode, *rest = spec.split(":")

@@ -34,8 +34,9 @@ def part(name: str) -> str:
 
 def run_one(data: Path, graph: str, side: int, limit: int | None) -> dict:
     from pipeline.evaluation.matting_metrics import sad
-    from pipeline.matting.matte import (MattingConfig, alpha_at_full_size, alpha_from_layers, fit_long_side,
-                                        resize_image, resize_trimap, spectral_layers)
+    from pipeline.matting.alpha.spectral import alpha_from_layers, spectral_layers
+    from pipeline.matting.config import MattingConfig
+    from pipeline.matting.resize import alpha_at_full_size, fit_long_side, resize_image, resize_trimap
     from pipeline.matting.trimap import read_trimap, split
 
     cfg = MattingConfig(solver="spectral", spectral_graph=graph, spectral_max_side=side)

@@ -54,8 +54,8 @@ from pipeline.io.schema import error_table, matte_table
 from pipeline.io.shards import ERROR_DIR, MATTES_DIR, finished_ids, scan_batches, shard_name
 from pipeline.io.sources import ImageRef, list_images, read_bytes
 from pipeline.io.storage import fresh_listing, put_whole
-from pipeline.matting.matte import (SOLVERS, MattingConfig, matte, matte_digest,
-                                    matte_record)
+from pipeline.matting.config import SOLVERS, MattingConfig, matte_digest, matte_record
+from pipeline.matting.matte import matte
 from pipeline.matting.trimap import read_trimap, split
 
 # What `deep-spectral matte --help` says (the module docstring is for developers).

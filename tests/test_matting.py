@@ -17,9 +17,15 @@ from PIL import Image
 from kernels.feature_laplacian import interpolation_axis, pixel_feature_affinity, window_offsets
 from kernels.pcg import solve_spd
 from pipeline.features.geometry import GridGeometry
-from pipeline.matting.matte import (FeatureGrid, MattingConfig, colour_laplacian, spectral_layers, cutout, estimate_alpha, feature_laplacian_rows,
-                              fused_rows, matte, resize_trimap)
 from pipeline.evaluation.matting_metrics import gradient_error, matting_errors, mse, sad
+from pipeline.matting.alpha.spectral import spectral_layers
+from pipeline.matting.config import MattingConfig
+from pipeline.matting.grid import FeatureGrid
+from pipeline.matting.laplacian.closed_form import colour_laplacian
+from pipeline.matting.laplacian.features import feature_laplacian_rows
+from pipeline.matting.laplacian.fused import fused_rows
+from pipeline.matting.matte import cutout, estimate_alpha, matte
+from pipeline.matting.resize import resize_trimap
 from pipeline.matting.trimap import TrimapConfig, auto_trimap, read_trimap, split, trimap_from_mask
 
 SIZE = 112  # 8 x 8 cells of 14 px
@@ -361,7 +367,7 @@ def test_cli_writes_alpha_and_cutout_with_max_side(tmp_path):
 
 def test_matte_digest_file_stems_and_config_round_trip():
     from pipeline.batch.matter import file_stem
-    from pipeline.matting.matte import matte_digest
+    from pipeline.matting.config import matte_digest
 
     cfg = MattingConfig(max_side=64, trimap=TrimapConfig(threshold=0.1))
     assert MattingConfig.from_dict(json.loads(cfg.to_json())) == cfg

@@ -26,7 +26,8 @@ from pipeline.io.schema import exception_error_row
 from pipeline.io.soft_masks import encode_soft
 from pipeline.io.sources import ImageRef, read_bytes
 from pipeline.io.storage import put_whole
-from pipeline.matting.matte import MattingConfig, cutout, matte
+from pipeline.matting.config import MattingConfig
+from pipeline.matting.matte import cutout, matte
 from pipeline.matting.trimap import read_trimap
 
 
