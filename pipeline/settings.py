@@ -34,6 +34,7 @@ def build(cls: type, data: Any, where: str):
         return data
     if not isinstance(data, dict):
         raise ValueError(f"{where}: must be a mapping of settings, got {data!r}")
+    data = without_removed(data, getattr(cls, "REMOVED_SETTINGS", {}), where)
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls) if f.init]
     values = {}
@@ -51,6 +52,19 @@ def build(cls: type, data: Any, where: str):
         message = str(exc)
         # The configs' own checks name their field ("eigen.k: ..."); prefix the section.
         raise ValueError(message if message.startswith(where.split(".")[0]) else f"{where}: {message}") from None
+
+
+def without_removed(data: dict, removed: dict, where: str) -> dict:
+    """Stored settings -> the same without the settings removed since they were stored
+    (`removed`: name -> the value at which it was off, a config class's REMOVED_SETTINGS). One
+    held at that value is dropped: a config stored before the removal (a run summary, a shard's
+    or cluster.json's config) still loads and means what it meant. At any other value it asked
+    for what no longer exists: ValueError naming `where`.NAME."""
+    for key in sorted(removed.keys() & data.keys()):
+        if data[key] != removed[key]:
+            raise ValueError(f"{where}.{key}: this setting was removed (measured, not adopted: see the docs' "
+                             f"results); a stored config may hold it only at {removed[key]!r} (off), got {data[key]!r}")
+    return {k: v for k, v in data.items() if k not in removed}
 
 
 def _convert(hint, value, where: str):

@@ -1,5 +1,7 @@
 """Multi-object discovery, object rows and class-agnostic COCO AP on cases that can be checked
 by hand: a synthetic two-object graph, round-tripped RLE masks, ground truth scored as itself."""
+import json
+
 import numpy as np
 import pytest
 
@@ -186,6 +188,19 @@ def test_exact_filter_label_digest_is_the_one_stored_labels_carry():
     assert LabelConfig.from_dict(LabelConfig().to_dict()) == LabelConfig() and LabelConfig.from_dict(exact.to_dict()) == exact
     assert exact.segment_config().subsample == 1 and LabelConfig().segment_config().subsample == 4
     assert "soft_masks" not in LabelConfig().to_dict() and LabelConfig(soft_masks=True).to_dict()["soft_masks"]
+
+
+def test_a_stored_label_config_with_the_removed_stopping_rules_loads_only_where_they_were_off():
+    # max_eigenvalue and max_border (measured, not adopted: docs/objects.md) are gone; labels
+    # stored before hold them at 1.0 (off) in their config and keep their digest.
+    stored = json.loads(LabelConfig().to_json())
+    assert not {"max_eigenvalue", "max_border"} & set(stored["discovery"])
+    stored["discovery"].update(max_eigenvalue=1.0, max_border=1.0)
+    assert LabelConfig.from_dict(stored) == LabelConfig()
+    assert label_digest("ecab1ad5de0a9380", LabelConfig()) == "52ba9aad4b8acc9e"  # as before the removal
+    stored["discovery"]["max_border"] = 0.5
+    with pytest.raises(ValueError, match="label.discovery.max_border: this setting was removed"):
+        LabelConfig.from_dict(stored)
 
 
 def test_soft_masks_threshold_to_the_masks_and_round_trip_at_8_bits():

@@ -21,6 +21,7 @@ from pipeline.objects.discovery import Candidate, DiscoveryConfig, discover
 from pipeline.objects.localize import mask_box
 from pipeline.objects.masks import PIXEL_REFINERS, REFINERS, SegmentConfig, refine_guided_cells, refine_matting
 from pipeline.objects.self_training import HeadConfig
+from pipeline.settings import without_removed
 
 # How a candidate's score is made from what discovery measured (docs/objects.md compares them
 # by AP). Scores rank objects across the whole dataset, so they must be comparable between
@@ -107,7 +108,15 @@ class LabelConfig:
         return canonical_json(self.to_dict())
 
     def digest(self) -> str:
-        return digest_of(self.to_dict())
+        return digest_of(self.digested())
+
+    def digested(self) -> dict:
+        """What the digests hash: to_dict, with the discovery settings removed since
+        (DiscoveryConfig.REMOVED_SETTINGS) back at the values every run had them at, so runs
+        stored before keep their digests."""
+        data = self.to_dict()
+        data["discovery"] = {**data["discovery"], **DiscoveryConfig.REMOVED_SETTINGS}
+        return data
 
     def segment_config(self) -> SegmentConfig:
         """The single-object refinement settings these options mean."""
@@ -124,7 +133,8 @@ class LabelConfig:
         """to_dict's inverse: a field it left out takes the value it was left out at (for
         guided_subsample the exact filter, not today's default)."""
         data = {**_OMITTED_AT_DEFAULT, **data}
-        return cls(discovery=DiscoveryConfig(**data.get("discovery", {})),
+        discovery = without_removed(data.get("discovery", {}), DiscoveryConfig.REMOVED_SETTINGS, "label.discovery")
+        return cls(discovery=DiscoveryConfig(**discovery),
                    **{k: v for k, v in data.items() if k != "discovery"})
 
 
@@ -141,7 +151,7 @@ _OMITTED_AT_DEFAULT = {"sigma_spatial": 16.0, "sigma_luma": 16.0, "sigma_chroma"
 
 def label_digest(extract_digest: str, cfg: LabelConfig) -> str:
     """The digest of a label run: its own config and the extraction it labels."""
-    return digest_of({"extract_digest": extract_digest, "label": cfg.to_dict()})
+    return digest_of({"extract_digest": extract_digest, "label": cfg.digested()})
 
 
 @dataclass(frozen=True)

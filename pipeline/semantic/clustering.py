@@ -94,14 +94,6 @@ class SegmentClusters:
         x = self.transform(features)
         return np.maximum(((x[:, None, :] - self.centroids[None]) ** 2).sum(axis=2), 0).astype(np.float32)
 
-    def distance_ratio(self, features: np.ndarray) -> np.ndarray:
-        """(n, D) -> (n,) distance to the nearest centroid over the distance to the second
-        nearest, in [0, 1]: near 1, the assignment is a toss-up (0 with a single centroid)."""
-        if len(self.centroids) < 2:
-            return np.zeros(len(features), np.float32)
-        two = np.sqrt(np.sort(self.distances(features), axis=1)[:, :2])
-        return (two[:, 0] / np.maximum(two[:, 1], 1e-12)).astype(np.float32)
-
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
@@ -118,8 +110,7 @@ def pca_projection(x: np.ndarray, dim: int, seed: int, whiten: bool) -> tuple[np
     directions, rows scaled by 1/sqrt(variance) when whiten, so (x - mean) @ components.T
     projects (and whitens). Whitening drops directions without variance (fewer rows than
     dimensions): scaled by ~1e6 they would turn rounding noise into structure. Fitted in
-    clustering_threads, so every caller (the clustering, the head's whitening) gets the same
-    components on any thread count."""
+    clustering_threads, so every caller gets the same components on any thread count."""
     with clustering_threads():
         pca = PCA(n_components=min(dim, *x.shape), random_state=seed).fit(x)
     components = pca.components_

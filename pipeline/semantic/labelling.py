@@ -33,7 +33,7 @@ from pipeline.semantic.head_map_rows import HeadMaps, with_head_maps
 from pipeline.semantic.fiedler_cells import fiedler_background, with_fiedler_background
 from pipeline.semantic.image_clusters import consolidate, image_regions
 from pipeline.semantic.region_crops import RegionCropConfig, relabel
-from pipeline.semantic.self_training import SelfTrainConfig, head_input, predict_probabilities, train_head, with_labels
+from pipeline.semantic.self_training import SelfTrainConfig, predict_probabilities, train_head, with_labels
 from pipeline.features.geometry import geometry_of
 from pipeline.io.images import decode_image
 from pipeline.semantic.pseudo_labels import REFINE_MODES, label_grid, label_image, label_image_from_scores
@@ -99,6 +99,10 @@ class PseudoLabelConfig:
             del d["self_train"]["label_weight"]
         if d["self_train"] and d["self_train"]["backbone"] is None:
             del d["self_train"]["backbone"]
+        if d["self_train"]:
+            # Settings removed since (SelfTrainConfig.REMOVED_SETTINGS) go back in at the values
+            # every run had them at, so runs stored before keep their digests.
+            d["self_train"].update(SelfTrainConfig.REMOVED_SETTINGS)
         text = json.dumps({"labels": d, "extract": extract_digest}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -365,17 +369,10 @@ def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainC
             for row in batch:
                 if regions is not None and row["image_id"] not in regions.by_image or row["patch_features"] is None:
                     continue
-                segment_map, _, segment_features = segments_of(row)
                 classes = row_classes(row, model, min_share, regions)
-                grid = head_input(row["patch_features"], cfg.context)
-                grid = grid.reshape(-1, grid.shape[-1])
-                patch_labels = label_cells(row, classes, fiedler_threshold).ravel()
-                keep = np.ones(len(patch_labels), bool)
-                if cfg.max_ratio < 1 and len(segment_features):
-                    doubtful = np.flatnonzero(model.distance_ratio(segment_features) > cfg.max_ratio) + 1
-                    keep = ~np.isin(segment_map.ravel(), doubtful)
-                features.append(grid[keep])
-                labels.append(patch_labels[keep])
+                grid = row["patch_features"]
+                features.append(grid.reshape(-1, grid.shape[-1]))
+                labels.append(label_cells(row, classes, fiedler_threshold).ravel())
             if features:
                 yield np.concatenate(features), np.concatenate(labels)
     n_classes = len((regions.model if regions is not None else model).centroids) + 1
@@ -390,7 +387,7 @@ def self_trained_labels(row: dict, head, segment_labels: np.ndarray, cfg: Pseudo
     st = cfg.self_train
     if row["patch_features"] is None:
         raise ValueError(f"{row['image_id']}: no {st.backbone} map for the head (its error row is in OUT/head_map_errors)")
-    probabilities = predict_probabilities(head, head_input(row["patch_features"], st.context))
+    probabilities = predict_probabilities(head, row["patch_features"])
     scores = with_labels(probabilities, label_cells(row, segment_labels, cfg.fiedler_threshold), st.label_weight)
     if cfg.refine != "none" and image is None:
         image = source_image(row)

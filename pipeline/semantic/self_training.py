@@ -1,7 +1,6 @@
 """Optional self-training: a linear segmentation head on frozen patch features, trained on
 the pseudo-labels, whose predictions replace them.
 
-    head_input(grid, context)             (h, w, C) patch features -> (h, w, C') what the head reads
     joined(*parts)                        features of the same patches, joined at unit norm each
     train_head(batches, n_labels, cfg)    stream of (patch features (n, C'), labels (n,)) -> head
     predict_probabilities(head, features) (h, w, C) -> (n_labels, h, w) class probabilities
@@ -14,11 +13,6 @@ Training streams the data once per epoch, so memory does not grow with the datas
 epochs run over it (memory bounded by the sample, one read of the shards instead of one per
 epoch). `features` picks the patch features: the graph's tokens, or the kinds the segments
 pooled (on a backbone whose middle blocks carry the classes, those; docs/semantic.md).
-`hidden` > 0 makes the head a one-hidden-layer MLP; `balance` weights the loss by the inverse
-frequency of each pseudo-label in the sample (background dominates the patches);
-`whiten` > 0 puts a fixed PCA whitening of the sample (to that many dimensions) in front of the
-head, as the clustering's --whiten does for the segments (the same features' few dominant
-directions otherwise dominate a head trained with a few epochs of AdamW).
 """
 from __future__ import annotations
 
@@ -31,15 +25,15 @@ import torch
 
 from pipeline.config import check
 from pipeline.features.supervised import EMBEDDERS
-from pipeline.semantic.clustering import CLUSTERING_THREADS, pca_projection
+from pipeline.semantic.clustering import CLUSTERING_THREADS
 
 HEAD_FEATURES = ("tokens", "segment")
 
 # The head's products split across torch's intra-op threads, so its weights, like the
 # clustering's centroids, depend on the caller's thread count in their low bits: VOC07's head
 # trained on 1 and on 2 threads gave the same shards 1,670 of 1,675 equal label maps. The head
-# trains and predicts on a fixed count (its whitening PCA is fixed by pca_projection), so a
-# seed gives the same labels in a Ray worker, in-process, or on any machine's core count.
+# trains and predicts on a fixed count, so a seed gives the same labels in a Ray worker,
+# in-process, or on any machine's core count.
 HEAD_THREADS = CLUSTERING_THREADS
 
 
@@ -63,21 +57,11 @@ class SelfTrainConfig:
     batch_patches: int = 4096
     seed: int = 0
     sample_patches: Optional[int] = None  # None: stream every patch once per epoch
-    hidden: int = 0  # 0: linear head
-    balance: bool = False  # sample_patches only: inverse-frequency class weights
-    whiten: int = 0  # sample_patches only: PCA-whitened dimensions in front of the head (0 = none)
     # What the head sees of each patch (pipeline.semantic.labelling.HEAD_FEATURE_COLUMNS): "tokens",
     # the graph's stored features (store_features); "segment", the features the segments pooled,
     # stored per patch (SegmentsConfig.store_patches), e.g. pool+block9; None, "segment" where
     # the shards hold them, else "tokens" (made definite by labelling.with_head_features).
     features: Optional[str] = None
-    # Context: each patch's feature joined with the mean over its (2r+1)^2 neighbourhood on the
-    # grid (head_input), so a per-patch head sees what surrounds it; 0 = the patch alone.
-    context: int = 0
-    # Train only on the foreground segments whose distance ratio (nearest centroid over second
-    # nearest, SegmentClusters.distance_ratio) is at most this: their label is least in doubt.
-    # Background segments are always trained on; 1.0 = every segment.
-    max_ratio: float = 1.0
     # The final scores: (1 - w) * the head's probabilities + w * the pseudo-labels' one-hot
     # (with_labels). The head overrules a label only where it is confident, so one or the
     # other's isolated mistakes give way. 0 = the head alone.
@@ -87,32 +71,24 @@ class SelfTrainConfig:
     # (pipeline.semantic.head_maps); None = the stored features alone.
     backbone: Optional[str] = None
 
+    # Settings measured and not adopted (docs/semantic.md, "tried, not adopted"), removed since,
+    # each with the value at which it was off: an MLP head (hidden), inverse-frequency class
+    # weights (balance), a PCA whitening in front of the head (whiten), the neighbourhood mean
+    # joined to each patch (context), training only on segments of low distance ratio
+    # (max_ratio). PseudoLabelConfig.digest puts them back at these values, so runs stored
+    # before keep their digests; a stored config holding one at this value still loads, at any
+    # other it is refused (pipeline.settings.without_removed).
+    REMOVED_SETTINGS = {"hidden": 0, "balance": False, "whiten": 0, "context": 0, "max_ratio": 1.0}
+
     def __post_init__(self):
         where = "pseudo_labels.self_train"
         check(0 <= self.label_weight < 1, f"{where}.label_weight", "in [0, 1) (0: the head alone)", self.label_weight)
-        check(0 < self.max_ratio <= 1, f"{where}.max_ratio", "a distance ratio in (0, 1]", self.max_ratio)
         check(self.features is None or self.features in HEAD_FEATURES, f"{where}.features",
               f"one of {list(HEAD_FEATURES)} (or none: segment where stored, else tokens)", self.features)
         check(self.epochs >= 1 and self.batch_patches >= 1, f"{where}.epochs / batch_patches", ">= 1",
               (self.epochs, self.batch_patches))
-        check(not self.balance or bool(self.sample_patches), f"{where}.balance",
-              "off without sample_patches (it weights classes by their share of the sample)", self.balance)
-        check(not self.whiten or bool(self.sample_patches), f"{where}.whiten",
-              "0 without sample_patches (PCA is fitted on the sample)", self.whiten)
         check(self.backbone is None or self.backbone in EMBEDDERS, f"{where}.backbone",
               f"one of {sorted(EMBEDDERS)}", self.backbone)
-
-
-def head_input(grid: np.ndarray, context: int) -> np.ndarray:
-    """(h, w, C) patch features -> what the head reads of each patch: (h, w, C) as they are, or
-    with context r > 0 (h, w, 2C): the feature and its (2r+1)^2 neighbourhood mean (edges
-    repeated), each at unit norm, joined and scaled by 1/sqrt(2)."""
-    if not context:
-        return grid
-    from scipy.ndimage import uniform_filter
-
-    x = np.asarray(grid, dtype=np.float32)
-    return joined(x, uniform_filter(x, size=(2 * context + 1, 2 * context + 1, 1), mode="nearest"))
 
 
 def joined(*parts: np.ndarray) -> np.ndarray:
@@ -128,25 +104,6 @@ def _normalized(features: np.ndarray) -> torch.Tensor:
     # A copy: stored features arrive as read-only views of Arrow buffers, which torch cannot wrap.
     x = torch.from_numpy(np.array(features, dtype=np.float32))
     return torch.nn.functional.normalize(x, dim=-1)
-
-
-def _head(n_features: int, n_labels: int, hidden: int) -> torch.nn.Module:
-    if not hidden:
-        return torch.nn.Linear(n_features, n_labels)
-    return torch.nn.Sequential(torch.nn.Linear(n_features, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, n_labels))
-
-
-def whitening_layer(x: np.ndarray, dim: int, seed: int) -> torch.nn.Linear:
-    """(m, C) raw patch features -> a frozen Linear(C, d) that maps L2-normalised features to
-    their top-d principal components at unit variance (the clustering's pca_projection)."""
-    z = _normalized(x).numpy()
-    mean, scale = pca_projection(z, dim, seed, whiten=True)
-    layer = torch.nn.Linear(z.shape[1], len(scale))
-    with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(scale))
-        layer.bias.copy_(torch.from_numpy(-scale @ mean))
-    layer.requires_grad_(False)
-    return layer
 
 
 def patch_sample(batches: Iterable[tuple[np.ndarray, np.ndarray]], size: int,
@@ -178,15 +135,8 @@ def train_head(batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n
     """`batches()` starts one epoch: yields (n, C) features and (n,) int labels 0..n_labels-1."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    weight = front = None
     if cfg.sample_patches:
         x, y = patch_sample(batches(), cfg.sample_patches, cfg.seed)
-        if cfg.balance:
-            counts = np.bincount(y, minlength=n_labels).astype(np.float64)
-            weight = torch.as_tensor(np.where(counts > 0, len(y) / np.maximum(counts, 1) / n_labels, 0),
-                                     dtype=torch.float32)
-        if cfg.whiten:
-            front = whitening_layer(x, cfg.whiten, cfg.seed)
 
         def epoch():
             return iter([(x, y)])
@@ -197,14 +147,13 @@ def train_head(batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n
     for _ in range(cfg.epochs):
         for features, labels in epoch():
             if head is None:
-                head = _head(front.out_features if front else features.shape[1], n_labels, cfg.hidden)
-                head = torch.nn.Sequential(front, head) if front else head
+                head = torch.nn.Linear(features.shape[1], n_labels)
                 optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             order = rng.permutation(len(labels))
             for s in range(0, len(order), cfg.batch_patches):
                 idx = order[s:s + cfg.batch_patches]
                 loss = torch.nn.functional.cross_entropy(
-                    head(_normalized(features[idx])), torch.as_tensor(labels[idx], dtype=torch.long), weight=weight)
+                    head(_normalized(features[idx])), torch.as_tensor(labels[idx], dtype=torch.long))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
