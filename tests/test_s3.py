@@ -30,6 +30,9 @@ pytestmark = pytest.mark.ray
 BUCKET = "deep-spectral-test"
 EXTRACT = ["--long-side", "84", "--eigenvectors", "4", "--batch-size", "2"]
 SEGMENTS = ["--segments", "3", "--set", "extract.segments.n_eigenvectors=3", "--segment-features", "pool"]
+# label shows no segment flags: the same settings by name.
+SEGMENT_SETTINGS = ["--set", "extract.segments.n_segments=3", "--set", "extract.segments.n_eigenvectors=3",
+                    "--set", "extract.segments.features=pool"]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +124,7 @@ def test_label_on_ray_reads_and_writes_the_bucket(s3, s3_extraction):
     clusters = f"s3://{BUCKET}/label-clusters"
     assert cli.main(["cluster", out, "--out", clusters, "--clusters", "2"]) == 0
     eigen_keys = {k for k in keys(fs, f"{BUCKET}/run") if "/eigs/" in k}
-    label = ["label", f"s3://{BUCKET}/images", "--out", out, *EXTRACT, *SEGMENTS, "--max-objects", "2",
+    label = ["label", f"s3://{BUCKET}/images", "--out", out, *EXTRACT, *SEGMENT_SETTINGS, "--max-objects", "2",
              "--gallery", "2", "--categories", clusters]
     assert cli.main(label) == 0
     stored = keys(fs, f"{BUCKET}/run")
