@@ -39,7 +39,7 @@ from PIL import Image
 from jobs import evaluate_instances, evaluate_semantic, label, matte
 from jobs.options import dry_run
 from jobs.tasks import TASKS, Result, Task, data_flags
-from pipeline.evaluation.panels import GALLERY_DIR, gallery_html, panel_name
+from pipeline.evaluation.panels import GALLERY_DIR, GalleryEntry, gallery_html, panel_name, thumb_name
 from pipeline.io.shards import EIGEN_DIR, LABELS_DIR, scan_batches
 from pipeline.io.sources import ImageRef
 from pipeline.objects.instances import label_digest
@@ -78,7 +78,8 @@ def _write_outputs(out: str, image_id: str, result: Result) -> None:
 
 
 def _caption(record: dict) -> str:
-    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k != "box")
+    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in record.items() if k not in ("box", "image_id"))
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
@@ -159,12 +160,20 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
 
 def _write_index(out: str, shards: str, task: Task, report: dict, per_image: list[dict]) -> None:
-    """OUT/index.html: the label run's panels of the scored images, captioned with their numbers."""
+    """OUT/index.html: the label run's panels of the scored images (their thumbnails, linked
+    to the panels), captioned with their numbers; links to metrics.json and per_image.jsonl."""
     gallery = f"{shards}/{GALLERY_DIR}"
-    entries = [(os.path.relpath(f"{gallery}/{panel_name(r['image_id'])}", out), f"{r['image_id']}: {_caption(r)}")
+
+    def rel(name: str) -> str:
+        return os.path.relpath(f"{gallery}/{name}", out)
+
+    entries = [GalleryEntry(r["image_id"], rel(panel_name(r["image_id"])),
+                            rel(thumb_name(r["image_id"])) if os.path.exists(f"{gallery}/{thumb_name(r['image_id'])}")
+                            else "", caption=_caption(r))
                for r in per_image if os.path.exists(f"{gallery}/{panel_name(r['image_id'])}")]
+    links = [("metrics.json", "metrics.json"), ("per_image.jsonl", "per_image.jsonl")]
     with open(f"{out}/index.html", "w") as f:
-        f.write(gallery_html(f"deep-spectral evaluate {task.name}", report, entries))
+        f.write(gallery_html(f"deep-spectral evaluate {task.name}", report, entries, links))
 
 
 def print_table(report: dict, task: Task) -> None:

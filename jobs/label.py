@@ -14,7 +14,8 @@ take its mask of each image's patch features as the first object. OUT gets
 
     OUT/labels/part-*.parquet     one row per object (pipeline.io.schema.OBJECT_SCHEMA)
     OUT/instances.json            class-agnostic COCO instances (boxes, RLE masks, scores)
-    OUT/gallery/index.html        a panel per image, or a fixed-seed sample of --gallery N
+    OUT/gallery/index.html        a panel per image, or a fixed-seed sample of --gallery N:
+                                  thumbs/ on the page, panels/ behind them, object scores
     OUT/heads/DIGEST.json         with --self-train: the fitted head (reruns reuse it)
     OUT/eigs, OUT/errors, OUT/runs    as `extract` writes them
 """
@@ -37,10 +38,11 @@ from PIL import Image
 from jobs import extract, runner
 from jobs.options import Flag, Options, dry_run, write_summary
 from pipeline.config import ExtractConfig, RuntimeConfig
-from pipeline.evaluation.panels import GALLERY_DIR, gallery_html, panel_name
+from pipeline.evaluation.panels import GALLERY_DIR, GalleryEntry, gallery_html, panel_name, thumb_name
 from pipeline.batch.head_fitting import fit_stored_head, head_sample, head_uri, read_head, write_head
 from pipeline.io.attempts import Attempts
 from pipeline.io.coco_instances import coco_ids_by_file_name, decode_mask, stable_image_id, write_instances
+from pipeline.io.runlog import RUNS_DIR, run_summary_name
 from pipeline.io.schema import eigen_table, error_table, object_table
 from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, scan_batches,
                                 shard_files, shard_name)
@@ -154,7 +156,7 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
                                 runtime, local, "deep-spectral-label", lease.owner, extract.decode_stage(cfg, out, digest),
                                 ran=ran)
         summary["instances"] = write_dataset_instances(out, digest, coco_annotations, clusters_dir)
-        summary["gallery"] = write_gallery(out, digest, sorted(panels))
+        summary["gallery"] = write_gallery(out, digest, sorted(panels), run_summary_name(digest, started))
         summary = runner.finish_summary(summary, outcome, started, clock, local, runtime, out, lease, ran)
         print(f"done: {summary['processed']} images labelled, {summary['failed']} failed, "
               f"{summary['seconds']} s ({summary['images_per_second']} images/s); "
@@ -290,16 +292,39 @@ def instances_source(out: str) -> dict | None:
     return {k: info.get(k) for k in ("config_digest", "image_ids_from", "categories_from")}
 
 
-def write_gallery(out: str, digest: str, ids: list[str]) -> str:
-    """OUT/gallery/index.html over the panels that exist for `ids`."""
+def write_gallery(out: str, digest: str, ids: list[str], run_file: str | None = None) -> str:
+    """OUT/gallery/index.html over the panels that exist for `ids`: each one's thumbnail
+    (the panel itself where it has none) linked to the panel, captioned with its objects'
+    scores from the labels table; links to OUT/instances.json and to the run summary
+    `run_file` (a name under OUT/runs/: this run's, which finish_summary writes next)."""
     fs, root = fsspec.core.url_to_fs(f"{out}/{GALLERY_DIR}")
-    entries = [(panel_name(i), i) for i in ids if fs.exists(f"{root}/{panel_name(i)}")]
+    panels, thumbs = _names(fs, f"{root}/panels"), _names(fs, f"{root}/thumbs")
+    ids = [i for i in ids if panel_name(i).split("/", 1)[1] in panels]
+    scores: dict[str, list[tuple[int, float]]] = {i: [] for i in ids}
+    if ids:
+        for batch in scan_batches(out, LABELS_DIR, ["image_id", "object", "score"], config_digest=digest,
+                                  image_ids=ids):
+            for row in batch.to_pylist():
+                scores[row["image_id"]].append((row["object"], row["score"]))
+    entries = [GalleryEntry(i, panel_name(i), thumb_name(i) if thumb_name(i).split("/", 1)[1] in thumbs else "",
+                            scores=tuple(s for _, s in sorted(scores[i]))) for i in ids]
     metrics = {"config_digest": digest, "images in gallery": len(entries),
-               "run summary": "../runs/ (one JSON per run)"}
+               "objects in gallery": sum(len(e.scores) for e in entries)}
+    links = [("run summary", f"../{RUNS_DIR}/{run_file}")] if run_file else []
+    links += [(INSTANCES_FILE, f"../{INSTANCES_FILE}")]
     fs.makedirs(root, exist_ok=True)
     with fs.open(f"{root}/index.html", "w") as f:
-        f.write(gallery_html("deep-spectral label", metrics, entries))
+        f.write(gallery_html("deep-spectral label", metrics, entries, links))
     return fs.unstrip_protocol(f"{root}/index.html")
+
+
+def _names(fs, folder: str) -> set[str]:
+    """The file names in `folder` (one listing, not a request per panel); none if it is missing."""
+    fs.invalidate_cache(folder)  # actors in other processes wrote there
+    try:
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)}
+    except FileNotFoundError:
+        return set()
 
 
 LABEL_FLAGS = [

@@ -1,5 +1,6 @@
 """`deep-spectral evaluate` end to end on real benchmark images (in-process extraction)."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -79,5 +80,10 @@ def test_localization_on_coco(tmp_path, offline_weights):
     best = {a["image_id"]: a for a in instances.loadAnns(instances.getAnnIds()) if a["rank"] == 0}
     assert all(0 <= a["score"] <= 1 and len(a["bbox"]) == 4 for a in best.values())
     assert len(list((out / "spectral" / "gallery" / "panels").glob("*.png"))) == 4
+    # OUT/index.html: the label run's thumbnails, lazy-loaded, linked to its panels; every link resolves.
+    page = (out / "index.html").read_text()
+    assert page.count('loading="lazy"') == 4 and page.count('src="spectral/gallery/thumbs/') == 4
+    links = re.findall(r'(?:href|src)="([^"]*)"', page)
+    assert len(links) == 2 + 2 * 4 and all((out / link).is_file() for link in links), links
     per_image = [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
     assert sum(r["correct"] for r in per_image) / 4 == report["corloc"]

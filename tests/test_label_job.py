@@ -1,6 +1,7 @@
 """`deep-spectral label` end to end on a local Ray cluster: objects, COCO instances, gallery,
 bad files, reruns; then a second label run that reuses the stored features."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -77,6 +78,21 @@ def test_label_writes_objects_instances_gallery_and_reruns_as_noop(local_ray, tm
     assert panels == sorted(i.replace(".jpg", ".png") for i in sampled if i != "corrupt.jpg")
     page = (out / "gallery" / "index.html").read_text()
     assert all(f"panels/{p}" in page for p in panels)
+    # The page shows each panel's thumbnail, lazy-loaded, linked to the full panel; every link
+    # (run summary, instances.json, panels, thumbnails) is a file that exists; the captions
+    # carry each object's place by score and score, as the labels table has them.
+    images = re.findall(r"<img [^>]*>", page)
+    assert len(images) == len(panels) and all('loading="lazy"' in img for img in images)
+    assert sorted(re.findall(r'src="([^"]*)"', page)) == [f"thumbs/{p.replace('.png', '.jpg')}" for p in panels]
+    links = re.findall(r'(?:href|src)="([^"]*)"', page)
+    assert {"../instances.json", "../runs/" + summary["run_file"].rsplit("/", 1)[1]} <= set(links)
+    assert len(links) == 2 + 2 * len(panels)
+    for link in links:
+        assert (out / "gallery" / link).resolve().is_file(), link
+    for name in sorted(i for i in sampled if i != "corrupt.jpg"):
+        mine = sorted((r for r in rows if r["image_id"] == name), key=lambda r: r["object"])
+        caption = re.search(rf'<figcaption><p title="{re.escape(name)}">.*?</figcaption>', page).group(0)
+        assert re.findall(r">(#\d+ [\d.]+)</b>", caption) == [f"#{r['object'] + 1} {r['score']:.2f}" for r in mine]
 
     before = listing(out)
     again = run_label(str(folder), str(out), cfg, label_cfg, runtime, refs, gallery=2)

@@ -9,6 +9,7 @@ segments under s3://, and its bucket prefix) and asserting on `keys(fs, prefix)`
 """
 import json
 import os
+import re
 import threading
 import time
 
@@ -139,6 +140,9 @@ def test_label_on_ray_reads_and_writes_the_bucket(s3, s3_extraction):
     assert len(coco.getAnnIds()) == len(objects) and len(coco.getImgIds()) == n - 1
     assert {c["id"] for c in coco.loadCats(coco.getCatIds())} == {1, 2, 3}  # 2 clusters + unassigned
     assert f"{BUCKET}/run/gallery/index.html" in stored
+    page = fs.cat_file(f"{BUCKET}/run/gallery/index.html").decode()
+    thumbs = sorted(k.split("/run/gallery/", 1)[1] for k in stored if "/run/gallery/thumbs/" in k)
+    assert len(thumbs) == 2 and sorted(re.findall(r'src="([^"]*)"', page)) == thumbs
     assert cli.main(label) == 0
     assert keys(fs, f"{BUCKET}/run") == stored
 

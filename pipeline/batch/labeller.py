@@ -4,7 +4,7 @@ rows extraction adds) out.
 Per image: the spectral core (SpectralExtractor), or, when a shard already holds the image's
 row with stored features, that row (no forward pass); then objects (pipeline.objects.instances)
 from its eigenvectors and graph (with a self-trained head, the head's mask of the patch features
-is the first object), and for images picked for the gallery a panel PNG. Like the
+is the first object), and for images picked for the gallery a panel PNG and its thumbnail. Like the
 extractor, it loads the backbone once and knows nothing about Ray.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kernels.backend import array_module, is_cupy, to_numpy
 from pipeline.batch.decoder import DecodedImage
 from pipeline.batch.extractor import SpectralExtractor
 from pipeline.config import ExtractConfig
-from pipeline.evaluation.panels import GALLERY_DIR, panel_name, render_panel
+from pipeline.evaluation.panels import GALLERY_DIR, object_tag, panel_name, render_panel, thumb_name, thumbnail
 from pipeline.features.geometry import geometry_of
 from pipeline.io.coco_instances import encode_mask
 from pipeline.io.rle import encode_masks
@@ -145,13 +145,18 @@ class ObjectLabeller:
         return [rows[item.ref.image_id] for item in stored]
 
     def _panel(self, image_id: str, image: np.ndarray, eigenvectors: np.ndarray, geom, objects) -> None:
+        """The image's panel (its objects' boxes tagged with place by score and score) and,
+        beside it under thumbs/, the thumbnail the gallery page shows."""
         panel = render_panel(image, eigenvectors, geom, object_masks=[to_numpy(o.mask) for o in objects],
                              pred_boxes=np.array([o.box for o in objects]), title=image_id,
-                             mask_title=f"{len(objects)} objects (best: red, then blue, yellow, green...)")
+                             box_labels=[object_tag(i, o.score) for i, o in enumerate(objects)],
+                             mask_title=f"{len(objects)} object masks")
         buffer = io.BytesIO()
         panel.save(buffer, format="PNG")
         with fsspec.open(f"{self.out}/{GALLERY_DIR}/{panel_name(image_id)}", "wb") as f:
             f.write(buffer.getvalue())
+        with fsspec.open(f"{self.out}/{GALLERY_DIR}/{thumb_name(image_id)}", "wb") as f:
+            f.write(thumbnail(panel))
 
     def _relabel(self, error: dict) -> dict:
         """Error rows of a label run carry its digest, so its reruns skip them."""
