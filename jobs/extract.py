@@ -133,8 +133,7 @@ def run_extract(source: str | None, out: str, cfg: ExtractConfig, runtime: Runti
         print(f"done: {summary['processed']} images written, {summary['failed']} failed, "
               f"{summary['seconds']} s ({summary['images_per_second']} images/s); shards in {out}/{EIGEN_DIR}, "
               f"errors in {out}/{ERROR_DIR}, run summary {summary['run_file']}")
-        for err in summary["errors"]:
-            print(f"  failed {err['image_id']}: {err['reason']}")
+        runner.print_failures(summary)
         return summary
 
     return runner.run_leased(out, runtime, run)

@@ -162,8 +162,7 @@ def run_label(source: str | None, out: str, cfg: ExtractConfig, label_cfg: Label
               f"{summary['seconds']} s ({summary['images_per_second']} images/s); "
               f"{summary['instances']['annotations']} objects in {out}/{INSTANCES_FILE}, "
               f"gallery {summary['gallery']}, run summary {summary['run_file']}")
-        for err in summary["errors"]:
-            print(f"  failed {err['image_id']}: {err['reason']}")
+        runner.print_failures(summary)
         return summary
 
     return runner.run_leased(out, runtime, run)

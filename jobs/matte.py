@@ -218,8 +218,7 @@ def run_matte(source: str | None, out: str, cfg: MattingConfig, runtime: Runtime
         print(f"done: {summary['processed']} images matted, {summary['failed']} failed, "
               f"{summary['seconds']} s ({summary['images_per_second']} images/s); rows in {out}/{MATTES_DIR}, "
               f"{written} PNG files in {out}, errors in {out}/{ERROR_DIR}, run summary {summary['run_file']}")
-        for err in summary["errors"]:
-            print(f"  failed {err['image_id']}: {err['reason']}")
+        runner.print_failures(summary)
         return summary
 
     return runner.run_leased(out, runtime, run)

@@ -386,6 +386,12 @@ def _run_on_ray(batches: list[dict], actor_cls, actor_kwargs: dict, runtime: Run
     yield from results.iter_rows()
 
 
+def print_failures(summary: dict) -> None:
+    """One line per failed image of a run summary, after its "done:" line."""
+    for err in summary["errors"]:
+        print(f"  failed {err['image_id']}: {err['reason']}")
+
+
 def exit_status(summary: dict) -> int:
     """A run's exit status: 1 when it failed (more failed images than --max-failures allows,
     or every image), saying why on stderr; 0 otherwise (a run with nothing to do included)."""

@@ -20,6 +20,18 @@ def shared_data(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def samples_with_a_corrupt_file(folder: Path) -> Path:
+    """The four sample photos and corrupt.jpg (a truncated JPEG) in `folder`: a set in which one
+    image must become an error row and every other one be processed."""
+    import shutil
+
+    folder.mkdir()
+    for img in SAMPLES.glob("*.jpg"):
+        shutil.copy(img, folder / img.name)
+    (folder / "corrupt.jpg").write_bytes((SAMPLES / "chelsea.jpg").read_bytes()[:500])
+    return folder
+
+
 def sample_image() -> np.ndarray:
     return np.asarray(Image.open(SAMPLES / "chelsea.jpg").convert("RGB"))
 

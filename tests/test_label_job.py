@@ -14,7 +14,7 @@ from pipeline.io.schema import OBJECT_SCHEMA
 from pipeline.io.sources import list_images
 from pipeline.objects.discovery import DiscoveryConfig
 from pipeline.objects.instances import LabelConfig
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, samples_with_a_corrupt_file
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -29,11 +29,7 @@ def test_label_writes_objects_instances_gallery_and_reruns_as_noop(local_ray, tm
 
     from jobs.label import gallery_ids, run_label
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for img in SAMPLES.glob("*.jpg"):
-        shutil.copy(img, folder / img.name)
-    (folder / "corrupt.jpg").write_bytes((SAMPLES / "chelsea.jpg").read_bytes()[:500])
+    folder = samples_with_a_corrupt_file(tmp_path / "images")
     out = tmp_path / "out"
     cfg = ExtractConfig(backbone=BackboneConfig(long_side=224), eigen=EigenConfig(k=6), store_features=True)
     label_cfg = LabelConfig(discovery=DiscoveryConfig(max_objects=3))

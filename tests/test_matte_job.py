@@ -3,7 +3,6 @@ and a corrupt file, its rows, PNG files and error row, the exit status, and a re
 writes nothing."""
 import io
 import json
-import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.io.schema import MATTE_SCHEMA
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, samples_with_a_corrupt_file
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -25,11 +24,7 @@ def test_matte_on_ray_writes_rows_files_and_an_error_row_and_reruns_as_noop(loca
     from jobs import runner
     from jobs.matte import cli
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for img in SAMPLES.glob("*.jpg"):
-        shutil.copy(img, folder / img.name)
-    (folder / "corrupt.jpg").write_bytes((SAMPLES / "chelsea.jpg").read_bytes()[:500])
+    folder = samples_with_a_corrupt_file(tmp_path / "images")
     out = tmp_path / "out"
     run = [str(folder), "--out", str(out), "--long-side", "224", "--max-side", "96", "--batch-size", "3",
            "--summary", str(tmp_path / "summary.json")]
