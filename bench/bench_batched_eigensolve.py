@@ -1,6 +1,6 @@
-"""Prints a markdown table: seconds per image, per-image vs batched smallest eigenpairs, real ViT graphs.
+"""Prints docs/scale.md's per-image vs batched eigensolve figures: seconds per image, real ViT graphs.
 
-    python -m bench.bench_batched_eigensolve [--batch 8 32] [--k 15] [--repeats 3] [--gpu]
+    python -m bench.bench_batched_eigensolve [--batch 8 32] [--eigenvectors 15] [--repeats 3] [--gpu]
         [--images DATA/ecssd/images] [--cache FEATURES.npz]
 
 Graphs: W = max(f̂ f̂ᵀ, 0) (pipeline.spectral.affinity.feature_affinity) from the offline
@@ -85,7 +85,7 @@ def best_of(fns, repeats: int, sync) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--k", type=int, default=15)
+    parser.add_argument("--eigenvectors", dest="k", type=int, default=15, help="eigenpairs per graph")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, help="BLAS threads while timing (default: the library's)")
     parser.add_argument("--gpu", action="store_true", help="CuPy arrays on the GPU instead of NumPy")

@@ -1,4 +1,4 @@
-"""Memory and time of the final clustering task as the dataset grows.
+"""Prints docs/semantic.md's "Memory of the final task" table: `cluster`'s memory and time as the dataset grows.
 
     python -m bench.bench_cluster [--sizes 10000 100000 1000000] [--dim 384]
 

@@ -1,6 +1,8 @@
-"""Per-image cost of the spectral core on this machine, on real images.
+"""Prints docs/results.md's "Performance of the spectral core" table: per-image cost on real images.
 
-    python -m bench.bench_core [--data-root ../shared/data] [--images 20]
+    python -m bench.bench_core [--data-root DATA] [--images 20] [--eigenvectors 15]
+
+DATA holds ecssd/images (without it, the photos in samples/).
 
 For each image: backbone forward, graph, our eigensolve, the reference eigensolve
 (dense W and D, `eigsh(D - W, k, sigma=0, which="LM", M=D)`) on the same graph, and the shard
@@ -54,10 +56,11 @@ def write_row(spectrum_vals, vecs, cfg) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", metavar="DATA", default=str(ROOT.parent / "shared" / "data"),
+                        help="the folder holding ecssd/images")
     parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--k", type=int, default=15)
+    parser.add_argument("--eigenvectors", dest="k", type=int, default=15, help="eigenpairs per image")
     args = parser.parse_args()
     paths = sorted((Path(args.data_root) / "ecssd" / "images").glob("*.jpg"))[: args.images] or sorted((ROOT / "samples").glob("*.jpg"))
     cfg = ExtractConfig()

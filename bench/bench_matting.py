@@ -1,7 +1,9 @@
-"""Matting quality and cost on this machine: alphamatting.com training images and large inputs.
+"""Prints docs/matting.md's "Results on alphamatting.com" and "Cost at size" tables: matting quality and cost.
 
-    python -m bench.bench_matting [--data-root ../shared/data] [--limit N] [--json FILE]
+    python -m bench.bench_matting [--data-root DATA] [--limit N] [--json FILE]
                                   [--skip-quality] [--skip-size]
+
+DATA holds alphamatting/ (images, alpha, trimap1, trimap2 of the training set).
 
 Quality: SAD, MSE and gradient error (pipeline.evaluation.matting_metrics; means over the images) of
 pymatting's own closed-form matting (`estimate_alpha_cf`, the baseline) and of ours (colour
@@ -149,8 +151,8 @@ def print_sizes(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"), metavar="DATA")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--json", default=None)
     parser.add_argument("--skip-quality", action="store_true")

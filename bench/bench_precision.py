@@ -1,11 +1,11 @@
-"""The forward pass in bf16 against fp32 on one benchmark's images: the table in docs/scale.md
-"Precision of the forward pass" (eigenvalues, Fiedler vectors, masks, per tune/check part).
+"""Prints docs/scale.md's "Precision of the forward pass" table: bf16 against fp32 on one benchmark's images.
 
-    D=path/to/data
-    deep-spectral extract $D/ecssd/images --out FP32 --store-features --local
-    deep-spectral extract $D/ecssd/images --out BF16 --store-features --precision bf16 --local
-    python -m bench.bench_precision --shards FP32 --other BF16 --images $D/ecssd/images --masks $D/ecssd/masks --split half
-    python -m bench.single_object --shards BF16 --images $D/ecssd/images --masks $D/ecssd/masks --split half \\
+    DATA=path/to/data
+    deep-spectral extract $DATA/ecssd/images --out FP32 --store-features --local
+    deep-spectral extract $DATA/ecssd/images --out BF16 --store-features --precision bf16 --local
+    python -m bench.bench_precision --shards FP32 --other BF16 --images $DATA/ecssd/images \\
+        --masks $DATA/ecssd/masks --split half
+    python -m bench.single_object --shards BF16 --images $DATA/ecssd/images --masks $DATA/ecssd/masks --split half \\
         --levers fiedler/none,fiedler/guided --precision bf16   # mIoU / CorLoc of each (and on FP32)
 
 Reads two extractions of the same images that differ only in BackboneConfig.precision and

@@ -1,11 +1,13 @@
-"""The extraction job at scale on this machine: throughput with 1 and 2 CPU actors on local
-Ray, the driver's peak memory, and the cost of a rerun with nothing left to do.
+"""Prints docs/results.md's "Throughput on this machine" and docs/objects.md's extract-vs-label throughput tables.
+
+The extraction (or label) job at scale on this machine: throughput with 1 and 2 CPU actors on
+local Ray, the driver's peak memory, and the cost of a rerun with nothing left to do.
 
     python -m bench.bench_scale [--images 2000] [--long-side 112] [--job extract|label] [--actors 1 2]
 
-Synthetic JPEGs (bench/synthetic_images.py) at a small size keep 2,000 images within
+Synthetic JPEGs (tests/synthetic_images.py) at a small size keep 2,000 images within
 minutes on 2 cores; per-image cost at full size is bench.bench_core's business. Every run is
-`python -m jobs.extract` in its own process (a fresh local Ray each), as a user runs it.
+`python -m jobs.extract` (or `jobs.label`) in its own process (a fresh local Ray each), as a user runs it.
 Columns:
   wall s        the whole command: imports, listing, Ray start-up, model loads, extraction
   job img/s     the run summary's images/s: run_extract's clock, listing to last batch
@@ -24,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.synthetic_images import write_synthetic_jpegs
+from tests.synthetic_images import write_synthetic_jpegs
 
 ROOT = Path(__file__).resolve().parents[1]
 

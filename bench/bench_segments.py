@@ -1,6 +1,6 @@
-"""What per-image segments add to extraction time.
+"""Prints docs/semantic.md's "Cost of segments" table: what per-image segments add to extraction time.
 
-    python -m bench.bench_segments [--images 10] [--data-root ../shared/data]
+    python -m bench.bench_segments [--images 10] [--data-root DATA]      # DATA holds coco128/images
 
 The same COCO128 images through SpectralExtractor (in this process, one batch per image,
 after a warm-up image) without segments, with 15 mask-pooled segments and with 15 crop-CLS
@@ -38,7 +38,7 @@ def seconds_per_image(cfg: ExtractConfig, refs) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10)
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"), metavar="DATA")
     args = parser.parse_args()
     refs = list_images(f"{args.data_root}/coco128/images")[:args.images]
     modes = {"none": SegmentsConfig(),

@@ -1,6 +1,6 @@
-"""Spectral matting at higher resolution: the layers' graph and size, cost and quality.
+"""Prints docs/matting.md's "Spectral layers at higher resolution" table: the layers' graph and size, cost, quality.
 
-    python -m bench.bench_spectral_matting [--data-root ../shared/data] [--sides 200 400]
+    python -m bench.bench_spectral_matting [--data-root DATA] [--sides 200 400]
                                            [--graphs cf knn] [--limit N] [--json FILE]
 
 For each (graph, long side) one fresh process computes the 20 layers of every alphamatting.com
@@ -75,7 +75,8 @@ def summary(result: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"), metavar="DATA",
+                    help="the folder holding alphamatting/")
     ap.add_argument("--sides", type=int, nargs="+", default=[200, 400])
     ap.add_argument("--graphs", nargs="+", default=["cf", "knn"])
     ap.add_argument("--limit", type=int, default=None)

@@ -1,6 +1,8 @@
-"""More candidates per image for class-agnostic AP: which additions raise box AP50 / AR100.
+"""Prints docs/objects.md's candidate table (COCO instances): which added candidates per image raise box AP50 / AR100.
 
-    python -m bench.candidate_recall --shards OUT --annotations instances.json
+    DATA=path/to/data
+    deep-spectral extract $DATA/coco_instances/images --out OUT --store-features
+    python -m bench.candidate_recall --shards OUT --annotations $DATA/coco_instances/instances.json
 
 Offline on eigen rows stored with features (`--store-features`), patch boxes only (no pixel
 refinement, so cheap): the default iterative cut, then candidates appended with lower scores

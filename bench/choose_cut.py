@@ -1,10 +1,15 @@
-"""Choosing the cut among the iterative cut's objects (label's discovery), on stored shards.
+"""Prints docs/results.md's iter-head / iter-border / all-head / all-border rows: choosing label's cut.
 
-    D=../shared/data
-    python -m bench.choose_cut --shards /work/out12/ecssd --images $D/ecssd/images --masks $D/ecssd/masks --split half
-    python -m bench.choose_cut --shards /work/out12/coco128 --images $D/coco128/images \\
-        --annotations $D/coco128/instances_train2017.json --split name
-    python -m bench.choose_cut --shards /work/out/voc07 --voc-root $D/voc2007/VOC2007 --split parity
+    DATA=path/to/data
+    deep-spectral extract $DATA/ecssd/images --out OUT --store-features      # once per benchmark, then:
+    python -m bench.choose_cut --shards OUT --images $DATA/ecssd/images --masks $DATA/ecssd/masks --split half
+    python -m bench.choose_cut --shards OUT --images $DATA/coco128/images \\
+        --annotations $DATA/coco128/instances_train2017.json --split name
+    python -m bench.choose_cut --shards OUT --voc-root $DATA/voc2007/VOC2007 --split parity
+
+OUT: the default extraction with stored features (for VOC07: `deep-spectral extract --dataset
+voc --root $DATA/voc2007/VOC2007 --out OUT --store-features`). The cut is chosen among the
+iterative cut's objects (label's discovery), on the stored shards.
 
 Per image, from the stored features and eigenvectors (no forward pass): the graph, label's
 default discovery (iterative, up to 8 objects, mean threshold) and, with `+eig`, also the
@@ -51,7 +56,7 @@ def _least_border(masks: list[np.ndarray]) -> np.ndarray:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_benchmark_arguments(p)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()

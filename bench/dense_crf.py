@@ -1,11 +1,14 @@
-"""A dense CRF (pydensecrf2) against the guided filter on the Fiedler mask, on stored shards.
+"""Prints docs/results.md's crf rows: a dense CRF (pydensecrf2) against the guided filter on the Fiedler mask.
 
-    pip wheel --no-deps pydensecrf2==1.1            # an sdist: builds here in ~10 min (Eigen, C++)
-    pip install --no-deps --target /tmp/crf pydensecrf2-1.1-*.whl
-    PYTHONPATH=/tmp/crf python -m bench.dense_crf --shards /work/out12/ecssd --images ../shared/data/ecssd/images \\
-        --masks ../shared/data/ecssd/masks --split half
+    DATA=path/to/data
+    deep-spectral extract $DATA/ecssd/images --out OUT --store-features
+    pip wheel --no-deps pydensecrf2==1.1            # an sdist: builds in ~10 min (Eigen, C++)
+    pip install --no-deps --target CRF pydensecrf2-1.1-*.whl
+    PYTHONPATH=CRF python -m bench.dense_crf --shards OUT --images $DATA/ecssd/images \\
+        --masks $DATA/ecssd/masks --split half
 
-Not a dependency of the project (not on the design card, no wheel on PyPI): measured here only.
+On the stored shards (no forward pass). pydensecrf2 is not a dependency of the project (an
+sdist only, no wheel on PyPI): this bench is its only user.
 Unary: −log of the upsampled patch mask smoothed to p ∈ [0.05, 0.95] (bilinear), the
 reference's and DeepLab's pairwise terms (Gaussian: σ 3 px, weight 3; bilateral: σ_xy 67 px,
 σ_rgb 3, weight 4), 10 mean-field iterations; the mask is argmax.
@@ -42,7 +45,7 @@ def dense_crf(image: np.ndarray, p: np.ndarray, iterations: int = 10) -> np.ndar
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True)
     p.add_argument("--images", required=True)
     p.add_argument("--masks", required=True)

@@ -1,6 +1,11 @@
-"""Tune and check means of `deep-spectral evaluate` runs' per-image records.
+"""Prints docs/results.md's `evaluate` rows per tune/check part: means of `evaluate` runs' per-image records.
 
-    python -m bench.evaluate_parts --split parity --metric iou /work/out12s4/horse_default /work/out12s4/horse_selftrain
+    DATA=path/to/data
+    deep-spectral evaluate segmentation --images $DATA/weizmann_horse/images \\
+        --masks $DATA/weizmann_horse/masks --out OUT1
+    deep-spectral evaluate segmentation --images $DATA/weizmann_horse/images --masks $DATA/weizmann_horse/masks \\
+        --out OUT2 --store-features --self-train
+    python -m bench.evaluate_parts --split parity --metric iou OUT1 OUT2
 
 Each OUT is an `evaluate` output folder (OUT/per_image.jsonl); --split is bench.single_object's
 rule (half | parity | name) over the sorted image ids of the first OUT, so every run is scored on
@@ -18,7 +23,7 @@ from bench.single_object import _part
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("outs", nargs="+")
     p.add_argument("--split", required=True, help="half | parity | name")
     p.add_argument("--metric", default="iou", help="per-image record field, e.g. iou or corloc")

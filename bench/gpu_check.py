@@ -1,5 +1,7 @@
-"""GPU check for a bare CUDA machine: the GPU tests, CuPy-vs-NumPy eigenpairs on real-image
-graphs, and a throughput table, in a few minutes.
+"""Prints docs/scale.md's "GPU check" tables: GPU tests, CuPy-vs-NumPy eigenpairs, throughput on a bare CUDA machine.
+
+On a bare CUDA machine in a few minutes: the GPU tests, CuPy-vs-NumPy eigenpairs on real-image
+graphs, and a throughput table.
 
     python bench/gpu_check.py                      # on the GPU machine (make gpu-check)
     python bench/gpu_check.py --export-weights weights   # here: fp16 offline weights to carry (make gpu-weights)

@@ -1,5 +1,7 @@
-"""The region-crop stage on a GPU against the CPU: the same regions embedded on both, and the
-GPU's regions per second (pipeline.batch.region_embedder; no Ray, no network).
+"""Prints docs/scale.md's region-crop GPU figures: the region-crop stage on a GPU against the CPU.
+
+The same regions embedded on both, and the GPU's regions per second
+(pipeline.batch.region_embedder; no Ray, no network).
 
     python bench/gpu_region_crops.py [--weights weights/dinov2_vits14_offline.fp16.safetensors] [--repeat 8]
     python bench/gpu_region_crops.py --cpu      # both sides on the CPU (a smoke test)

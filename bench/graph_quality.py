@@ -1,8 +1,12 @@
-"""Graph kinds against each other on ECSSD tune/check subsets, from stored features (no forward).
+"""Prints docs/sparse.md's graph-quality tables: graph kinds against each other on ECSSD tune/check, no forward pass.
 
-    python -m bench.graph_quality --shards OUT [--upsample 1|2] [--kinds dense lowrank sparse] [--halves]
+    DATA=path/to/data
+    deep-spectral extract $DATA/ecssd/images --out OUT --store-features
+    python -m bench.graph_quality --shards OUT [--ecssd $DATA/ecssd] [--upsample 1|2|4] \\
+        [--kinds dense lowrank sparse] [--topk 20] [--halves]
 
 OUT holds ECSSD eigen rows written with --store-features (default extraction otherwise).
+--upsample is the graph's extract.graph.upsample, --topk the sparse kind's extract.graph.sparsify_topk.
 Tune = ECSSD 0001-0050, check = 0251-0300 (docs/sparse.md); --halves: the whole dev set,
 0001-0250 / 0251-0500 (docs/results.md's split). Per image and graph kind: the
 graph from the stored features, 15 eigenpairs, the Fiedler mask (mean threshold, largest
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +32,8 @@ from pipeline.objects.masks import SegmentConfig, segment
 from pipeline.spectral.affinity import image_affinity
 from pipeline.spectral.spectrum import graph_spectrum
 
+ROOT = Path(__file__).resolve().parents[1]
+
 SUBSETS = {"tune": [f"{i:04d}.jpg" for i in range(1, 51)], "check": [f"{i:04d}.jpg" for i in range(251, 301)]}
 HALVES = {"tune": [f"{i:04d}.jpg" for i in range(1, 251)], "check": [f"{i:04d}.jpg" for i in range(251, 501)]}
 COLUMNS = ["image_id", "grid_h", "grid_w", "feature_dim", "features", "height", "width", "input_height",
@@ -36,10 +43,12 @@ COLUMNS = ["image_id", "grid_h", "grid_w", "feature_dim", "features", "height", 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True)
-    p.add_argument("--ecssd", default="../shared/data/ecssd")
+    p.add_argument("--ecssd", default=str(ROOT.parent / "shared" / "data" / "ecssd"),
+                   help="ECSSD's folder (images, masks)")
     p.add_argument("--upsample", type=int, default=1)
     p.add_argument("--kinds", nargs="+", default=["dense", "lowrank"])
-    p.add_argument("--knn", type=int, default=20, help="neighbours of the sparse kind")
+    p.add_argument("--topk", dest="knn", metavar="K", type=int, default=20,
+                   help="neighbours per node of the sparse kind")
     p.add_argument("--halves", action="store_true", help="all 500 images, halves 0001-0250 / 0251-0500")
     a = p.parse_args()
     parts = HALVES if a.halves else SUBSETS

@@ -1,7 +1,10 @@
-"""CorLoc of the objects `label` wrote, on a tune and a check half of a VOC or COCO set.
+"""Prints docs/objects.md's and docs/results.md's CorLoc rows of `label` runs (VOC07, COCO128), tune and check.
 
-    python -m bench.label_corloc --labels OUT --digest LABEL_DIGEST --voc-root VOCdevkit/VOC2007
-    python -m bench.label_corloc --labels OUT --digest LABEL_DIGEST --images DIR --annotations FILE
+    DATA=path/to/data
+    deep-spectral label --dataset voc --root $DATA/voc2007/VOC2007 --out OUT     # LABEL_DIGEST: OUT/runs/*.json
+    python -m bench.label_corloc --labels OUT --digest LABEL_DIGEST --voc-root $DATA/voc2007/VOC2007
+    python -m bench.label_corloc --labels OUT --digest LABEL_DIGEST --images $DATA/coco128/images \\
+        --annotations $DATA/coco128/instances_train2017.json --parts name
 
 For each image, the top-scored object's box (and, for comparison, the best of its objects:
 the ceiling a better ranking could reach) against every ground-truth box; images without a
@@ -23,7 +26,7 @@ from pipeline.io.ground_truth import coco_boxes, voc_boxes
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--labels", required=True)
     p.add_argument("--digest", required=True)
     p.add_argument("--voc-root")

@@ -1,6 +1,10 @@
-"""Scores and stopping rules for label's objects, measured offline on one stored label run.
+"""Prints docs/objects.md's score / rule table and docs/results.md's COCO instances rows: rules for label's objects.
 
-    python -m bench.object_rules --labels OUT --digest LABEL_DIGEST --annotations instances.json
+    DATA=path/to/data
+    deep-spectral label $DATA/coco_instances/images --out OUT      # LABEL_DIGEST: OUT/runs/*.json
+    python -m bench.object_rules --labels OUT --digest LABEL_DIGEST --annotations $DATA/coco_instances/instances.json
+
+Measured offline on the stored label run.
 
 Reads OUT/labels (one run with many objects per image and no stopping rule), applies each
 rule by filtering and rescoring the stored rows (rank, eigenvalue, border, grid area), and
@@ -59,7 +63,7 @@ def frame_rule(area: float, border: float):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--labels", required=True)
     p.add_argument("--digest", required=True)
     p.add_argument("--annotations", required=True)

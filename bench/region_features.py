@@ -1,7 +1,9 @@
-"""How much class information a backbone's features hold on ground-truth regions: the ceiling
-of any segment-clustering recipe that uses them.
+"""Prints docs/semantic.md's region-feature table: class information of backbone features on ground-truth regions.
 
-    python -m bench.region_features --voc-root ../shared/data/voc2007/VOC2007 \\
+How much class information a backbone's features hold on ground-truth regions: the ceiling of
+any segment-clustering recipe that uses them.
+
+    python -m bench.region_features --voc-root DATA/voc2007/VOC2007 \\
         [--split Segmentation/trainval] [--backbones NAME ...] [--seeds 5] [--limit N] \\
         [--features keys tokens block7 ...] [--part tune_even.txt]
 

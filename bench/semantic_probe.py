@@ -1,5 +1,7 @@
-"""The self-training head trained on GROUND-TRUTH labels of one scored part and scored on
-another: what a head over the stored patch features could reach were its pseudo-labels right.
+"""Prints docs/semantic.md's "head trained on the ground truth" table: the head fitted to ground-truth labels.
+
+The self-training head trained on GROUND-TRUTH labels of one scored part and scored on another:
+what a head over the stored patch features could reach were its pseudo-labels right.
 
     python -m bench.semantic_probe --shards SHARDS [--config-digest D] --voc-root VOC2007 \\
         [--split Segmentation/trainval] --part tune=tune_even.txt --part check=check_odd.txt \\

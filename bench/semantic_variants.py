@@ -1,7 +1,7 @@
-"""Per-image segment settings compared on one extraction, without re-extracting.
+"""Prints docs/semantic.md's segment-settings table (COCO128): per-image segment settings on one extraction.
 
-    python -m bench.semantic_variants --shards SHARDS --masks coco128/semantic_masks \\
-        --label-map coco128/semantic_eval_map.json [--segments 4 8 15] [--seeds 3]
+    python -m bench.semantic_variants --shards SHARDS --masks DATA/coco128/semantic_masks \\
+        --label-map DATA/coco128/semantic_eval_map.json [--segments 4 8 15] [--seeds 3]
 
 SHARDS must be written by `evaluate semantic` / `extract` with --segments N --store-features.
 Segments are recomputed from the stored eigenvectors for each (segments, background rule)

@@ -1,18 +1,20 @@
-"""Single-object levers on stored shards, measured on a tune and a check part of one benchmark.
+"""Prints docs/results.md's tune/check lever tables (ECSSD, Weizmann Horse, COCO128, VOC07): single-object levers.
 
-    D=../shared/data
-    python -m bench.single_object --shards /work/out12/ecssd --images $D/ecssd/images --masks $D/ecssd/masks \\
+    DATA=path/to/data
+    deep-spectral extract $DATA/ecssd/images --out OUT --store-features      # once per benchmark, then:
+    python -m bench.single_object --shards OUT --images $DATA/ecssd/images --masks $DATA/ecssd/masks \\
         --split half --levers fiedler/guided,fiedler/bilateral,head/guided
-    python -m bench.single_object --shards /work/out12/horse --images $D/weizmann_horse/images \\
-        --masks $D/weizmann_horse/masks --split parity
-    python -m bench.single_object --shards /work/out12/coco128 --images $D/coco128/images \\
-        --annotations $D/coco128/instances_train2017.json --split name --levers fiedler0,head
-    python -m bench.single_object --shards /work/out/voc07 --voc-root $D/voc2007/VOC2007 --split parity
-    python -m bench.single_object --shards /work/out/voc07 --voc-root $D/voc2007/VOC2007 --split parity --graph lowrank
-    python -m bench.single_object --shards OUT --images $D/ecssd/images --masks $D/ecssd/masks \
+    python -m bench.single_object --shards OUT --images $DATA/weizmann_horse/images \\
+        --masks $DATA/weizmann_horse/masks --split parity
+    python -m bench.single_object --shards OUT --images $DATA/coco128/images \\
+        --annotations $DATA/coco128/instances_train2017.json --split name --levers fiedler0,head
+    python -m bench.single_object --shards OUT --voc-root $DATA/voc2007/VOC2007 --split parity [--graph lowrank]
+    python -m bench.single_object --shards OUT --images $DATA/ecssd/images --masks $DATA/ecssd/masks \\
         --split half --levers fiedler/guided4,label/guided4,label-frame/guided4 --frame 0.8/0.7
 
-Reads the shards of one extraction that stored its patch features (no forward pass). A lever
+docs/objects.md, docs/sparse.md and docs/scale.md cite its rows too. It reads the shards of one
+extraction that stored its patch features (for VOC07: `deep-spectral extract --dataset voc
+--root $DATA/voc2007/VOC2007 --out OUT --store-features`), no forward pass. A lever
 is CELLS[/REFINE]: how the patch mask is chosen (CELLS) and, for mask benchmarks, how it is
 brought to pixels (REFINE: none, guided, bilateral; pipeline.objects.masks; guidedS, e.g.
 guided4: the fast guided filter fitted on S×S blocks, SegmentConfig.subsample). Mask benchmarks
@@ -228,7 +230,7 @@ def _soft(item: Item, cells: np.ndarray, refine: str, cfg: SegmentConfig) -> np.
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_benchmark_arguments(p)
     p.add_argument("--levers", default="fiedler/guided")
     p.add_argument("--head-images", type=int, default=400)

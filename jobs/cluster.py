@@ -17,9 +17,9 @@ seed, and writes:
 With --region-crops NAME the first clustering's regions (each image's segments grouped by
 label) are cropped and embedded by NAME in Ray actors between two tasks (jobs.region_crops:
 OUT/regions, OUT/region_errors), and the final task clusters them again: the labels are the
-regions' classes (OUT/region_clusters.npz). With --self-train-backbone NAME, NAME's feature map of
-every image is made first, by Ray actors too (jobs.head_maps: OUT/head_maps, OUT/head_map_errors),
-and the head reads it next to the stored patch features.
+regions' classes (OUT/region_clusters.npz). With --set pseudo_labels.self_train.backbone=NAME,
+NAME's feature map of every image is made first, by Ray actors too (jobs.head_maps:
+OUT/head_maps, OUT/head_map_errors), and the head reads it next to the stored patch features.
 
 Same seed + same shards = the same labels. A rerun with the same settings overwrites the
 same files (and embeds no region twice).

@@ -21,8 +21,9 @@ NAME=FILE also scores a part (tune, check) on its own with its own matching, in 
 and the same clusters, while clustering stays over everything. --region-crops NAME re-embeds
 each seed's regions and clusters them again (jobs.region_crops: OUT/regions, one regions
 digest per seed, so a rerun embeds nothing twice); the oracle then joins the ground-truth
-regions' crops by NAME to their features the same way. --self-train-backbone NAME maps every
-clustered image once for all seeds (jobs.head_maps: OUT/head_maps).
+regions' crops by NAME to their features the same way. --set
+pseudo_labels.self_train.backbone=NAME maps every clustered image once for all seeds
+(jobs.head_maps: OUT/head_maps).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The second network's maps of `--self-train-backbone NAME` (pipeline.semantic.head_maps), made
-before the head trains, once per extraction whatever the seed.
+"""The second network's maps (`--set pseudo_labels.self_train.backbone=NAME`; pipeline.semantic.head_maps),
+made before the head trains, once per extraction whatever the seed.
 
     run_head_maps(shards, extract_digest, out, cfg, long_side, runtime, local)   -> run summary
     run_for_head(shards, extract_digest, out, self_train_cfg, ...)   the same where the head asks for maps

@@ -6,8 +6,8 @@ Region features follow the extraction's --segment-features: "pool" averages the 
 features over each region (coverage-weighted; the stored ones with --store-features, else from
 a forward pass per scored image), "keys" and "blockB" average the last block's keys or block
 B's tokens the same way (one forward pass per scored image), "crop" re-embeds the box around
-each region with the crops' embedder (the backbone's CLS token, or --segment-backbone's) at
---crop-size, and joined kinds ("pool+block9", "crop+pool+block9") join the regions' features as
+each region with the crops' embedder (the backbone's CLS token, or extract.segments.backbone's) at
+extract.segments.crop_size, and joined kinds ("pool+block9", "crop+pool+block9") join the regions' features as
 segments' are. With --region-crops NAME those features are what a region's segments pool, and
 the region's box crop embedded by NAME is joined to them (or replaces them) as the pipeline's
 re-embedded regions are (pipeline.semantic.region_crops.region_features). Only the scored

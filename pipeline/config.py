@@ -49,7 +49,7 @@ class BackboneConfig:
     # for the offline backbone); else a local path or fsspec URL to .safetensors / .pth.
     weights: Optional[str] = None
     # "keys" (last attention block, the paper's choice) or "tokens" (final normed tokens);
-    # None = the registry's per-backbone default, which FINDINGS.md measured.
+    # None = the registry's per-backbone default, the kind that measured better for it (docs/method.md).
     features: Optional[str] = None
     # Resize the long side to this many pixels before cropping to a patch multiple;
     # None = the reference's behaviour (native size, cropped to a patch multiple).
@@ -76,8 +76,9 @@ class GraphConfig:
     knn_scale: str = "relative"
     knn_neighbors: tuple[int, ...] = (20, 10)
     knn_spatial_weights: tuple[float, ...] = (2.0, 0.1)
-    # Keep only each node's top-k feature affinities (symmetrised): an explicit option,
-    # because it changes the embedding (FINDINGS: 6-13 degrees of subspace angle).
+    # Keep only each node's top-k feature affinities (symmetrised): an explicit option, because
+    # it changes the embedding (6-13 degrees of subspace angle from the dense graph's eigenvectors,
+    # and masks far below dense on ECSSD: docs/sparse.md).
     sparsify_topk: Optional[int] = None
     # Bilinear upsampling of the feature grid before the graph (the reference's
     # image_downsample_factor: 2 turns a /16 grid into 8 px cells).

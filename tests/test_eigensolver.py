@@ -19,7 +19,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 from PIL import Image
 
-from bench import pixel_graphs
+from tests import pixel_graphs
 from kernels import (Eigenpairs, array_module, normalized_laplacian, scipy_module,
                      smallest_eigenpairs, to_numpy)
 from kernels.eigensolver import DENSE_MAX_N

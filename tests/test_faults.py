@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.synthetic_images import write_synthetic_jpegs
+from tests.synthetic_images import write_synthetic_jpegs
 from pipeline.io.images import TEST_EXIT_MARKER_ENV
 from pipeline.io.shards import EIGEN_DIR, ERROR_DIR, read_table
 from tests.conftest import ROOT

@@ -1,4 +1,4 @@
-"""Background per cell by the Fiedler vector (`--fiedler-threshold A`): the test by hand, and a
+"""Background per cell by the Fiedler vector (`--set pseudo_labels.fiedler_threshold=A`): the test by hand, and a
 planted scene whose object segment spills onto the background, labelled exactly only with the
 test, in the pseudo-labels and in the labels a self-training head learns from."""
 import argparse

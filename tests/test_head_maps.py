@@ -1,4 +1,4 @@
-"""A second network's maps for the self-training head (`--self-train-backbone`): the image area
+"""A second network's maps for the self-training head (`pseudo_labels.self_train.backbone`): the image area
 the cells cover, the map on the grid, maps written and read back, a planted scene whose stored
 patch features carry nothing and whose maps carry the classes (the head reproduces the labels
 only with the maps), and the stage on real shards with the real supervised network: an image

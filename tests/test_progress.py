@@ -3,7 +3,7 @@ both in an in-process extraction."""
 import json
 from datetime import datetime, timezone
 
-from bench.synthetic_images import write_synthetic_jpegs
+from tests.synthetic_images import write_synthetic_jpegs
 from pipeline.config import BackboneConfig, EigenConfig, ExtractConfig, RuntimeConfig
 from pipeline.io.progress import Progress
 from pipeline.io.runlog import RUNS_DIR, write_run_summary

