@@ -49,9 +49,7 @@ def build(cls: type, data: Any, where: str):
     try:
         return cls(**values)
     except ValueError as exc:
-        message = str(exc)
-        # The configs' own checks name their field ("eigen.k: ..."); prefix the section.
-        raise ValueError(message if message.startswith(where.split(".")[0]) else f"{where}: {message}") from None
+        raise ValueError(_named(str(exc), where)) from None
 
 
 def without_removed(data: dict, removed: dict, where: str) -> dict:
@@ -65,6 +63,17 @@ def without_removed(data: dict, removed: dict, where: str) -> dict:
             raise ValueError(f"{where}.{key}: this setting was removed (measured, not adopted: see the docs' "
                              f"results); a stored config may hold it only at {removed[key]!r} (off), got {data[key]!r}")
     return {k: v for k, v in data.items() if k not in removed}
+
+
+def _named(message: str, where: str) -> str:
+    """A config's own check message under its full path: the checks name their field from
+    their own config down ("discovery.max_objects: ..."), `where` is the path to that config
+    ("label.discovery"): -> "label.discovery.max_objects: ..."."""
+    parts = where.split(".")
+    for i in range(len(parts)):
+        if message.startswith(".".join(parts[i:]) + "."):
+            return ".".join(parts[:i] + [message])
+    return f"{where}: {message}"
 
 
 def _convert(hint, value, where: str):
