@@ -49,7 +49,7 @@ class BackboneConfig:
     # for the offline backbone); else a local path or fsspec URL to .safetensors / .pth.
     weights: Optional[str] = None
     # "keys" (last attention block, the paper's choice) or "tokens" (final normed tokens);
-    # None = the registry's per-backbone default, the kind that measured better for it (docs/method.md).
+    # None = the registry's per-backbone default, the kind that measured better for it (docs/extract.md).
     features: Optional[str] = None
     # Resize the long side to this many pixels before cropping to a patch multiple;
     # None = the reference's behaviour (native size, cropped to a patch multiple).

@@ -146,7 +146,7 @@ def image_affinity(features, image: np.ndarray, cfg: GraphConfig):
     The colour graph uses the image resampled to the (upsampled) grid. With
     knn_scale="relative" it is rescaled to the feature graph's mean degree first, so that
     λ_knn weighs two graphs of comparable size (the raw 0/1 graph has degrees in the hundreds
-    and swamps the features at the reference's λ = 10: docs/method.md).
+    and swamps the features at the reference's λ = 10: docs/extract.md).
     """
     xp = array_module(features)
     h, w = features.shape[0] * cfg.upsample, features.shape[1] * cfg.upsample

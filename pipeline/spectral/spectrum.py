@@ -32,7 +32,7 @@ def orient_by_border(eigenvectors: np.ndarray) -> np.ndarray:
     """Flip eigenvectors 1..k-1 of (k, h, w) so that their positive side touches the border less.
 
     Objects rarely fill the frame, so "positive = foreground" becomes a deterministic rule
-    (docs/method.md); the minority-side rule measured wrong on about a quarter of the images
+    (docs/extract.md); the minority-side rule measured wrong on about a quarter of the images
     whose object is large. Ties go to the side whose border entries sum to less, then to a positive maximum
     |entry|, so the output never depends on the eigensolver's arbitrary sign. Index 0, the
     constant vector, stays positive.
