@@ -19,7 +19,6 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
 def samples_with_a_corrupt_file(folder: Path) -> Path:
     """The four sample photos and corrupt.jpg (a truncated JPEG) in `folder`: a set in which one
     image must become an error row and every other one be processed."""
@@ -32,6 +31,7 @@ def samples_with_a_corrupt_file(folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
 def sample_image() -> np.ndarray:
     return np.asarray(Image.open(SAMPLES / "chelsea.jpg").convert("RGB"))
 
