@@ -1,4 +1,4 @@
-"""Prints docs/results.md's "Performance of the spectral core" table: per-image cost on real images.
+"""Prints docs/extract.md's "Performance of the spectral core" table: per-image cost on real images.
 
     python -m bench.bench_core [--data-root DATA] [--images 20] [--eigenvectors 15]
 

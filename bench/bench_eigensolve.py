@@ -1,4 +1,4 @@
-"""Prints docs/results.md's "Eigensolver comparison" and docs/sparse.md's large-graph tables (~2 min, +10 --large).
+"""Prints docs/extract.md's "Eigensolver comparison" and docs/sparse.md's large-graph tables (~2 min, +10 --large).
 
     python -m bench.bench_eigensolve [--eigenvectors 15] [--images astronaut chelsea coffee rocket] [--topk 10]
     python -m bench.bench_eigensolve --large [--large-sizes 12000 50000]   # adds the large section

@@ -1,4 +1,4 @@
-"""Prints docs/objects.md's "Cost" table: what labelling adds to extraction, per image, on real images under one load.
+"""Prints docs/objects-results.md's "Cost" table: what labelling adds to extraction, per image, on real images under one load.
 
     python -m bench.bench_label_cost [--images DATA/coco_instances/images] [--n 20] [--subsample 1,4]
 

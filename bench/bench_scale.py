@@ -1,4 +1,4 @@
-"""Prints docs/results.md's "Throughput on this machine" and docs/objects.md's extract-vs-label throughput tables.
+"""Prints docs/extract.md's "Throughput on Ray" and docs/objects-results.md's "Cost" (extract vs label on Ray) tables.
 
 The extraction (or label) job at scale on this machine: throughput with 1 and 2 CPU actors on
 local Ray, the driver's peak memory, and the cost of a rerun with nothing left to do.

@@ -1,4 +1,4 @@
-"""Prints docs/objects.md's candidate table (COCO instances): which added candidates per image raise box AP50 / AR100.
+"""Prints docs/objects-results.md's candidate table (COCO instances): which added candidates per image raise box AP50 / AR100.
 
     DATA=path/to/data
     deep-spectral extract $DATA/coco_instances/images --out OUT --store-features
@@ -7,7 +7,7 @@
 Offline on eigen rows stored with features (`--store-features`), patch boxes only (no pixel
 refinement, so cheap): the default iterative cut, then candidates appended with lower scores
 (appending below every earlier score can only add recall to COCO AP). Tune = even COCO image
-ids, check = odd, as docs/objects.md.
+ids, check = odd, as docs/objects-results.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prints docs/results.md's iter-head / iter-border / all-head / all-border rows: choosing label's cut.
+"""Prints docs/objects-results.md's cut-choice rows: choosing label's cut.
 
     DATA=path/to/data
     deep-spectral extract $DATA/ecssd/images --out OUT --store-features      # once per benchmark, then:

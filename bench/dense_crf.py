@@ -1,4 +1,4 @@
-"""Prints docs/results.md's crf rows: a dense CRF (pydensecrf2) against the guided filter on the Fiedler mask.
+"""Prints docs/objects-results.md's dense CRF rows: a dense CRF (pydensecrf2) against the guided filter on the Fiedler mask.
 
     DATA=path/to/data
     deep-spectral extract $DATA/ecssd/images --out OUT --store-features

@@ -1,4 +1,4 @@
-"""Prints docs/results.md's `evaluate` rows per tune/check part: means of `evaluate` runs' per-image records.
+"""Prints docs/objects-results.md's `evaluate` rows per tune/check part: means of `evaluate` runs' per-image records.
 
     DATA=path/to/data
     deep-spectral evaluate segmentation --images $DATA/weizmann_horse/images \\

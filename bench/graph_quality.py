@@ -8,7 +8,7 @@
 OUT holds ECSSD eigen rows written with --store-features (default extraction otherwise).
 --upsample is the graph's extract.graph.upsample, --topk the sparse kind's extract.graph.sparsify_topk.
 Tune = ECSSD 0001-0050, check = 0251-0300 (docs/sparse.md); --halves: the whole dev set,
-0001-0250 / 0251-0500 (docs/results.md's split). Per image and graph kind: the
+0001-0250 / 0251-0500 (docs/objects-results.md's split). Per image and graph kind: the
 graph from the stored features, 15 eigenpairs, the Fiedler mask (mean threshold, largest
 component) unrefined and guided-filtered, IoU against the ground truth; prints mean IoU.
 """

@@ -1,4 +1,4 @@
-"""Prints docs/objects.md's and docs/results.md's CorLoc rows of `label` runs (VOC07, COCO128), tune and check.
+"""Prints docs/objects-results.md's CorLoc rows of `label` runs (VOC07, COCO128), tune and check.
 
     DATA=path/to/data
     deep-spectral label --dataset voc --root $DATA/voc2007/VOC2007 --out OUT     # LABEL_DIGEST: OUT/runs/*.json

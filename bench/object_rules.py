@@ -1,4 +1,4 @@
-"""Prints docs/objects.md's score / rule table and docs/results.md's COCO instances rows: rules for label's objects.
+"""Prints docs/objects-results.md's COCO instances rows: rules for label's objects.
 
     DATA=path/to/data
     deep-spectral label $DATA/coco_instances/images --out OUT      # LABEL_DIGEST: OUT/runs/*.json
@@ -69,9 +69,9 @@ def main() -> None:
     p.add_argument("--annotations", required=True)
     p.add_argument("--box", default="box", choices=["box", "patch_box"])
     p.add_argument("--frame", default="", help="A/B,...: the cut score with the frame rule at each")
-    p.add_argument("--rules", default="", help="comma-separated RULES names (default: all)")
+    p.add_argument("--rules", action="append", default=[], metavar="NAME", help="a RULES name, e.g. \"all, cut score\" (repeatable; default: all)")
     a = p.parse_args()
-    rules = {k: v for k, v in RULES.items() if not a.rules or k in a.rules.split(",")}
+    rules = {k: v for k, v in RULES.items() if not a.rules or k in a.rules}
     for spec in filter(None, a.frame.split(",")):
         area, border = (float(v) for v in spec.split("/"))
         rules[f"all, cut score, frame {area:g}/{border:g}"] = frame_rule(area, border)

@@ -1,4 +1,4 @@
-"""Prints docs/semantic.md's region-feature table: class information of backbone features on ground-truth regions.
+"""Prints docs/semantic-results.md's region-feature table: class information of backbone features on ground-truth regions.
 
 How much class information a backbone's features hold on ground-truth regions: the ceiling of
 any segment-clustering recipe that uses them.

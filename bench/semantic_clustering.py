@@ -1,4 +1,4 @@
-"""Prints docs/semantic.md's clustering-lever tables (VOC07): clustering levers on one extraction's stored segments.
+"""Prints docs/semantic-results.md's clustering-lever tables (VOC07): clustering levers on one extraction's stored segments.
 
     python -m bench.semantic_clustering --shards SHARDS --config-digest D \\
         --voc-root VOC2007 --split Segmentation/trainval --cluster-split trainval \\

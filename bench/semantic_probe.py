@@ -1,4 +1,4 @@
-"""Prints docs/semantic.md's "head trained on the ground truth" table: the head fitted to ground-truth labels.
+"""Prints docs/semantic-results.md's ground-truth head row (Ceilings): the head fitted to ground-truth labels.
 
 The self-training head trained on GROUND-TRUTH labels of one scored part and scored on another:
 what a head over the stored patch features could reach were its pseudo-labels right.

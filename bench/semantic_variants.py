@@ -1,4 +1,4 @@
-"""Prints docs/semantic.md's segment-settings table (COCO128): per-image segment settings on one extraction.
+"""Prints docs/semantic-results.md's segment-settings table (COCO128): per-image segment settings on one extraction.
 
     python -m bench.semantic_variants --shards SHARDS --masks DATA/coco128/semantic_masks \\
         --label-map DATA/coco128/semantic_eval_map.json [--segments 4 8 15] [--seeds 3]

@@ -1,4 +1,4 @@
-"""Prints docs/results.md's tune/check lever tables (ECSSD, Weizmann Horse, COCO128, VOC07): single-object levers.
+"""Prints docs/objects-results.md's tune/check lever tables (ECSSD, Weizmann Horse, COCO128, VOC07): single-object levers.
 
     DATA=path/to/data
     deep-spectral extract $DATA/ecssd/images --out OUT --store-features      # once per benchmark, then:

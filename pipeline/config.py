@@ -143,7 +143,7 @@ class SegmentsConfig:
     # token, the paper's choice); "pool" averages the patch features under the mask (cheap);
     # "keys" averages the last block's attention keys under the mask, from the graph's forward
     # pass (a second one when segments are added to stored rows): on VOC07's ground-truth
-    # regions the offline backbone's keys classify better than its tokens (docs/semantic.md).
+    # regions the offline backbone's keys classify better than its tokens (docs/semantic-results.md).
     # Kinds join with "+" ("pool+block9", "crop+pool+block9"), each at unit norm.
     features: str = "crop"
     crop_size: int = 224  # crops are resized to crop_size x crop_size before re-embedding

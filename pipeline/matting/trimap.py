@@ -5,7 +5,7 @@ convention of pymatting (which reads 0 / 128 / 255 files as 0 / ~0.5 / 1).
 
 The automatic trimap: threshold the oriented Fiedler vector (positive = foreground guess,
 pipeline.spectral.spectrum) at its mean, keep the largest component (the best measured
-single-object patch mask: docs/results.md), bring it to pixels, optionally snap it to image
+single-object patch mask: docs/objects-results.md), bring it to pixels, optionally snap it to image
 edges with the guided filter, then erode it by `fg_width` for sure foreground and take what lies further than `bg_width`
 outside it as sure background. Widths are Euclidean distances (exact discs, not
 iterated 3 x 3 erosions, whose diamonds or squares make widths depend on direction), in
@@ -31,7 +31,7 @@ REFINE = ("none", "guided")
 
 @dataclass(frozen=True)
 class TrimapConfig:
-    # Fiedler threshold: a number or "mean" (the mean gave the better masks on ECSSD: docs/results.md).
+    # Fiedler threshold: a number or "mean" (the mean gave the better masks on ECSSD: docs/objects-results.md).
     threshold: float | str = "mean"
     largest_component: bool = True
     # Sure foreground: mask pixels further than fg_width from its edge; sure background:

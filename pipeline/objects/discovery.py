@@ -1,6 +1,6 @@
 """Several objects per image: candidate patch masks, each with what its score is made of.
 
-Three ways to find them (DISCOVERY), compared by class-agnostic AP in docs/objects.md:
+Three ways to find them (DISCOVERY), compared by class-agnostic AP in docs/objects-results.md:
 
     fiedler     the largest component of the Fiedler vector's positive side (one object)
     components  the components of eigenvectors 1..n_vectors (pipeline.objects.localize)
@@ -29,7 +29,7 @@ from pipeline.spectral.spectrum import border_mask, is_dense, orient_by_border
 @dataclass(frozen=True)
 class DiscoveryConfig:
     # Defaults chosen on the tune half of coco_instances (even image ids) by class-agnostic AP
-    # and confirmed on the check half (docs/objects.md).
+    # and confirmed on the check half (docs/objects-results.md).
     method: str = "iterative"  # a DISCOVERY name
     max_objects: int = 8
     # Patch threshold on each cut's oriented Fiedler vector: a number or "mean" (mean: box AP50
@@ -39,7 +39,7 @@ class DiscoveryConfig:
     min_area: float = 0.005
     n_vectors: int = 3  # components: eigenvectors 1..n_vectors
 
-    # Stopping rules measured and not adopted (docs/objects.md), removed since, each with the
+    # Stopping rules measured and not adopted (docs/objects-results.md), removed since, each with the
     # value at which it was off: a cut weaker than max_eigenvalue, or an object touching more
     # than max_border of the grid border, ended the search. LabelConfig's digests put them back
     # at these values, so runs stored before keep their digests; a stored config holding one at

@@ -23,7 +23,7 @@ from pipeline.objects.masks import PIXEL_REFINERS, REFINERS, SegmentConfig, refi
 from pipeline.objects.self_training import HeadConfig
 from pipeline.settings import without_removed
 
-# How a candidate's score is made from what discovery measured (docs/objects.md compares them
+# How a candidate's score is made from what discovery measured (docs/objects-results.md compares them
 # by AP). Scores rank objects across the whole dataset, so they must be comparable between
 # images, not only within one.
 SCORES = {
@@ -46,14 +46,14 @@ def is_frame(c: Candidate, area: float, border: float) -> bool:
 @dataclass(frozen=True)
 class LabelConfig:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
-    score: str = "cut"  # a SCORES name ("cut" beat "rank" on tune and check: docs/objects.md)
+    score: str = "cut"  # a SCORES name ("cut" beat "rank" on tune and check: docs/objects-results.md)
     # The frame rule: a candidate covering more than frame_area of the grid and more than
     # frame_border of the grid's border cells is the background, whatever the sign of its cut
     # (a cut whose object is small and the rest near 0 can leave the near-0 side positive and
     # above the mean: samples/rocket.jpg's sky), and scores 0 like the whole-image fallback:
     # never an image's best object while any other has a positive score. 0.6 / 0.7: the middle
     # of the plateau of the best tune figures (areas 0.5-0.7 x borders 0.6-0.8: VOC07 CorLoc
-    # +0.4, ECSSD +0.4, the rest equal); check agrees (VOC07 +0.2, the rest equal; docs/objects.md,
+    # +0.4, ECSSD +0.4, the rest equal); check agrees (VOC07 +0.2, the rest equal; docs/objects-results.md,
     # "The frame rule"). 1.0 turns it off (the runs stored before it).
     frame_area: float = 0.6
     frame_border: float = 0.7
@@ -66,7 +66,7 @@ class LabelConfig:
     # Guided filter (refine="guided"): 1 = the exact filter, s > 1 = He and Sun's fast guided
     # filter fitted on s×s blocks (SegmentConfig.subsample). 4: the scores of the exact filter
     # on every tune and check part measured (Horse check +0.1), at 1/20 of its time
-    # (docs/results.md, "Fast guided filter"); 8 lost 0.2 mIoU on ECSSD tune and 0.3 box AP50
+    # (docs/objects-results.md, "Fast guided filter"); 8 lost 0.2 mIoU on ECSSD tune and 0.3 box AP50
     # on COCO instances tune.
     guided_subsample: int = 4
     # Bilateral solver (refine="bilateral"), as SegmentConfig.
@@ -80,7 +80,7 @@ class LabelConfig:
     # objects of a fixed-seed sample of `head_images` stored rows of the run (stored features
     # needed), refitted `head_rounds - 1` times to its own masks; its mask replaces the
     # Fiedler object as the first object (VOC07 CorLoc +2.4 on tune and check, not COCO128:
-    # docs/results.md, so off by default).
+    # docs/objects-results.md, so off by default).
     self_train: bool = False
     head_images: int = 400
     head_rounds: int = 1

@@ -4,7 +4,7 @@ Eigenvector 1 (the Fiedler vector) is stored border-oriented (pipeline.spectral.
 positive side is the foreground guess. A box of the Fiedler vector above 0 once measured better
 than above its mean (COCO128 CorLoc 50.0 vs 46.8), so 0 stays the default here; masks, and
 label's cuts (pipeline.objects.discovery), use the mean, which measured better on the tune/check
-halves of COCO128 and VOC07 since (docs/results.md, "Localization and segmentation").
+halves of COCO128 and VOC07 since (docs/objects-results.md, "Localization and segmentation").
 """
 from __future__ import annotations
 

@@ -3,11 +3,11 @@
 Thresholding the oriented Fiedler vector at its mean, keeping the largest component and
 refining the upsampled binary mask with a guided filter (> 0.5) is the best recipe measured
 (offline backbone, ECSSD). The colour guided filter's eps 1e-3 measured better than 1e-2 on
-ECSSD's first 200 images (mIoU 81.7 vs 80.7) and on the 300 others (81.6 vs 81.0; docs/results.md,
+ECSSD's first 200 images (mIoU 81.7 vs 80.7) and on the 300 others (81.6 vs 81.0; docs/objects-results.md,
 "Localization and segmentation"). The soft map (for max-F) is the refined mask before its 0.5
 threshold.
 TokenCut's bilateral solver (refine="bilateral") measured equal to the guided filter within
-noise on the tune/check halves of ECSSD and Horse, at about half its time (docs/results.md).
+noise on the tune/check halves of ECSSD and Horse, at about half its time (docs/objects-results.md).
 
 The guided filter itself is kernels.guided_filter (float32, NumPy or CuPy). `subsample` > 1
 runs He and Sun's fast guided filter: a and b fitted on s×s block means of the image and of

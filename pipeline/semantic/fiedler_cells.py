@@ -7,9 +7,9 @@ The segments' background is decided per segment (pipeline.semantic.segments: the
 segment and every segment whose mean Fiedler value is <= 0), so a segment that straddles an
 object's edge gives all its cells to the object: on VOC07 the labels called 21% of the
 background pixels objects. Single-object masks threshold the oriented Fiedler vector per cell
-at its mean (pipeline.objects.masks, the best measured mask: docs/results.md); the same test
+at its mean (pipeline.objects.masks, the best measured mask: docs/objects-results.md); the same test
 per cell, at the image's mean plus `threshold` standard deviations, sends the cells at or below
-it to the background whatever their segment (docs/semantic.md, "Background per cell").
+it to the background whatever their segment (docs/semantic-results.md).
 """
 from __future__ import annotations
 

@@ -58,12 +58,12 @@ class PseudoLabelConfig:
     # Per image, a cluster covering less than this share of the foreground gives its segments
     # to the nearest cluster that covers more (pipeline.semantic.image_clusters; 0 = off, the
     # paper's labels). 0.2 was chosen on VOC07's tune part among 0.05-0.4 (16.4 -> 19.5) and
-    # check agrees (17.3 -> 19.0), as does COCO128 (15.5 -> 16.1; docs/semantic.md).
+    # check agrees (17.3 -> 19.0), as does COCO128 (15.5 -> 16.1; docs/semantic-results.md).
     min_cluster_share: float = 0.2
     # Rounds of: label every image's segments (consolidated), pool each label's segments into
     # one region, refit the clusters over the regions of the whole dataset (fit_label_clusters).
     # 1 was chosen on VOC07's tune part among 0-2 (19.5 -> 22.5 at share 0.2) and check agrees
-    # (19.0 -> 23.3), as does COCO128 (16.1 -> 17.5; docs/semantic.md). 0 = the paper's.
+    # (19.0 -> 23.3), as does COCO128 (16.1 -> 17.5; docs/semantic-results.md). 0 = the paper's.
     region_rounds: int = 1
     # Re-embed each image's regions (the segments sharing a label) as crops and cluster them
     # again over the dataset (pipeline.semantic.region_crops); None = off.
