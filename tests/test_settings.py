@@ -2,6 +2,7 @@
 setting reachable, bad files and keys refused before any work, run summaries that reproduce
 their digest."""
 import argparse
+import dataclasses
 import json
 import shutil
 
@@ -143,3 +144,16 @@ def test_a_run_summary_fed_back_reproduces_its_digest_and_skips_everything(tmp_p
     assert f"nothing to do: all 1 images already labelled in {out} for config {summary['config_digest']}" \
         in capsys.readouterr().out
     assert sorted(p.name for p in out.rglob("*.parquet")) == parquet
+
+
+def test_the_voc_semantic_preset_is_the_documented_setup():
+    """The preset's settings make the digests of the documented run (the flags it replaces):
+    its extraction and, with the head's features made definite for those shards, its labels."""
+    from pipeline.semantic.labelling import PseudoLabelConfig, with_head_features
+
+    settings, _ = read_settings("voc-semantic", {})
+    cfg = build(ExtractConfig, settings["extract"], "extract")
+    labels = build(PseudoLabelConfig, settings["pseudo_labels"], "pseudo_labels")
+    labels = dataclasses.replace(labels, self_train=with_head_features(labels.self_train, cfg))
+    assert cfg.digest() == "57e7c039e5ec62e6"
+    assert labels.self_train.features == "segment" and labels.digest(cfg.digest()) == "f0b54ecca4400413"
