@@ -45,10 +45,10 @@ class Options:
     """A command's config sections and flags: adds them to a parser, and makes the configs
     from parsed arguments."""
 
-    def __init__(self, sections: dict[str, type], flags: list[Flag], summary_config: str | None = None):
+    def __init__(self, sections: dict[str, type], flags: list[Flag]):
         self.sections, self.flags = sections, flags
-        # Which section a run summary's "config" block holds (extract's and label's: extract).
-        self.summary_sections = {"config": summary_config or next(iter(sections))}
+        # A run summary's "config" block holds the first section (extract's and label's: extract).
+        self.summary_sections = {"config": next(iter(sections))}
         self.fields = {path: (hint, default) for name, cls in sections.items()
                        for path, hint, default in leaf_fields(cls, name)}
         for flag in flags:
@@ -107,11 +107,11 @@ class Options:
                     value = merged(value, data_at(data, flag.path))
                 set_path(data, flag.path, value)
         for text in getattr(args, "set_", []) or []:
-            path, _ = parse_assignment(text)
+            path, value = parse_assignment(text)
             if path.split(".")[0] not in self.sections:
                 raise ValueError(f"--set {path}: unknown section {path.split('.')[0]!r} "
                                  f"(this command's: {', '.join(self.sections)})")
-            set_path(data, path, self.value(path, text.partition("=")[2]))
+            set_path(data, path, self.value(path, value))
         return data
 
     def _from_stored(self, section: str, data: dict):

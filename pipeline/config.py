@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from pipeline.settings import build
+
 
 def canonical_json(data: dict) -> str:
     """A config's dict -> its JSON with sorted keys and no spaces (what digests hash)."""
@@ -209,8 +211,6 @@ class ExtractConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExtractConfig":
-        from pipeline.settings import build
-
         return build(cls, data, "extract")
 
 

@@ -160,12 +160,13 @@ def parse_value(text: str):
     return value
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """"section.field.sub=value" -> (path, value); ValueError for anything else."""
+def parse_assignment(text: str) -> tuple[str, str]:
+    """"section.field.sub=value" -> (path, the value's text, read by the field's type later);
+    ValueError for anything else."""
     path, sep, value = text.partition("=")
     if not sep or not path.strip() or "." not in path:
         raise ValueError(f"--set: expected SECTION.FIELD=VALUE (e.g. extract.eigen.k=10), got {text!r}")
-    return path.strip(), parse_value(value)
+    return path.strip(), value
 
 
 def set_path(settings: dict, path: str, value) -> None:

@@ -12,6 +12,7 @@ from typing import Optional
 
 from pipeline.config import BackboneConfig, canonical_json, digest_of
 from pipeline.matting.trimap import TrimapConfig
+from pipeline.settings import build
 
 SOLVERS = ("cg", "spectral")  # pipeline.matting.alpha.cg, pipeline.matting.alpha.spectral
 DEVICES = ("auto", "cpu", "cuda")
@@ -65,9 +66,7 @@ class MattingConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MattingConfig":
-        data = dict(data)
-        return cls(trimap=TrimapConfig(**data.pop("trimap", {})), backbone=BackboneConfig(**data.pop("backbone", {})),
-                   **data)
+        return build(cls, data, "matte")
 
 
 def matte_record(cfg: MattingConfig, trimaps: list[str] | None = None) -> dict:

@@ -21,7 +21,7 @@ from pipeline.objects.discovery import Candidate, DiscoveryConfig, discover
 from pipeline.objects.localize import mask_box
 from pipeline.objects.masks import PIXEL_REFINERS, REFINERS, SegmentConfig, refine_guided_cells, refine_matting
 from pipeline.objects.self_training import HeadConfig
-from pipeline.settings import without_removed
+from pipeline.settings import build
 
 # How a candidate's score is made from what discovery measured (docs/objects-results.md compares them
 # by AP). Scores rank objects across the whole dataset, so they must be comparable between
@@ -132,10 +132,7 @@ class LabelConfig:
     def from_dict(cls, data: dict) -> "LabelConfig":
         """to_dict's inverse: a field it left out takes the value it was left out at (for
         guided_subsample the exact filter, not today's default)."""
-        data = {**_OMITTED_AT_DEFAULT, **data}
-        discovery = without_removed(data.get("discovery", {}), DiscoveryConfig.REMOVED_SETTINGS, "label.discovery")
-        return cls(discovery=DiscoveryConfig(**discovery),
-                   **{k: v for k, v in data.items() if k != "discovery"})
+        return build(cls, {**_OMITTED_AT_DEFAULT, **data}, "label")
 
 
 # Fields added after label runs were stored, left out of the JSON (and so the digest) while at
