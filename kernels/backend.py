@@ -23,6 +23,19 @@ def array_module(x):
     return np
 
 
+def device_module(device: str, on_cpu: str):
+    """`cupy` for a "cuda" device, else `numpy`; also `numpy`, with a warning that ends in
+    `on_cpu` (what then runs on the CPU), when CuPy is not installed."""
+    if device == "cuda":
+        try:
+            return importlib.import_module("cupy")
+        except ImportError:
+            import warnings
+
+            warnings.warn(f"CuPy is not installed (pip install -e '.[gpu]'): {on_cpu}")
+    return np
+
+
 def scipy_module(x):
     """`scipy` or `cupyx.scipy`, with .linalg, .sparse and .sparse.linalg loaded."""
     name = "cupyx.scipy" if is_cupy(x) else "scipy"

@@ -6,12 +6,12 @@ row: one bad file never costs the rest of its batch.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
+from kernels.backend import device_module
 from pipeline.spectral.affinity import batched_feature_affinity, image_affinity, upsample_features
 from pipeline.features.backbones import create_backbone
 from pipeline.features.supervised import segment_embedder
@@ -27,15 +27,7 @@ from pipeline.spectral.spectrum import Spectrum, batch_spectra, device_array, gr
 
 def _array_module(device: str):
     """CuPy on a GPU actor (graph and eigensolve on the GPU), NumPy otherwise."""
-    if device == "cuda":
-        try:
-            import cupy
-
-            return cupy
-        except ImportError:
-            warnings.warn("CuPy is not installed (pip install -e '.[gpu]'): the graph and "
-                          "eigensolve run on the CPU; only the backbone uses the GPU")
-    return np
+    return device_module(device, "the graph and eigensolve run on the CPU; only the backbone uses the GPU")
 
 
 @dataclass

@@ -10,17 +10,16 @@ image or trimap becomes an error row; the rest of the batch goes on.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import json
 import posixpath
-import warnings
 from dataclasses import dataclass
 
 import fsspec
 import numpy as np
 from PIL import Image
 
+from kernels.backend import device_module
 from pipeline.batch.decoder import DecodedImage, ImageDecoder
 from pipeline.io.schema import exception_error_row
 from pipeline.io.soft_masks import encode_soft
@@ -47,9 +46,7 @@ def needs_backbone(cfg: MattingConfig, automatic: bool) -> bool:
 
 def _solver_device(device: str) -> str:
     """Where CG runs: as asked, but the CPU (with a warning) on a GPU actor without CuPy."""
-    if device == "cuda" and importlib.util.find_spec("cupy") is None:
-        warnings.warn("CuPy is not installed (pip install -e '.[gpu]'): CG runs on the CPU; only the "
-                      "backbone uses the GPU")
+    if device == "cuda" and device_module(device, "CG runs on the CPU; only the backbone uses the GPU") is np:
         return "cpu"
     return device
 
