@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import cluster, evaluate, extract, label, matte, nightly, status
+from jobs import cluster, evaluate, extract, label, matte, nightly, status, train
 
 COMMANDS = {
     "extract": (extract, "images -> eigenvector shards"),
     "label": (label, "images -> objects: boxes, instance masks (COCO instances.json), a gallery"),
+    "train": (train, "a label run's objects -> a class-agnostic detector with masks (Ray Train)"),
     "cluster": (cluster, "segment features in shards -> dataset-wide clusters -> pseudo-label PNGs"),
     "evaluate": (evaluate, "benchmark images -> masks / boxes -> metrics (JSON, table, panels)"),
     "matte": (matte, "images -> soft alpha mattes and RGBA cut-outs"),

@@ -47,6 +47,7 @@ from pipeline.io.schema import eigen_table, error_table, object_table
 from pipeline.io.shards import (EIGEN_DIR, ERROR_DIR, LABELS_DIR, scan_batches,
                                 shard_files, shard_name)
 from pipeline.io.sources import ImageRef
+from pipeline.detection.checkpoint import resolve as resolve_detector
 from pipeline.objects.instances import LabelConfig, label_digest
 from pipeline.objects.masks import REFINERS
 from pipeline.objects.self_training import Head
@@ -172,6 +173,9 @@ def check_configs(cfg: ExtractConfig, label_cfg: LabelConfig) -> None:
     """ValueError where the label config needs what the extraction config leaves out."""
     if label_cfg.self_train and not cfg.store_features:
         raise ValueError("label.self_train: fits its head on stored patch features: needs "
+                         "extract.store_features (--store-features)")
+    if label_cfg.detector and not cfg.store_features:
+        raise ValueError("label.detector: the detector reads the patch features: needs "
                          "extract.store_features (--store-features)")
 
 
@@ -330,6 +334,9 @@ LABEL_FLAGS = [
     Flag("label.discovery.max_objects", "most objects per image"),
     Flag("label.refine", "pixel refinement of each object's mask: colour guided filter, TokenCut's bilateral "
          "solver, pymatting closed-form (slow), none", choices=tuple(REFINERS)),
+    Flag("label.detector", "a detector from `deep-spectral train` (its output folder): its detections, with "
+         "masks, become the objects; an image where it finds none keeps its cuts (needs --store-features)",
+         metavar="DETECTOR"),
     Flag("label.self_train", "fit a logistic head on the objects of a sample of stored rows and take its mask "
          "as each image's first object (needs --store-features)"),
 ]
@@ -354,7 +361,9 @@ def configs_from_args(args: argparse.Namespace, options: Options = OPTIONS) -> d
     configs = extract.configs_from_args(args, options)
     try:
         check_configs(configs["extract"], configs["label"])
-    except ValueError as exc:
+        if configs["label"].detector:  # the round folder itself, whose path names its digest
+            configs["label"] = dataclasses.replace(configs["label"], detector=resolve_detector(configs["label"].detector))
+    except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
     return configs
 

@@ -19,7 +19,7 @@ from pipeline.settings import (build, leaf_fields, merged, parse_assignment, par
 
 # Every section a config file or preset may hold: a preset carries the settings of a whole
 # pipeline (extract, then cluster), and each command takes the sections it runs with.
-KNOWN_SECTIONS = ("extract", "label", "runtime", "pseudo_labels", "matte")
+KNOWN_SECTIONS = ("extract", "label", "runtime", "pseudo_labels", "matte", "detector")
 
 _UNSET = object()
 

@@ -76,7 +76,7 @@ def test_checkpoint_round_trip(data, tmp_path):
     cfg = DetectorConfig(**{**SMALL, "epochs": 2})
     model = fit([(features, labelled) for features, labelled, _ in train[:16]], cfg)
     torch.save(model.state_dict(), tmp_path / "detector.pt")
-    loaded = new_model(CHANNELS, cfg)
+    loaded = new_model(CHANNELS, PATCH, cfg)
     loaded.load_state_dict(torch.load(tmp_path / "detector.pt"))
     for features, _, _ in held_out[:5]:
         (boxes, scores), (boxes2, scores2) = predict(model, features), predict(loaded, features)
@@ -85,7 +85,7 @@ def test_checkpoint_round_trip(data, tmp_path):
 
 def test_predict_boxes_are_in_pixels(data):
     train, _ = data
-    model = new_model(CHANNELS, DetectorConfig(score_threshold=0.0, pyramid_channels=32, head_convs=1))
+    model = new_model(CHANNELS, PATCH, DetectorConfig(score_threshold=0.0, pyramid_channels=32, head_convs=1))
     boxes, scores = predict(model, train[0][0])
     assert boxes.shape[1] == 4 and len(boxes) == len(scores)
     assert boxes.min() >= 0 and boxes[:, 2:].max() <= 12 * PATCH

@@ -20,9 +20,12 @@ from kernels.backend import array_module, is_cupy, to_numpy
 from pipeline.batch.decoder import DecodedImage
 from pipeline.batch.extractor import SpectralExtractor
 from pipeline.config import ExtractConfig
+from pipeline.detection.checkpoint import read_checkpoint
+from pipeline.detection.samples import DetectedObject, detected_objects
+from pipeline.detection.train import detect
 from pipeline.evaluation.panels import GALLERY_DIR, object_tag, panel_name, render_panel, thumb_name, thumbnail
 from pipeline.features.geometry import geometry_of
-from pipeline.io.coco_instances import encode_mask
+from pipeline.io.coco_instances import decode_mask, encode_mask
 from pipeline.io.rle import encode_masks
 from pipeline.io.schema import eigenvectors_of, features_of
 from pipeline.io.shards import rows_by_id
@@ -66,6 +69,13 @@ class ObjectLabeller:
         self.extract_digest = extract_cfg.digest()
         self.digest = label_digest(self.extract_digest, label_cfg)
         self.reuse_graph = dataclasses.replace(extract_cfg.graph, upsample=1)  # stored features are upsampled
+        self.detector, self.detector_round = None, 0
+        if label_cfg.detector:
+            if not extract_cfg.store_features:
+                raise ValueError("label.detector reads the patch features: needs extract.store_features")
+            self.detector, record = read_checkpoint(label_cfg.detector)  # once per actor, like the backbone
+            self.detector.to("cuda" if self.extractor.batched_solve else "cpu")
+            self.detector_round = record["round"]
 
     def __call__(self, items: list[LabelRef]) -> Labelled:
         result = Labelled([], [], [], [])
@@ -80,7 +90,7 @@ class ObjectLabeller:
             if not want.has_row:
                 result.eigen_rows.append(item.row)
             todo.append((want, item.image, item.row, item.spectrum.eigenvectors, item.spectrum.eigenvalues,
-                         item.affinity, features_of(item.row) if self.head is not None else None))
+                         item.affinity, features_of(item.row) if self._needs_features else None))
         for want, row in zip(stored, self._stored_rows(stored)):
             decoded = self.extractor.decoder.decode(want.ref) if want.decoded is None else want.decoded
             if isinstance(decoded, dict):
@@ -93,6 +103,12 @@ class ObjectLabeller:
                              features))
             except Exception as exc:
                 result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
+        # The detector's objects, one forward pass for the batch; an image with none is cut.
+        detected = self._detect(todo)
+        for t, objects in zip(todo, detected):
+            if objects:
+                self._label_detected(t[0], t[1], t[2], t[3], objects, result)
+        todo = [t for t, objects in zip(todo, detected) if not objects]
         # Every image's cuts in rounds across the batch (one stacked solve a round on a GPU).
         firsts = [self._first(t[6]) for t in todo]
         found = discover_batch([(t[3], t[4], t[5], None if isinstance(first, Exception) else first)
@@ -102,6 +118,45 @@ class ObjectLabeller:
         for (want, image, row, eigenvectors, eigenvalues, _, _), candidates in zip(todo, found):
             self._label(want, image, row, eigenvectors, eigenvalues, candidates, result)
         return result
+
+    @property
+    def _needs_features(self) -> bool:
+        return self.head is not None or self.detector is not None
+
+    def _detect(self, todo: list) -> list[list[DetectedObject]]:
+        """Each image's detected objects (none without a detector, or where it found none)."""
+        if self.detector is None or not todo:
+            return [[] for _ in todo]
+        import torch
+
+        grids = [torch.from_numpy(np.ascontiguousarray(to_numpy(t[6]).transpose(2, 0, 1))) for t in todo]
+        detections = detect(self.detector, grids)
+        long_side = self.extractor.cfg.backbone.long_side
+        return [detected_objects(d, t[2], long_side) for d, t in zip(detections, todo)]
+
+    def _label_detected(self, want: LabelRef, image: np.ndarray, row: dict, eigenvectors: np.ndarray,
+                        objects: list[DetectedObject], result: Labelled) -> None:
+        try:
+            result.objects.extend(self.detected_row(row, i, obj) for i, obj in enumerate(objects))
+            if want.panel:
+                geom = geometry_of(row, self.extractor.cfg.backbone.long_side)
+                shown = objects[:self.cfg.discovery.max_objects]  # the best; the rest are in the table
+                masks = [decode_mask(o.segmentation, row["height"], row["width"]) for o in shown]
+                self._draw(want.ref.image_id, image, eigenvectors, geom, masks, [o.box for o in shown],
+                           [o.score for o in shown])
+                result.panels.append(want.ref.image_id)
+        except Exception as exc:
+            result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
+
+    def detected_row(self, row: dict, index: int, obj: DetectedObject) -> dict:
+        """A detection as a labels-table row (no cut: eigenvalue and border are NaN)."""
+        return {"image_id": row["image_id"], "object": index, "height": row["height"], "width": row["width"],
+                "box": obj.box.tolist(), "patch_box": obj.box.tolist(), "score": obj.score, "area": obj.area,
+                "segmentation": obj.segmentation, "method": "detector", "rank": index,
+                "eigenvalue": float("nan"), "border": float("nan"),
+                "grid_area": obj.area / float(row["height"] * row["width"]), "fallback": False,
+                "config_digest": self.digest, "extract_digest": self.extract_digest, "soft": None,
+                "source": "detector", "round": self.detector_round}
 
     def _first(self, features: np.ndarray | None):
         """The self-trained head's mask of an image's patch features (None without a head), or
@@ -137,7 +192,8 @@ class ObjectLabeller:
                 "method": self.cfg.discovery.method, "rank": c.rank,
                 "eigenvalue": c.eigenvalue, "border": c.border, "grid_area": c.area, "fallback": c.fallback,
                 "config_digest": self.digest, "extract_digest": self.extract_digest,
-                "soft": encode_soft(to_numpy(obj.soft)) if self.cfg.soft_masks else None}
+                "soft": encode_soft(to_numpy(obj.soft)) if self.cfg.soft_masks else None,
+                "source": "cut", "round": 0}
 
     def _stored_rows(self, stored: list[LabelRef]) -> list[dict]:
         """The shard rows of `stored`, in order, each shard read once."""
@@ -145,12 +201,17 @@ class ObjectLabeller:
         return [rows[item.ref.image_id] for item in stored]
 
     def _panel(self, image_id: str, image: np.ndarray, eigenvectors: np.ndarray, geom, objects) -> None:
+        self._draw(image_id, image, eigenvectors, geom, [to_numpy(o.mask) for o in objects],
+                   [o.box for o in objects], [o.score for o in objects])
+
+    def _draw(self, image_id: str, image: np.ndarray, eigenvectors: np.ndarray, geom, masks: list, boxes: list,
+              scores: list[float]) -> None:
         """The image's panel (its objects' boxes tagged with place by score and score) and,
         beside it under thumbs/, the thumbnail the gallery page shows."""
-        panel = render_panel(image, eigenvectors, geom, object_masks=[to_numpy(o.mask) for o in objects],
-                             pred_boxes=np.array([o.box for o in objects]), title=image_id,
-                             box_labels=[object_tag(i, o.score) for i, o in enumerate(objects)],
-                             mask_title=f"{len(objects)} object masks")
+        panel = render_panel(image, eigenvectors, geom, object_masks=masks,
+                             pred_boxes=np.array(boxes).reshape(-1, 4), title=image_id,
+                             box_labels=[object_tag(i, s) for i, s in enumerate(scores)],
+                             mask_title=f"{len(masks)} object masks")
         buffer = io.BytesIO()
         panel.save(buffer, format="PNG")
         with fsspec.open(f"{self.out}/{GALLERY_DIR}/{panel_name(image_id)}", "wb") as f:

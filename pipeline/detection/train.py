@@ -1,20 +1,24 @@
-"""Fit the class-agnostic detector on (patch features, pseudo-boxes) pairs, and predict with it.
+"""Fit the class-agnostic detector on (patch features, pseudo-objects) samples, and predict with it.
 
-Plain single-process PyTorch (no Ray here); deterministic for a seed on CPU: the weights' init and
-the epoch order both come from the seed.
+Plain single-process PyTorch (no Ray here: jobs/train.py runs `train` inside Ray Train's workers);
+deterministic for a seed on CPU when the batches come in a fixed order: the weights' init comes
+from the seed.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
-from torchvision.models.detection import FCOS
 
 from pipeline.config import check
-from pipeline.detection.detector import build_detector
+from pipeline.detection.detector import MaskFCOS, build_detector
+
+# A training sample: features (C, h, w) float and its target {"boxes" (n, 4) input-pixel xyxy,
+# "labels" (n,) int64 zeros, "masks" (n, H, W) uint8 over the input in pixels}.
+Sample = tuple[Tensor, dict[str, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -22,82 +26,127 @@ class DetectorConfig:
     epochs: int = 12
     lr: float = 1e-3
     batch_size: int = 8
-    # Channels of every pyramid level and of the FCOS head (a multiple of 32: the head's GroupNorm).
+    # Channels of every pyramid level and of the FCOS and mask heads (a multiple of 32: their GroupNorm).
     pyramid_channels: int = 64
-    # 3×3 convs in each FCOS tower (torchvision's default is 4).
-    head_convs: int = 4
-    # Detections below this score are not returned by predict.
-    score_threshold: float = 0.3
+    # 3×3 convs in each FCOS tower (torchvision's default is 4; 2 halves the training step on CPU).
+    head_convs: int = 2
+    # Detections below this score are not returned (COCO evaluation wants the low ones too).
+    score_threshold: float = 0.05
+    # Most detections per image, best first (COCO's AR100 reads 100).
+    max_detections: int = 100
     seed: int = 0
     # CutLER's drop-loss: predictions overlapping no pseudo-box (IoU < 0.01) get no classification loss.
     drop_loss: bool = True
-    patch_size: int = 14
+    # Self-training rounds: round r > 1 trains on round r-1's detections scoring >= round_score,
+    # merged with the cuts that overlap none of them (box IoU < 0.5).
+    rounds: int = 1
+    round_score: float = 0.5
 
     def __post_init__(self):
-        check(isinstance(self.epochs, int) and self.epochs >= 1, "detector.epochs", ">= 1", self.epochs)
+        def integer(name: str, value, least: int):
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= least, f"detector.{name}",
+                  f"an integer >= {least}", value)
+
+        for name, least in (("epochs", 1), ("batch_size", 1), ("head_convs", 1), ("max_detections", 1),
+                            ("rounds", 1), ("seed", 0)):
+            integer(name, getattr(self, name), least)
         check(self.lr > 0, "detector.lr", "> 0", self.lr)
-        check(isinstance(self.batch_size, int) and self.batch_size >= 1, "detector.batch_size", ">= 1",
-              self.batch_size)
         check(isinstance(self.pyramid_channels, int) and self.pyramid_channels > 0 and self.pyramid_channels % 32 == 0,
               "detector.pyramid_channels", "a positive multiple of 32", self.pyramid_channels)
-        check(isinstance(self.head_convs, int) and self.head_convs >= 1, "detector.head_convs", ">= 1",
-              self.head_convs)
         check(0.0 <= self.score_threshold < 1.0, "detector.score_threshold", "in [0, 1)", self.score_threshold)
-        check(isinstance(self.seed, int), "detector.seed", "an integer", self.seed)
+        check(0.0 <= self.round_score < 1.0, "detector.round_score", "in [0, 1)", self.round_score)
         check(isinstance(self.drop_loss, bool), "detector.drop_loss", "true or false", self.drop_loss)
-        check(isinstance(self.patch_size, int) and self.patch_size >= 1, "detector.patch_size", ">= 1",
-              self.patch_size)
 
 
-def new_model(in_channels: int, cfg: DetectorConfig) -> FCOS:
-    """An untrained detector for (in_channels, h, w) features, initialised from cfg.seed (what a
-    checkpoint's state_dict loads into)."""
+def new_model(in_channels: int, patch_size: int, cfg: DetectorConfig) -> MaskFCOS:
+    """An untrained detector for (in_channels, h, w) features whose cells are patch_size input
+    pixels, initialised from cfg.seed (what a checkpoint's state_dict loads into)."""
     torch.manual_seed(cfg.seed)
-    return build_detector(in_channels, cfg.pyramid_channels, cfg.head_convs, cfg.patch_size,
-                          drop_iou=0.01 if cfg.drop_loss else None, score_threshold=cfg.score_threshold)
+    return build_detector(in_channels, cfg.pyramid_channels, cfg.head_convs, patch_size,
+                          drop_iou=0.01 if cfg.drop_loss else None, score_threshold=cfg.score_threshold,
+                          max_detections=cfg.max_detections)
 
 
-def _target(boxes: Tensor) -> dict[str, Tensor]:
-    boxes = boxes.reshape(-1, 4).float()
-    return {"boxes": boxes, "labels": torch.zeros(len(boxes), dtype=torch.int64)}
-
-
-def fit(samples: Iterable[tuple[Tensor, Tensor]], cfg: DetectorConfig) -> FCOS:
-    """samples: (features (C, h, w) float, boxes (n, 4) pixel xyxy, n >= 0) -> trained detector (eval mode).
-    AdamW over cfg.epochs passes in a seeded shuffled order, batches of cfg.batch_size."""
-    samples = [(features.float(), _target(boxes)) for features, boxes in samples]
-    check(len(samples) > 0, "detector samples", "non-empty", len(samples))
-    model = new_model(samples[0][0].shape[0], cfg)
+def train(model: MaskFCOS, epoch_batches: Callable[[int], Iterable[list[Sample]]], cfg: DetectorConfig,
+          after_epoch: Callable[[int, dict, torch.optim.Optimizer], None] | None = None,
+          device: torch.device | str = "cpu", start_epoch: int = 0, optimizer_state: dict | None = None) -> MaskFCOS:
+    """AdamW over epochs start_epoch..cfg.epochs-1; epoch_batches(epoch) yields that epoch's batches of
+    samples (the caller decides order and streaming). after_epoch(epoch, mean losses, optimizer) is
+    called after each pass (a checkpoint, a report); optimizer_state resumes from one. Returns the
+    model in eval mode."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    order = random.Random(cfg.seed)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     # Drop-loss leaves most background logits without gradient; on CPU their optimiser state decays into
     # denormal floats, measured 10x slower (185 s vs 18 s on the synthetic test set); flush them to zero.
     torch.set_flush_denormal(True)
     try:
-        _epochs(model, optimizer, samples, order, cfg)
+        for epoch in range(start_epoch, cfg.epochs):
+            totals: dict[str, float] = {}
+            steps = 0
+            for batch in epoch_batches(epoch):
+                losses = model([f.to(device) for f, _ in batch],
+                               [{k: v.to(device) for k, v in t.items()} for _, t in batch])
+                optimizer.zero_grad()
+                sum(losses.values()).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                optimizer.step()
+                steps += 1
+                for name, value in losses.items():
+                    totals[name] = totals.get(name, 0.0) + value.item()
+            if after_epoch is not None:
+                after_epoch(epoch, {name: round(value / max(1, steps), 5) for name, value in totals.items()}, optimizer)
     finally:
         torch.set_flush_denormal(False)
     return model.eval()
 
 
-def _epochs(model: FCOS, optimizer, samples, order: random.Random, cfg: DetectorConfig) -> None:
-    for _ in range(cfg.epochs):
+def shuffled_batches(samples: list[Sample], cfg: DetectorConfig) -> Callable[[int], Iterable[list[Sample]]]:
+    """In-memory samples -> epoch_batches for `train`: a seeded shuffle per epoch, cfg.batch_size each."""
+    order = random.Random(cfg.seed)
+
+    def epoch_batches(_epoch: int):
         indices = list(range(len(samples)))
         order.shuffle(indices)
         for start in range(0, len(indices), cfg.batch_size):
-            batch = [samples[i] for i in indices[start:start + cfg.batch_size]]
-            losses = model([f for f, _ in batch], [t for _, t in batch])
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
+            yield [samples[i] for i in indices[start:start + cfg.batch_size]]
+
+    return epoch_batches
+
+
+def _target(boxes: Tensor, masks: Tensor | None, size: tuple[int, int]) -> dict[str, Tensor]:
+    boxes = boxes.reshape(-1, 4).float()
+    if masks is None:  # box-only samples: the box itself as the mask
+        masks = torch.zeros((len(boxes), *size), dtype=torch.uint8)
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes.round().long().tolist()):
+            mask[y0:y1, x0:x1] = 1
+    return {"boxes": boxes, "labels": torch.zeros(len(boxes), dtype=torch.int64), "masks": masks}
+
+
+def fit(samples: Iterable[tuple], cfg: DetectorConfig, patch_size: int = 14) -> MaskFCOS:
+    """samples: (features (C, h, w), boxes (n, 4) input-pixel xyxy[, masks (n, h·patch, w·patch)])
+    -> trained detector (eval mode), in memory, batches in a seeded shuffled order."""
+    prepared = []
+    for sample in samples:
+        features, boxes = sample[0].float(), sample[1]
+        size = (features.shape[-2] * patch_size, features.shape[-1] * patch_size)
+        prepared.append((features, _target(boxes, sample[2] if len(sample) > 2 else None, size)))
+    check(len(prepared) > 0, "detector samples", "non-empty", len(prepared))
+    model = new_model(prepared[0][0].shape[0], patch_size, cfg)
+    return train(model, shuffled_batches(prepared, cfg), cfg)
 
 
 @torch.no_grad()
-def predict(model: FCOS, features: Tensor) -> tuple[Tensor, Tensor]:
-    """features (C, h, w) -> (boxes (n, 4) pixel xyxy, scores (n,)), scores >= the model's threshold,
-    after FCOS's NMS, best first."""
+def detect(model: MaskFCOS, features: list[Tensor]) -> list[dict[str, Tensor]]:
+    """Feature grids (C, h, w) -> per grid {"boxes" (n, 4) input-pixel xyxy, "scores" (n,),
+    "masks" (n, 1, 28, 28) probabilities inside each box}, best first, after FCOS's NMS."""
     model.eval()
-    detection = model([features.float()])[0]
+    device = next(model.parameters()).device
+    return [{k: v.cpu() for k, v in d.items()} for d in model([f.float().to(device) for f in features])]
+
+
+def predict(model: MaskFCOS, features: Tensor) -> tuple[Tensor, Tensor]:
+    """features (C, h, w) -> (boxes (n, 4) input-pixel xyxy, scores (n,)), best first."""
+    detection = detect(model, [features])[0]
     return detection["boxes"], detection["scores"]

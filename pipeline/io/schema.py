@@ -140,6 +140,23 @@ OBJECT_SCHEMA = pa.schema(
         # unless the run asked for soft masks (LabelConfig.soft_masks). Added after labels were
         # first written: readers scan with this schema, so older shards read it as null.
         pa.field("soft", pa.binary(), nullable=True),
+        # Where the object came from: "cut" (the spectral cuts) or "detector" (a detector trained on
+        # a label run, `label --detector`), and the detector's self-training round (0 for cuts).
+        # Added after labels were first written: older shards read null (they hold cuts).
+        pa.field("source", pa.string(), nullable=True),
+        pa.field("round", pa.int32(), nullable=True),
+    ]
+)
+
+# A detector's training targets for its next self-training round (`deep-spectral train`): one
+# row per object, the detections it kept merged with the cuts (pipeline.detection.samples).
+DETECTION_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("object", pa.int32(), nullable=False),
+        pa.field("box", pa.list_(pa.float32(), 4), nullable=False),  # [x0, y0, x1, y1] original pixels
+        pa.field("segmentation", pa.string(), nullable=False),  # COCO RLE counts
+        pa.field("config_digest", pa.string(), nullable=False),  # the detector's (its round's) digest
     ]
 )
 
@@ -274,6 +291,10 @@ def exception_error_row(row: dict, config_digest: str, stage: str, exc: BaseExce
 
 def object_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=OBJECT_SCHEMA)
+
+
+def detection_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=DETECTION_SCHEMA)
 
 
 def matte_table(records: list[dict]) -> pa.Table:

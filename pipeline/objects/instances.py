@@ -84,6 +84,10 @@ class LabelConfig:
     self_train: bool = False
     head_images: int = 400
     head_rounds: int = 1
+    # A detector trained on a label run (`deep-spectral train`; the URI of its round folder, which
+    # names its digest): its detections become the objects, best first, and an image where it finds
+    # none keeps its cuts. Empty: the cuts only.
+    detector: str = ""
 
     def __post_init__(self):
         check(self.score in SCORES, "label.score", f"one of {sorted(SCORES)}", self.score)
@@ -94,6 +98,7 @@ class LabelConfig:
         check(self.max_side >= 1, "label.max_side", ">= 1", self.max_side)
         check(0 < self.frame_area <= 1 and 0 < self.frame_border <= 1, "label.frame_area / label.frame_border",
               "shares in (0, 1] (1: the frame rule off)", (self.frame_area, self.frame_border))
+        check(isinstance(self.detector, str), "label.detector", "a detector folder (text)", self.detector)
         check(self.head_images >= 1 and self.head_rounds >= 1, "label.head_images / label.head_rounds", ">= 1",
               (self.head_images, self.head_rounds))
 
@@ -144,7 +149,8 @@ class LabelConfig:
 # of the runs before it.
 _OMITTED_AT_DEFAULT = {"sigma_spatial": 16.0, "sigma_luma": 16.0, "sigma_chroma": 8.0, "lam": 128.0,
                        "soft_masks": False, "self_train": False, "head_images": 400, "head_rounds": 1,
-                       "guided_subsample": 1, "frame_area": FRAME_OFF, "frame_border": FRAME_OFF}
+                       "guided_subsample": 1, "frame_area": FRAME_OFF, "frame_border": FRAME_OFF,
+                       "detector": ""}
 
 
 def label_digest(extract_digest: str, cfg: LabelConfig) -> str:
