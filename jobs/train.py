@@ -40,7 +40,7 @@ from pipeline.io.shards import EIGEN_DIR, shard_files, write_shard
 
 HELP = """A label run's objects -> a class-agnostic detector with masks, trained on Ray Train.
 
-  deep-spectral train LABEL_OUT --out DETECTOR
+  deep-spectral train LABEL_OUT [LABEL_OUT ...] --out DETECTOR
   deep-spectral label SOURCE --out OUT2 --store-features --detector DETECTOR
 
 LABEL_OUT is the output of `deep-spectral label ... --store-features` (its stored patch features
@@ -190,23 +190,42 @@ def image_rows(out: str, extract_digest: str, ids: list[str]) -> dict[str, dict]
     return rows
 
 
-def run_train(label_out: str, det: str, cfg: DetectorConfig, runtime: RuntimeConfig, local: bool = False,
-              label_digest: str | None = None) -> dict:
-    """Every round not yet in DETECTOR; returns the run summary (also DETECTOR/runs/)."""
+def run_train(label_outs: list[str] | str, det: str, cfg: DetectorConfig, runtime: RuntimeConfig,
+              local: bool = False, label_digest: str | None = None) -> dict:
+    """Every round not yet in DETECTOR, learnt from one label run or several (of one extraction
+    config: the same features); returns the run summary (also DETECTOR/runs/)."""
     started, clock = datetime.now(timezone.utc), time.monotonic()
-    label_out, det = label_out.rstrip("/"), det.rstrip("/")
-    label_digest, extract_cfg = find_label_run(label_out, label_digest)
-    cuts = cut_objects(label_out, label_digest)
-    shards = {i: uri for i, uri in shard_files(label_out, extract_cfg.digest(), EIGEN_DIR).items() if i in cuts}
+    label_outs = [label_outs] if isinstance(label_outs, str) else list(label_outs)
+    det = det.rstrip("/") if "://" in det else os.path.abspath(det)
+    cuts: dict[str, list[dict]] = {}
+    shards: dict[str, str] = {}
+    digests, extract_cfg = [], None
+    for label_out in label_outs:
+        digest, run_cfg = find_label_run(label_out.rstrip("/"), label_digest)
+        if extract_cfg is not None and run_cfg.digest() != extract_cfg.digest():
+            raise ValueError(f"{label_out}: extraction {run_cfg.digest()} differs from {label_outs[0]}'s "
+                             f"{extract_cfg.digest()}: a detector learns from one kind of features")
+        extract_cfg = run_cfg
+        found = cut_objects(label_out.rstrip("/"), digest)
+        twice = sorted(set(found) & set(cuts))
+        if twice:
+            raise ValueError(f"{label_out}: image {twice[0]!r} is in two label runs (ids must be unique)")
+        cuts.update(found)
+        shards.update({i: uri for i, uri in shard_files(label_out.rstrip("/"), run_cfg.digest(), EIGEN_DIR).items()
+                       if i in found})
+        digests.append(digest)
     if not shards:
-        raise ValueError(f"{label_out}: label run {label_digest} has no images with stored features")
+        raise ValueError(f"{', '.join(label_outs)}: no labelled images with stored features")
+    label_digest = "+".join(digests)
     images = images_digest(list(shards))
     print(f"training on {len(shards)} images of label run {label_digest} "
           f"({sum(len(v) for v in cuts.values())} objects)")
-    summary = {"label_out": label_out, "label_digest": label_digest, "extract_digest": extract_cfg.digest(),
+    summary = {"label_out": label_outs, "label_digest": label_digest, "extract_digest": extract_cfg.digest(),
                "images": len(shards), "detector_config": cfg.__dict__, "rounds": []}
     previous = None
-    rows = image_rows(label_out, extract_cfg.digest(), list(shards)) if cfg.rounds > 1 else {}
+    rows = {}
+    for label_out in label_outs if cfg.rounds > 1 else []:
+        rows.update(image_rows(label_out.rstrip("/"), extract_cfg.digest(), list(shards)))
     for round_ in range(1, cfg.rounds + 1):
         digest = detector_digest(cfg, label_digest, images, round_)
         uri = round_uri(det, digest)
@@ -215,7 +234,7 @@ def run_train(label_out: str, det: str, cfg: DetectorConfig, runtime: RuntimeCon
             summary["rounds"].append({"round": round_, "digest": digest, "uri": uri, "trained": False})
             previous = uri
             continue
-        record = {"digest": digest, "round": round_, "label_out": label_out, "label_digest": label_digest,
+        record = {"digest": digest, "round": round_, "label_out": label_outs, "label_digest": label_digest,
                   "extract_digest": extract_cfg.digest(), "images": len(shards), "images_digest": images,
                   "previous": previous}
         spec = {"config": cfg.__dict__, "round": round_, "digest": digest, "uri": uri, "previous": previous,
@@ -266,7 +285,9 @@ def fit_on_ray(spec: dict, runtime: RuntimeConfig, det: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("label_out", metavar="LABEL_OUT", help="output of `deep-spectral label --store-features`")
+    parser.add_argument("label_out", metavar="LABEL_OUT", nargs="+",
+                        help="output of `deep-spectral label --store-features`; several: learn from all (one "
+                             "extraction config, unique image names)")
     parser.add_argument("--out", required=True, help="detector folder or fsspec URL")
     parser.add_argument("--label-digest", default=None,
                         help="which label run of LABEL_OUT (default: the one its instances.json holds)")
@@ -280,7 +301,8 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(configs, {})
     try:
-        find_label_run(args.label_out, args.label_digest)
+        for label_out in args.label_out:
+            find_label_run(label_out, args.label_digest)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
     summary = run_train(args.label_out, args.out, cfg, runtime, local=args.local, label_digest=args.label_digest)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from jobs import cli, cluster, evaluate_semantic, extract, label, nightly
+from jobs import cli, cluster, evaluate_semantic, extract, label, nightly, train
 from jobs.options import Options
 from pipeline.config import ExtractConfig
 from pipeline.objects.instances import LabelConfig, label_digest
@@ -29,7 +29,7 @@ def parser_of(module) -> argparse.ArgumentParser:
 
 def every_options() -> dict[str, Options]:
     return {"extract": extract.OPTIONS, "label": label.OPTIONS, "cluster": cluster.OPTIONS,
-            "evaluate semantic": evaluate_semantic.OPTIONS}
+            "evaluate semantic": evaluate_semantic.OPTIONS, "train": train.OPTIONS}
 
 
 def test_every_preset_loads_and_validates_for_the_commands_it_serves():
@@ -103,6 +103,26 @@ def test_a_bad_file_or_setting_exits_2_with_one_line_before_any_work(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and field in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, field", [
+    (lambda d: ["train", str(ROOT / "samples"), "--out", str(d / "out"), "--set", "detector.epochs=0"],
+     "detector.epochs: must be"),
+    (lambda d: ["train", str(ROOT / "samples"), "--out", str(d / "out"), "--set", "detector.pyramid_channels=40"],
+     "detector.pyramid_channels: must be"),
+    (lambda d: ["train", str(ROOT / "samples"), "--out", str(d / "out")], "no instances.json"),
+    (lambda d: ["label", str(ROOT / "samples"), "--out", str(d / "out"), "--store-features",
+                "--detector", str(d / "nothing")], "not a trained detector"),
+    (lambda d: ["label", str(ROOT / "samples"), "--out", str(d / "out"), "--detector", str(d / "nothing")],
+     "label.detector: the detector reads the patch features"),
+])
+def test_train_and_label_detector_refuse_bad_inputs_with_one_line(tmp_path, capsys, argv, field):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv(tmp_path))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and field in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 def test_precedence_is_defaults_then_files_then_flags_and_dry_run_prints_without_work(tmp_path, capsys):
