@@ -15,6 +15,7 @@ with the same inputs reuses every finished round.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -83,13 +84,14 @@ def find_label_run(out: str, digest: str | None = None) -> tuple[str, ExtractCon
     return digest, cfg
 
 
-def cut_objects(out: str, digest: str) -> dict[str, list[dict]]:
-    """{image id: its objects with a positive score ({"box", "segmentation"})} of a label run,
-    every image of the run listed (one whose objects all scored 0, the frame or the fallback, has none)."""
+def cut_objects(out: str, digest: str, most: int = 0) -> dict[str, list[dict]]:
+    """{image id: its objects with a positive score ({"box", "segmentation"}), the `most` best
+    (0: all)} of a label run, every image of the run listed (one whose objects all scored 0, the
+    frame or the fallback, has none)."""
     objects: dict[str, list[dict]] = {}
-    for row in object_rows(out, digest, ["image_id", "box", "segmentation", "score"]):
+    for row in object_rows(out, digest, ["image_id", "object", "box", "segmentation", "score"]):
         found = objects.setdefault(row["image_id"], [])
-        if row["score"] > 0:
+        if row["score"] > 0 and (not most or row["object"] < most):  # "object" is the place by score
             found.append({"box": row["box"], "segmentation": row["segmentation"]})
     return objects
 
@@ -141,12 +143,17 @@ def train_round(spec: dict) -> None:
                     checkpoint = ray.train.Checkpoint.from_directory(folder)
                 ray.train.report({"epoch": epoch + 1, **losses}, checkpoint=checkpoint)
 
-    def batches(epoch: int):
-        return epoch_batches(groups, spec["extract_digest"], objects, spec["long_side"], cfg.batch_size,
-                             cfg.seed, epoch)
+    # DistributedDataParallel needs every worker to take the same number of steps: the fewest any
+    # worker's share of the images makes (the rest of the others' shares waits for the next epoch).
+    shares = [sum(len(ids) for _, ids in spec["groups"][r::world]) for r in range(world)]
+    steps = min(-(-n // cfg.batch_size) for n in shares)
 
-    train(model, batches, cfg, after_epoch, device=device,
-          start_epoch=resume["epoch"] if resume else 0, optimizer_state=resume["optimizer"] if resume else None)
+    def batches(epoch: int):
+        return itertools.islice(epoch_batches(groups, spec["extract_digest"], objects, spec["long_side"],
+                                              cfg.batch_size, cfg.seed, epoch), steps)
+
+    train(model, batches, cfg, after_epoch, device=device, start_epoch=resume["epoch"] if resume else 0,
+          optimizer_state=resume["optimizer"] if resume else None, log_every=50)
     if rank == 0:
         record = {**spec["record"], "config": spec["config"], "workers": world, "device": str(device),
                   "seconds": round(time.monotonic() - clock, 1), "history": history}
@@ -206,7 +213,7 @@ def run_train(label_outs: list[str] | str, det: str, cfg: DetectorConfig, runtim
             raise ValueError(f"{label_out}: extraction {run_cfg.digest()} differs from {label_outs[0]}'s "
                              f"{extract_cfg.digest()}: a detector learns from one kind of features")
         extract_cfg = run_cfg
-        found = cut_objects(label_out.rstrip("/"), digest)
+        found = cut_objects(label_out.rstrip("/"), digest, cfg.max_targets)
         twice = sorted(set(found) & set(cuts))
         if twice:
             raise ValueError(f"{label_out}: image {twice[0]!r} is in two label runs (ids must be unique)")

@@ -37,8 +37,14 @@ def images_digest(image_ids: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+# Settings added after detectors were trained leave the digest while at these values, so those
+# detectors keep their digests (as the extraction and label configs do).
+_OMITTED_AT = {"max_targets": 0}
+
+
 def detector_digest(cfg: DetectorConfig, label_digest: str, images: str, round_: int) -> str:
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "rounds"}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k != "rounds" and not (k in _OMITTED_AT and v == _OMITTED_AT[k])}
     return digest_of({"detector": settings, "label_digest": label_digest, "images": images, "round": round_})
 
 
