@@ -113,9 +113,10 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 def rowwise(x: np.ndarray, m: np.ndarray) -> np.ndarray:
     """(n, D) @ (D, k) -> (n, k), each row its own vector-matrix product. One matrix product
     (BLAS gemm) rounds a row differently with the rows around it (its blocking follows the
-    batch's height): the same segment read in a batch of 1 or of 1,000 rows projected to
-    different low bits, and a near tie went to another centroid. A stacked product runs the
-    same (1, D) @ (D, k) for every row, as fast here."""
+    batch's height): 768-d rows projected to 64 in batches of 1, 15 or 5,000 rows differed in
+    their low bits in most outputs, so a vector near a tie could go to another centroid as the
+    shards cut the batches. A stacked product runs the same (1, D) @ (D, k) for every row, and
+    took no longer on 20,000 such rows."""
     return np.matmul(np.asarray(x)[:, None, :], m)[:, 0, :]
 
 
