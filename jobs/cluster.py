@@ -21,8 +21,9 @@ regions' classes (OUT/region_clusters.npz). With --set pseudo_labels.self_train.
 NAME's feature map of every image is made first, by Ray actors too (jobs.head_maps:
 OUT/head_maps, OUT/head_map_errors), and the head reads it next to the stored patch features.
 
-Same seed + same shards = the same labels. A rerun with the same settings overwrites the
-same files (and embeds no region twice).
+Same seed + same extracted images = the same labels, however the shards cut and order the rows
+(every dataset-wide fit samples and orders by (image id, index): pipeline.semantic.keyed_sample).
+A rerun with the same settings overwrites the same files (and embeds no region twice).
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ HELP = """Segments in an extraction's shards -> dataset-wide clusters -> pseudo-
 SHARDS is an `extract` output written with segments. LABELS gets labels/STEM.png (palette PNG
 per image, 0 = background, c + 1 = cluster c), segment_labels/ (one Parquet row per segment),
 clusters.npz (the centroids, to label new images the same way) and cluster.json (settings,
-digests, counts, failed images). Same seed and shards give the same labels.
+digests, counts, failed images). The same seed and extracted images give the same labels,
+however the shards hold the rows.
 """
 
 LABEL_DIR = "segment_labels"

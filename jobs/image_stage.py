@@ -74,8 +74,11 @@ def run_image_stage(what: str, shards: str, extract_digest: str, out: str, diges
     def run(lease) -> dict:
         shard_of = shard_files(shards, extract_digest)
         wanted = sorted(shard_of) if image_ids is None else [i for i in image_ids if i in shard_of]
-        # Each ref's uri is the shard holding the image's row; a batch then reads few shards.
-        refs = sorted((ImageRef(i, shard_of[i]) for i in wanted), key=lambda r: (r.uri, r.image_id))
+        # Each ref's uri is the shard holding the image's row. Batches are cut in image-id order,
+        # not shard order: a batch's images are embedded together (a network's batch rounds an
+        # image with the others in it), so the batches, and the stage's outputs, are the same
+        # however an extraction cut its shards.
+        refs = sorted((ImageRef(i, shard_of[i]) for i in wanted), key=lambda r: r.image_id)
         todo, skipped = runner.not_done(refs, out, digest, actor_cls.kind, runtime.retry_errors,
                                          actor_cls.error_kind)
         summary = {"out": out, "config_digest": digest, "extract_digest": extract_digest,

@@ -26,6 +26,7 @@ from pipeline.io.images import decode_image
 from pipeline.io.semantic_masks import LabelMap, read_class_mask
 from pipeline.io.sources import read_bytes
 from pipeline.semantic.clustering import ClusterConfig, fit_clusters
+from pipeline.semantic.keyed_sample import Keys
 from pipeline.semantic.labelling import segment_rows
 from pipeline.semantic.oracle import cell_weights, gt_regions, region_boxes, region_labels, region_pooled
 from pipeline.semantic.region_crops import RegionCropConfig, region_features as joined_region_features
@@ -111,7 +112,10 @@ def score_oracle(features: dict[str, np.ndarray], samples: dict[str, Sample], la
     the ground truth's pixels with one Hungarian matching -> {miou, pixel_accuracy, iou, parts}
     (`parts`: {name: image ids} scored on their own, each with its own matching)."""
     parts = parts or {}
-    model = fit_clusters(lambda: (f for f in features.values() if len(f)), cluster)
+    # Keyed by (image, region): the fit sees the same regions in the same order however the
+    # shards ordered the images (pipeline.semantic.keyed_sample).
+    model = fit_clusters(lambda: ((Keys(np.full(len(f), i, object), np.arange(len(f))), f)
+                                  for i, f in features.items() if len(f)), cluster)
     counts = np.zeros((cluster.n_clusters + 1, n_classes), np.int64)
     counts_parts = {name: counts.copy() for name in parts}
     for image_id, f in features.items():

@@ -98,14 +98,17 @@ def test_region_rounds_refit_the_clusters_over_each_images_regions(shards, tmp_p
     import dataclasses
 
     from pipeline.semantic.clustering import fit_clusters
+    from pipeline.semantic.keyed_sample import Keys
     from pipeline.semantic.labelling import (fit_label_clusters, fit_segment_clusters, region_feature_batches,
                                              segment_classes)
 
     out, cfg = shards
     labels_cfg = PseudoLabelConfig(ClusterConfig(n_clusters=2, pca_dim=0, whiten=False), min_cluster_share=0.3)
     first = fit_segment_clusters(str(out), cfg.digest(), labels_cfg.cluster)
-    regions = np.concatenate(list(region_feature_batches(str(out), cfg.digest(), first, 0.3)()))
-    expected = []  # by hand: per image, the area-weighted mean feature of each label's segments
+    batches = list(region_feature_batches(str(out), cfg.digest(), first, 0.3)())
+    keys = Keys(np.concatenate([k.image_ids for k, _ in batches]), np.concatenate([k.index for k, _ in batches]))
+    regions = np.concatenate([r for _, r in batches])
+    expected, expected_keys = [], []  # by hand: per image, the area-weighted mean feature of each label's segments
     for row in read_table(str(out)).to_pylist():
         segment_map, _, features = segments_of(row)
         if len(features):
@@ -113,13 +116,15 @@ def test_region_rounds_refit_the_clusters_over_each_images_regions(shards, tmp_p
             areas = np.bincount(segment_map.ravel(), minlength=len(features) + 1)[1:]
             expected += [np.average(features[classes == c], axis=0, weights=areas[classes == c])
                          for c in np.unique(classes)]
+            expected_keys += [(row["image_id"], c) for c in np.unique(classes)]  # (image, class)
     np.testing.assert_allclose(regions, np.array(expected), rtol=1e-5, atol=1e-6)
+    assert list(zip(keys.image_ids.tolist(), keys.index.tolist())) == expected_keys
     assert len(regions) < first.n_fitted  # some image had two segments under one label
 
     rounds = dataclasses.replace(labels_cfg, region_rounds=1)
     model, n_segments, n_regions = fit_label_clusters(str(out), cfg.digest(), rounds)
     assert n_segments == first.n_fitted and model.n_fitted == n_regions == len(regions)
-    np.testing.assert_allclose(model.centroids, fit_clusters(lambda: iter([regions]), rounds.cluster).centroids,
+    np.testing.assert_allclose(model.centroids, fit_clusters(lambda: iter([(keys, regions)]), rounds.cluster).centroids,
                                rtol=1e-5, atol=1e-6)
     # With PCA the refit keeps the segments' projection: only the centroids move.
     whitened = dataclasses.replace(rounds, cluster=ClusterConfig(n_clusters=2, pca_dim=3))

@@ -9,7 +9,7 @@ import threadpoolctl
 import torch
 from PIL import Image
 
-from pipeline.semantic.clustering import ClusterConfig, fit_clusters, reservoir_sample
+from pipeline.semantic.clustering import ClusterConfig, fit_clusters, keyed_sample, l2_normalize
 from pipeline.config import SegmentsConfig
 from pipeline.features.geometry import GridGeometry
 from pipeline.semantic.pseudo_labels import (decode_label_png, encode_label_png, label_grid, label_image,
@@ -132,16 +132,47 @@ def test_whitening_finds_classes_that_a_dominant_direction_hides():
     assert ClusterConfig(pca_dim=0, whiten=True) == ClusterConfig(pca_dim=0, whiten=False)  # nothing to whiten
 
 
-def test_reservoir_sample_is_bounded_uniform_and_without_replacement():
+def test_keyed_sample_is_bounded_uniform_without_replacement_and_free_of_order():
+    from pipeline.semantic.keyed_sample import Keys
+
     theta = np.arange(1000) * (np.pi / 2 / 1000)  # unit rows: row i is recoverable from its angle
     x = np.stack([np.cos(theta), np.sin(theta)], axis=1).astype(np.float32)
-    sample, seen = reservoir_sample(stream(x, 37)(), 100, seed=0)
+    sample, seen = keyed_sample(stream(x, 37)(), 100, seed=0)
     assert seen == 1000 and sample.shape == (100, 2)
     index = np.rint(np.arctan2(sample[:, 1], sample[:, 0]) / (np.pi / 2 / 1000)).astype(int)
     assert len(set(index)) == 100  # without replacement
     assert 350 < index.mean() < 650 and index.max() > 900  # not just the first rows
-    again, _ = reservoir_sample(stream(x, 64)(), 100, seed=0)
-    assert sorted(map(tuple, again)) != sorted(map(tuple, x[:100]))
+    assert np.all(np.diff(index) > 0)  # plain arrays are keyed by stream position, sorted by it
+    # Keyed rows (10 images of 100 segments): any order and batching gives the same sample, in
+    # key order; another seed another sample.
+    keys = Keys(np.array([f"img{i // 100:02d}" for i in range(1000)], object), np.arange(1000) % 100)
+
+    def keyed(order, size):
+        return lambda: ((Keys(keys.image_ids[order[s:s + size]], keys.index[order[s:s + size]]), x[order[s:s + size]])
+                        for s in range(0, len(order), size))
+    first, _ = keyed_sample(keyed(np.arange(1000), 64)(), 100, seed=0)
+    shuffled, _ = keyed_sample(keyed(np.random.default_rng(1).permutation(1000), 7)(), 100, seed=0)
+    np.testing.assert_array_equal(first, shuffled)
+    other, _ = keyed_sample(keyed(np.arange(1000), 64)(), 100, seed=1)
+    assert sorted(map(tuple, other)) != sorted(map(tuple, first))
+    whole, _ = keyed_sample(keyed(np.arange(1000)[::-1], 13)(), 5000, seed=0)  # all of it, in key order
+    np.testing.assert_array_equal(whole, l2_normalize(x))
+
+
+def test_lloyd_passes_do_not_depend_on_the_order_or_batching_of_the_stream():
+    from pipeline.semantic.keyed_sample import Keys
+
+    x, _ = blobs(300)
+    keys = Keys(np.array([f"img{i // 10:03d}" for i in range(len(x))], object), np.arange(len(x)) % 10)
+    cfg = ClusterConfig(n_clusters=4, seed=3, sample_size=50, n_init=2, pca_dim=3)
+
+    def keyed(order, size):
+        return lambda: ((Keys(keys.image_ids[order[s:s + size]], keys.index[order[s:s + size]]), x[order[s:s + size]])
+                        for s in range(0, len(order), size))
+    a = fit_clusters(keyed(np.arange(len(x)), 64), cfg)
+    b = fit_clusters(keyed(np.random.default_rng(2).permutation(len(x)), 1), cfg)
+    assert a.n_passes > 0
+    np.testing.assert_array_equal(a.centroids, b.centroids)
 
 
 def test_too_few_segments_for_the_clusters_is_a_clear_error():
@@ -309,6 +340,16 @@ def test_patch_sample_is_bounded_keeps_labels_with_their_features_and_is_seeded(
     assert not np.array_equal(sx, other)
     whole, _ = patch_sample(iter(batches), 5000, seed=0)  # a sample larger than the stream is all of it
     np.testing.assert_array_equal(whole, x)
+    # Keyed patches (images of 100 cells): the same sample, in key order, whatever the stream's order.
+    from pipeline.semantic.keyed_sample import Keys
+    ids, cell = np.array([f"img{i // 100}" for i in range(1000)], object), np.arange(1000) % 100
+    flipped = [(x[s:s + 64][::-1], y[s:s + 64][::-1], Keys(ids[s:s + 64][::-1], cell[s:s + 64][::-1]))
+               for s in range(0, 1000, 64)][::-1]
+    kx, ky = patch_sample(iter([(x, y, Keys(ids, cell))]), 200, seed=1)
+    fx, fy = patch_sample(iter(flipped), 200, seed=1)
+    np.testing.assert_array_equal(kx, fx)
+    np.testing.assert_array_equal(ky, fy)
+    assert np.all(np.diff(kx[:, 0]) > 0)  # key order is the rows' order here
 
 
 def test_sampled_head_reproduces_a_planted_labelling():

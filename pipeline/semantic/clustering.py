@@ -4,12 +4,20 @@
     SegmentClusters.assign(x)    (n, D) -> (n,) cluster ids 0..C-1
     SegmentClusters.distances(x) (n, D) -> (n, C) squared distances to the centroids
 
-The features are L2-normalised. One pass draws a seeded reservoir sample (at most
-cfg.sample_size vectors) and counts the input; PCA (optional, whitened if asked) and k-means
-with n_init restarts are fitted on the sample. When the sample is the whole input that is exact k-means;
-otherwise Lloyd iterations then refine the centroids over the full stream, one pass each,
-holding only C x D sums. Memory is the sample plus one batch, whatever the dataset size, and
-the same seed and input order give the same clusters, whatever the caller's thread settings.
+The features are L2-normalised. One pass draws a seeded bottom-k sample (at most
+cfg.sample_size vectors, pipeline.semantic.keyed_sample) and counts the input; PCA (optional,
+whitened if asked) and k-means with n_init restarts are fitted on the sample, sorted by key.
+When the sample is the whole input that is exact k-means; otherwise Lloyd iterations then
+refine the centroids over the full stream, one pass each, holding only C x D sums. Memory is
+the sample plus one batch, whatever the dataset size.
+
+A batch is (Keys, (n, D) features): each vector named by its image and its index there (a
+segment, a region's label). The same seed and the same keyed vectors give the same clusters
+whatever order or batches the stream cuts them into (shards of two extractions, one per image or
+a thousand) and whatever the caller's thread settings: the sample is chosen and ordered by key,
+every product that assigns or projects a vector is computed row by row (rowwise), and the Lloyd
+sums are exact (fixed point). A plain (n, D) array is keyed by its position in the stream: its
+order is then the caller's to fix.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
 from pipeline.config import check
+from pipeline.semantic.keyed_sample import Keys, KeyedSample, position_keys
 
 # scikit-learn's KMeans sums each OpenMP thread's chunks, and BLAS splits the PCA's and the
 # distances' products across its threads, so centroids depend on both thread counts in their low
@@ -79,10 +88,11 @@ class SegmentClusters:
     n_passes: int  # full-stream Lloyd passes after the sample fit
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """(n, D) raw features -> (n, d) normalised, PCA-reduced."""
+        """(n, D) raw features -> (n, d) normalised, PCA-reduced (row by row: a vector's
+        projection does not depend on the batch it came in)."""
         x = l2_normalize(features)
         if self.pca_components is not None:
-            x = (x - self.pca_mean) @ self.pca_components.T
+            x = rowwise(x - self.pca_mean, self.pca_components.T)
         return x
 
     def assign(self, features: np.ndarray) -> np.ndarray:
@@ -100,8 +110,18 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def rowwise(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """(n, D) @ (D, k) -> (n, k), each row its own vector-matrix product. One matrix product
+    (BLAS gemm) rounds a row differently with the rows around it (its blocking follows the
+    batch's height): 768-d rows projected to 64 in batches of 1, 15 or 5,000 rows differed in
+    their low bits in most outputs, so a vector near a tie could go to another centroid as the
+    shards cut the batches. A stacked product runs the same (1, D) @ (D, k) for every row, and
+    took no longer on 20,000 such rows."""
+    return np.matmul(np.asarray(x)[:, None, :], m)[:, 0, :]
+
+
 def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    d = (centroids ** 2).sum(axis=1)[None, :] - 2.0 * (x @ centroids.T)
+    d = (centroids ** 2).sum(axis=1)[None, :] - 2.0 * rowwise(x, np.ascontiguousarray(centroids.T))
     return np.argmin(d, axis=1)
 
 
@@ -121,38 +141,37 @@ def pca_projection(x: np.ndarray, dim: int, seed: int, whiten: bool) -> tuple[np
     return pca.mean_.astype(np.float32), components.astype(np.float32)
 
 
-def reservoir_sample(batches: Iterable[np.ndarray], size: int, seed: int) -> tuple[np.ndarray, int]:
-    """Uniform sample without replacement of at most `size` rows of the stream (Algorithm R,
-    vectorised per batch) -> (sample (m, D), rows seen)."""
-    rng = np.random.default_rng(seed)
-    sample: np.ndarray | None = None
-    filled = seen = 0
+def keyed_batches(batches: Iterable) -> Iterable[tuple[Keys, np.ndarray]]:
+    """A stream of (Keys, (n, D)) batches or plain (n, D) arrays -> (Keys, (n, D)) batches,
+    plain arrays keyed by their stream position (position_keys)."""
+    seen = 0
     for batch in batches:
-        batch = l2_normalize(batch)
-        if not len(batch):
-            continue
-        if sample is None:
-            sample = np.empty((size, batch.shape[1]), np.float32)
-        take = min(size - filled, len(batch))
-        sample[filled:filled + take] = batch[:take]
-        filled += take
-        rest = batch[take:]
-        if len(rest):
-            # Row t (0-based in the stream) replaces slot j ~ U[0, t] when j < size.
-            slots = rng.integers(0, np.arange(seen + take, seen + len(batch)) + 1)
-            keep = slots < size
-            sample[slots[keep]] = rest[keep]  # later rows win, as in the sequential algorithm
-        seen += len(batch)
-    if sample is None:
+        if isinstance(batch, np.ndarray):
+            batch = (position_keys(seen, len(batch)), batch)
+        seen += len(batch[1])
+        yield batch
+
+
+def keyed_sample(batches: Iterable, size: int, seed: int) -> tuple[np.ndarray, int]:
+    """Uniform sample without replacement of at most `size` L2-normalised rows of the stream,
+    chosen by a seeded hash of each row's key (bottom-k) and sorted by key -> (sample (m, D),
+    rows seen). The rows and the seed decide it, not their order or batches."""
+    sample = KeyedSample(size, seed)
+    for keys, batch in keyed_batches(batches):
+        if len(batch):
+            sample.add(keys, l2_normalize(batch))
+    result = sample.result()
+    if len(result) < 2:
         raise ValueError("no segment features to cluster")
-    return sample[:filled], seen
+    return result[1], sample.seen
 
 
-def fit_clusters(batches: Callable[[], Iterable[np.ndarray]], cfg: ClusterConfig,
+def fit_clusters(batches: Callable[[], Iterable], cfg: ClusterConfig,
                  projection: SegmentClusters | None = None) -> SegmentClusters:
-    """`batches()` yields the stream of (n, D) raw feature batches; called once per pass.
-    `projection`: reuse that model's PCA (its feature space) instead of fitting one."""
-    sample, total = reservoir_sample(batches(), cfg.sample_size, cfg.seed)
+    """`batches()` yields the stream of (Keys, (n, D) raw features) batches, or plain (n, D)
+    arrays (keyed by position); called once per pass. `projection`: reuse that model's PCA
+    (its feature space) instead of fitting one."""
+    sample, total = keyed_sample(batches(), cfg.sample_size, cfg.seed)
     if len(sample) < cfg.n_clusters:
         raise TooFewToCluster(f"{len(sample)} segments cannot make {cfg.n_clusters} clusters")
     mean = components = None
@@ -171,22 +190,29 @@ def fit_clusters(batches: Callable[[], Iterable[np.ndarray]], cfg: ClusterConfig
     return model
 
 
-def _lloyd_passes(model: SegmentClusters, batches: Callable[[], Iterable[np.ndarray]],
-                  cfg: ClusterConfig) -> None:
+# Lloyd sums in fixed point: each projected coordinate rounded to a multiple of 2**-24 (below a
+# float32's resolution at the unit scale of whitened coordinates) and summed as integers, which
+# add in any order to the same total; float sums would follow the stream's order in their low bits.
+FIXED_POINT = 2.0 ** 24
+
+
+def _lloyd_passes(model: SegmentClusters, batches: Callable[[], Iterable], cfg: ClusterConfig) -> None:
     for _ in range(cfg.max_passes):
-        sums = np.zeros(model.centroids.shape, np.float64)
+        sums = np.zeros(model.centroids.shape, object)  # Python ints: exact, never overflow
         counts = np.zeros(len(model.centroids), np.int64)
-        for batch in batches():
+        for _keys, batch in keyed_batches(batches()):
             if not len(batch):
                 continue
             x = model.transform(batch)
             labels = nearest(x, model.centroids)
+            fixed = np.rint(x.astype(np.float64) * FIXED_POINT).astype(np.int64)
             for c in np.unique(labels):
-                sums[c] += x[labels == c].sum(axis=0)
+                sums[c] += fixed[labels == c].sum(axis=0).astype(object)  # int64 within a batch
             counts += np.bincount(labels, minlength=len(counts))
         moved = counts > 0  # an emptied cluster keeps its centroid
         new = model.centroids.copy()
-        new[moved] = (sums[moved] / counts[moved, None]).astype(np.float32)
+        means = [[float(v) / FIXED_POINT / int(counts[c]) for v in sums[c]] for c in np.flatnonzero(moved)]
+        new[moved] = np.asarray(means, np.float64).reshape(-1, new.shape[1]).astype(np.float32)
         shift = float(((new - model.centroids) ** 2).sum(axis=1).max())
         model.centroids = new
         model.n_passes += 1

@@ -13,8 +13,10 @@ every image's segment features -> dataset-wide clusters -> per-image pseudo-labe
     self_trained_labels(row, head, labels, cfg, long_side)   -> the head's label image (H, W)
     label_cells(row, classes, fiedler_threshold)  (n,) segment classes -> (h, w) class ids per cell
 
-Shards are read in a fixed order, a batch at a time, so memory does not grow with the
-dataset and the same seed gives the same labels.
+Shards are read a batch at a time, so memory does not grow with the dataset. Every vector a
+dataset-wide fit sees is keyed by its image and its index there (a segment, a region's class, a
+patch), and the fits sample and order by key (pipeline.semantic.keyed_sample): the same images,
+settings and seed give the same labels however the shards cut and order the rows.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import pyarrow.compute as pc
 from pipeline.config import ExtractConfig, check
 from pipeline.semantic.clustering import ClusterConfig, SegmentClusters, TooFewToCluster, fit_clusters
 from pipeline.semantic.head_map_rows import HeadMaps, with_head_maps
+from pipeline.semantic.keyed_sample import Keys, per_item
 from pipeline.semantic.fiedler_cells import fiedler_background, with_fiedler_background
 from pipeline.semantic.image_clusters import consolidate, image_regions
 from pipeline.semantic.region_crops import RegionCropConfig, relabel
@@ -115,7 +118,10 @@ class PseudoLabelConfig:
             raise ValueError("no region crops in this labelling config")
         d = dataclasses.asdict(dataclasses.replace(self, refine="none", self_train=None))
         del d["fiedler_threshold"]
-        text = json.dumps({"regions": d, "extract": extract_digest}, sort_keys=True)
+        # "sample": the first clustering samples and orders its segments by key
+        # (pipeline.semantic.keyed_sample). Regions stored before came from a fit that followed
+        # the shards' order, so a rerun into the same OUT embeds them again rather than reuse them.
+        text = json.dumps({"regions": d, "extract": extract_digest, "sample": "keyed"}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -132,22 +138,33 @@ def segment_digests(shards: str) -> dict[str, int]:
 
 def segment_feature_batches(shards: str, digest: str, batch_rows: int = 1024,
                             image_ids: list[str] | None = None):
-    """-> a callable that starts a new pass: yields (n, D) float32 feature batches of the
-    images with segments (all, or only `image_ids`)."""
+    """-> a callable that starts a new pass: yields (Keys, (n, D) float32 features) batches of
+    the images with segments (all, or only `image_ids`), each segment keyed by (image id, its
+    index in the row)."""
     return _feature_batches(shards, EIGEN_DIR, "segment_dim", "segment_features", digest, batch_rows, image_ids)
 
 
 def _feature_batches(out: str, kind: str, width: str, values: str, digest: str, batch_rows: int,
-                     image_ids: list[str] | None):
+                     image_ids: list[str] | None, index_column: str | None = None):
     """-> a callable that starts a new pass over OUT/kind (`digest`'s rows, all or `image_ids`'):
-    yields each batch's `values` lists (several vectors per row, `width` wide) as one (n, width)
-    float32 array; rows with a null width hold none."""
-    def stream() -> Iterator[np.ndarray]:
-        for batch in scan_batches(out, kind, [width, values], digest, batch_rows, image_ids):
+    yields each batch's `values` lists (several vectors per row, `width` wide) as (Keys, one
+    (n, width) float32 array); rows with a null width hold none. A vector's key is its row's
+    image id and its position in the row, or with `index_column` that column's value (one
+    vector per row): fit_clusters samples and orders by it, not by the shards' order."""
+    extra = [index_column] if index_column else []
+    def stream() -> Iterator[tuple[Keys, np.ndarray]]:
+        for batch in scan_batches(out, kind, ["image_id", width, values] + extra, digest, batch_rows, image_ids):
             dims = batch.column(width).drop_null()
             if len(dims):
+                dim = dims[0].as_py()
                 flat = pc.list_flatten(batch.column(values)).to_numpy(zero_copy_only=False)
-                yield flat.reshape(-1, dims[0].as_py()).astype(np.float32, copy=False)
+                per_row = pc.fill_null(pc.list_value_length(batch.column(values)), 0).to_numpy() // dim
+                if index_column:
+                    index = np.repeat(batch.column(index_column).to_numpy(zero_copy_only=False), per_row)
+                else:  # 0..n-1 within each row
+                    index = np.arange(per_row.sum()) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+                keys = Keys(per_item(batch.column("image_id").to_pylist(), per_row), index.astype(np.int64))
+                yield keys, flat.reshape(-1, dim).astype(np.float32, copy=False)
     return stream
 
 
@@ -158,18 +175,21 @@ def fit_segment_clusters(shards: str, digest: str, cfg: ClusterConfig, batch_row
 
 def region_feature_batches(shards: str, digest: str, model: SegmentClusters, min_share: float,
                            batch_rows: int = 256, image_ids: list[str] | None = None):
-    """-> a callable that starts a new pass: yields (r, D) batches of every image's regions
-    (its segments grouped by their segment_classes under `model`, image_regions)."""
-    def stream() -> Iterator[np.ndarray]:
+    """-> a callable that starts a new pass: yields (Keys, (r, D)) batches of every image's
+    regions (its segments grouped by their segment_classes under `model`, image_regions), each
+    keyed by (image id, its class): the refit samples and orders them by key."""
+    def stream() -> Iterator[tuple[Keys, np.ndarray]]:
         for rows in _batched(segment_rows(shards, digest, batch_rows, image_ids), batch_rows):
-            regions = []
+            regions, ids, index = [], [], []
             for row in rows:
                 segment_map, _, features = segments_of(row)
                 if len(features):
                     classes = segment_classes(segment_map, features, model, min_share)
                     regions.append(image_regions(features, segment_areas(segment_map, len(features)), classes))
+                    index.append(np.unique(classes))  # image_regions' rows: one per class, ascending
+                    ids.append(np.full(len(index[-1]), row["image_id"], object))
             if regions:
-                yield np.concatenate(regions)
+                yield Keys(np.concatenate(ids), np.concatenate(index).astype(np.int64)), np.concatenate(regions)
     return stream
 
 
@@ -215,10 +235,10 @@ class RegionClasses:
 
 
 def region_crop_batches(out: str, digest: str, batch_rows: int = 1024, image_ids: list[str] | None = None):
-    """-> a callable that starts a new pass: yields (r, F) float32 features of the regions
-    under OUT/regions written with `digest` (all, or only `image_ids`'; rows without a region
-    are skipped)."""
-    return _feature_batches(out, REGION_DIR, "feature_dim", "feature", digest, batch_rows, image_ids)
+    """-> a callable that starts a new pass: yields (Keys, (r, F) float32 features) of the
+    regions under OUT/regions written with `digest` (all, or only `image_ids`'; rows without a
+    region are skipped), each keyed by (image id, region label)."""
+    return _feature_batches(out, REGION_DIR, "feature_dim", "feature", digest, batch_rows, image_ids, "label")
 
 
 def fit_region_classes(out: str, digest: str, cfg: ClusterConfig, batch_rows: int = 1024,
@@ -365,7 +385,7 @@ def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainC
     regions failed to embed) or no map is left out."""
     def epoch():
         for batch in _batched(head_rows(shards, digest, cfg, maps, image_ids), 32):
-            features, labels = [], []
+            features, labels, ids = [], [], []
             for row in batch:
                 if regions is not None and row["image_id"] not in regions.by_image or row["patch_features"] is None:
                     continue
@@ -373,8 +393,13 @@ def self_train(shards: str, digest: str, model: SegmentClusters, cfg: SelfTrainC
                 grid = row["patch_features"]
                 features.append(grid.reshape(-1, grid.shape[-1]))
                 labels.append(label_cells(row, classes, fiedler_threshold).ravel())
+                ids.append(row["image_id"])
             if features:
-                yield np.concatenate(features), np.concatenate(labels)
+                # Each patch keyed by (image id, its cell's index): the head's sample is chosen
+                # and ordered by key (self_training.patch_sample), not by the shards' order.
+                counts = [len(f) for f in features]
+                index = np.arange(sum(counts)) - np.repeat(np.cumsum(counts) - counts, counts)
+                yield np.concatenate(features), np.concatenate(labels), Keys(per_item(ids, counts), index)
     n_classes = len((regions.model if regions is not None else model).centroids) + 1
     return train_head(epoch, n_classes, cfg)
 

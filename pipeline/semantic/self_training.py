@@ -9,8 +9,9 @@ the pseudo-labels, whose predictions replace them.
 The head sees every patch's own feature, so it can relabel patches that the per-image
 k-means put in the wrong segment; whether that helps is measured, not assumed (README).
 Training streams the data once per epoch, so memory does not grow with the dataset; with
-`sample_patches` one pass draws a seeded uniform sample of at most that many patches and the
-epochs run over it (memory bounded by the sample, one read of the shards instead of one per
+`sample_patches` one pass draws a seeded uniform sample of at most that many patches, keyed by
+(image, cell) so that neither the sample nor its order depends on the shards', and the epochs
+run over it (memory bounded by the sample, one read of the shards instead of one per
 epoch). `features` picks the patch features: the graph's tokens, or the kinds the segments
 pooled (on a backbone whose middle blocks carry the classes, those; docs/semantic.md).
 """
@@ -26,6 +27,7 @@ import torch
 from pipeline.config import check
 from pipeline.features.supervised import EMBEDDERS
 from pipeline.semantic.clustering import CLUSTERING_THREADS
+from pipeline.semantic.keyed_sample import KeyedSample, position_keys
 
 HEAD_FEATURES = ("tokens", "segment")
 
@@ -106,33 +108,32 @@ def _normalized(features: np.ndarray) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=-1)
 
 
-def patch_sample(batches: Iterable[tuple[np.ndarray, np.ndarray]], size: int,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+def patch_sample(batches: Iterable[tuple], size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Uniform sample without replacement of at most `size` (feature, label) patches of the
-    stream (Algorithm R, vectorised per batch) -> ((m, C) float32, (m,) int64)."""
-    rng = np.random.default_rng(seed)
-    x = y = None
-    filled = seen = 0
-    for features, labels in batches:
-        if x is None:
-            x, y = np.empty((size, features.shape[1]), np.float32), np.empty(size, np.int64)
-        take = min(size - filled, len(labels))
-        x[filled:filled + take], y[filled:filled + take] = features[:take], labels[:take]
-        filled += take
-        if len(labels) > take:
-            slots = rng.integers(0, np.arange(seen + take, seen + len(labels)) + 1)
-            keep = slots < size
-            x[slots[keep]], y[slots[keep]] = features[take:][keep], labels[take:][keep]
+    stream -> ((m, C) float32, (m,) int64), sorted by key. A batch is (features (n, C), labels
+    (n,), Keys): each patch named by its image and its cell's index, and the sample is the `size`
+    patches of smallest seeded hash of that key (pipeline.semantic.keyed_sample), so the images,
+    their labels and the seed decide it, not the order the shards hold the images in (a
+    reservoir's sample did, and the head trained on it moved self-trained VOC07 figures by a
+    seed's spread). A batch without Keys, (features, labels), is keyed by stream position."""
+    sample, seen = KeyedSample(size, seed), 0
+    for batch in batches:
+        features, labels = batch[0], batch[1]
+        keys = batch[2] if len(batch) > 2 else position_keys(seen, len(labels))
         seen += len(labels)
-    if x is None or not filled:
+        sample.add(keys, np.asarray(features, np.float32), np.asarray(labels, np.int64))
+    result = sample.result()
+    if len(result) < 3 or not len(result[2]):
         raise ValueError("no patches to train the head on")
-    return x[:filled], y[:filled]
+    return result[1], result[2]
 
 
 @head_threads()
 def train_head(batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n_labels: int,
                cfg: SelfTrainConfig) -> torch.nn.Module:
-    """`batches()` starts one epoch: yields (n, C) features and (n,) int labels 0..n_labels-1."""
+    """`batches()` starts one epoch: yields (n, C) features and (n,) int labels 0..n_labels-1
+    (and the patches' Keys, which patch_sample reads). With cfg.sample_patches the epochs run
+    over the sample, in key order; without, over the stream in the order it comes (shard order)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if cfg.sample_patches:
@@ -145,7 +146,7 @@ def train_head(batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n
     head: torch.nn.Module | None = None
     optimizer = None
     for _ in range(cfg.epochs):
-        for features, labels in epoch():
+        for features, labels, *_keys in epoch():
             if head is None:
                 head = torch.nn.Linear(features.shape[1], n_labels)
                 optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
