@@ -80,6 +80,9 @@ def detected_objects(detection: dict[str, Tensor], row: dict, long_side: int | N
     scale = torch.tensor([geom.scale_x, geom.scale_y, geom.scale_x, geom.scale_y], dtype=torch.float32)
     boxes = (detection["boxes"].float() / scale).clamp(min=0)
     boxes = torch.minimum(boxes, torch.tensor([width, height, width, height], dtype=torch.float32))
+    # a box clipped to the image's edge can shrink below a pixel: no object to label there
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    boxes, detection = boxes[keep], {key: value[keep] for key, value in detection.items()}
     if not len(boxes):
         return []
     masks = paste_masks_in_image(detection["masks"], boxes, (height, width))[:, 0] > 0.5

@@ -67,8 +67,9 @@ def _tile(rgb: np.ndarray, title: str, scale: float) -> Image.Image:
 
 
 def _pixel_box(box, scale: float) -> list[float]:
-    x0, y0, x1, y1 = box
-    return [x0 * scale, y0 * scale + TITLE_HEIGHT, x1 * scale - 1, y1 * scale - 1 + TITLE_HEIGHT]
+    x0, y0, x1, y1 = (float(v) * scale for v in box)
+    # a box under a pixel wide still draws as a line (PIL refuses x1 < x0)
+    return [x0, y0 + TITLE_HEIGHT, max(x0, x1 - 1), max(y0, y1 - 1) + TITLE_HEIGHT]
 
 
 def _draw_boxes(tile: Image.Image, boxes, scale: float, colour: str, width: int) -> None:
