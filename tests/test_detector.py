@@ -106,3 +106,22 @@ def test_config_validation_names_the_field(field, value):
         DetectorConfig(**{field: value})
     message = str(error.value)
     assert message.startswith(f"detector.{field}: must be") and "\n" not in message
+
+
+def test_added_detections_rank_after_the_cuts_and_skip_what_they_found():
+    import numpy as np
+
+    from pipeline.detection.samples import DetectedObject, added_detections
+
+    def found(box, score):
+        return DetectedObject(np.array(box, float), "", 1, score)
+
+    cuts = [[0, 0, 10, 10], [20, 20, 40, 40], [0, 0, 100, 100]]  # the last: a frame, scored 0
+    detections = [found([1, 1, 10, 10], 0.9),  # the first cut again (IoU 0.81): dropped
+                  found([50, 50, 70, 70], 0.8),  # new: kept, below the lowest positive cut (0.4)
+                  found([20, 20, 30, 30], 0.5)]  # a quarter of the second cut (IoU 0.25): kept
+    added = added_detections(cuts, [0.6, 0.4, 0.0], detections)
+    assert [d.box.tolist() for d in added] == [[50, 50, 70, 70], [20, 20, 30, 30]]
+    assert [d.score for d in added] == pytest.approx([0.8 * 0.4, 0.5 * 0.4])
+    # an image with no positive cut keeps the detector's scores
+    assert [d.score for d in added_detections(cuts[2:], [0.0], detections)] == [0.9, 0.8, 0.5]

@@ -42,7 +42,9 @@ def label_run(tmp_path_factory, offline_weights):
 
 
 def test_train_on_ray_then_label_with_the_detector(local_ray, label_run, tmp_path, capsys):
+    import torch
     import torchvision
+    from torchvision.ops import box_iou
     from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 
     from jobs.label import run_label
@@ -77,12 +79,21 @@ def test_train_on_ray_then_label_with_the_detector(local_ray, label_run, tmp_pat
     assert [e["image_id"] for e in pq.read_table(out / "errors").to_pylist()] == ["corrupt.jpg"]
     rows = pq.read_table(out / "labels").to_pylist()
     assert {r["image_id"] for r in rows} == {p.name for p in SAMPLES.glob("*.jpg")}
-    assert {(r["source"], r["round"], r["method"]) for r in rows} == {("detector", 1, "detector")}
-    # At most max_detections per image, best first, as the detector scores them.
+    assert {(r["source"], r["round"], r["method"]) for r in rows} == {("cut", 0, "iterative"),
+                                                                       ("detector", 1, "detector")}
+    # Each image: its cuts, then the detections that overlap none of its cuts, ranked after them.
     for name in {r["image_id"] for r in rows}:
         mine = sorted((r for r in rows if r["image_id"] == name), key=lambda r: r["object"])
-        assert 1 <= len(mine) <= TINY.max_detections
-        assert [r["score"] for r in mine] == sorted((r["score"] for r in mine), reverse=True)
+        cuts = [r for r in mine if r["source"] == "cut"]
+        found = [r for r in mine if r["source"] == "detector"]
+        assert mine == cuts + found and 1 <= len(cuts) <= 3 and len(found) <= TINY.max_detections
+        assert [r["score"] for r in found] == sorted((r["score"] for r in found), reverse=True)
+        positive = [r for r in cuts if r["score"] > 0]
+        if positive and found:
+            assert max(r["score"] for r in found) <= min(r["score"] for r in positive)
+            overlap = box_iou(torch.tensor([r["box"] for r in found]), torch.tensor([r["box"] for r in positive]))
+            assert float(overlap.max()) < 0.5
+    assert sum(r["source"] == "detector" for r in rows) >= 4
     rerun = run_label(str(folder), str(out), cfg, label_cfg, RuntimeConfig(batch_size=3), list_images(str(folder)))
     assert rerun["processed"] == 0
 

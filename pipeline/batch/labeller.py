@@ -21,7 +21,7 @@ from pipeline.batch.decoder import DecodedImage
 from pipeline.batch.extractor import SpectralExtractor
 from pipeline.config import ExtractConfig
 from pipeline.detection.checkpoint import read_checkpoint
-from pipeline.detection.samples import DetectedObject, detected_objects
+from pipeline.detection.samples import DetectedObject, added_detections, detected_objects
 from pipeline.detection.train import detect
 from pipeline.evaluation.panels import GALLERY_DIR, object_tag, panel_name, render_panel, thumb_name, thumbnail
 from pipeline.features.geometry import geometry_of
@@ -103,20 +103,16 @@ class ObjectLabeller:
                              features))
             except Exception as exc:
                 result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
-        # The detector's objects, one forward pass for the batch; an image with none is cut.
+        # The detector's objects, one forward pass for the batch; they join each image's cuts.
         detected = self._detect(todo)
-        for t, objects in zip(todo, detected):
-            if objects:
-                self._label_detected(t[0], t[1], t[2], t[3], objects, result)
-        todo = [t for t, objects in zip(todo, detected) if not objects]
         # Every image's cuts in rounds across the batch (one stacked solve a round on a GPU).
         firsts = [self._first(t[6]) for t in todo]
         found = discover_batch([(t[3], t[4], t[5], None if isinstance(first, Exception) else first)
                                 for t, first in zip(todo, firsts)], self.cfg.discovery,
                                batched=self.extractor.batched_solve)
         found = [first if isinstance(first, Exception) else f for first, f in zip(firsts, found)]
-        for (want, image, row, eigenvectors, eigenvalues, _, _), candidates in zip(todo, found):
-            self._label(want, image, row, eigenvectors, eigenvalues, candidates, result)
+        for (want, image, row, eigenvectors, eigenvalues, _, _), candidates, detections in zip(todo, found, detected):
+            self._label(want, image, row, eigenvectors, eigenvalues, candidates, detections, result)
         return result
 
     @property
@@ -133,20 +129,6 @@ class ObjectLabeller:
         detections = detect(self.detector, grids)
         long_side = self.extractor.cfg.backbone.long_side
         return [detected_objects(d, t[2], long_side) for d, t in zip(detections, todo)]
-
-    def _label_detected(self, want: LabelRef, image: np.ndarray, row: dict, eigenvectors: np.ndarray,
-                        objects: list[DetectedObject], result: Labelled) -> None:
-        try:
-            result.objects.extend(self.detected_row(row, i, obj) for i, obj in enumerate(objects))
-            if want.panel:
-                geom = geometry_of(row, self.extractor.cfg.backbone.long_side)
-                shown = objects[:self.cfg.discovery.max_objects]  # the best; the rest are in the table
-                masks = [decode_mask(o.segmentation, row["height"], row["width"]) for o in shown]
-                self._draw(want.ref.image_id, image, eigenvectors, geom, masks, [o.box for o in shown],
-                           [o.score for o in shown])
-                result.panels.append(want.ref.image_id)
-        except Exception as exc:
-            result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
 
     def detected_row(self, row: dict, index: int, obj: DetectedObject) -> dict:
         """A detection as a labels-table row (no cut: eigenvalue and border are NaN)."""
@@ -167,7 +149,7 @@ class ObjectLabeller:
             return exc
 
     def _label(self, want: LabelRef, image: np.ndarray, row: dict, eigenvectors: np.ndarray,
-               eigenvalues: np.ndarray, candidates, result: Labelled) -> None:
+               eigenvalues: np.ndarray, candidates, detections: list[DetectedObject], result: Labelled) -> None:
         try:
             if isinstance(candidates, Exception):
                 raise candidates
@@ -176,10 +158,18 @@ class ObjectLabeller:
             on_device = self.extractor.xp.asarray(image) if self.extractor.batched_solve else image
             objects = image_objects(eigenvectors, eigenvalues, None, on_device, geom, self.cfg, candidates=candidates)
             areas, rles = mask_codes([o.mask for o in objects])
+            added = added_detections([o.box for o in objects], [o.score for o in objects], detections)
             result.objects.extend(self.object_row(row, i, obj, area, rle)
                                   for i, (obj, area, rle) in enumerate(zip(objects, areas, rles)))
+            result.objects.extend(self.detected_row(row, len(objects) + i, obj) for i, obj in enumerate(added))
             if want.panel:
-                self._panel(want.ref.image_id, image, eigenvectors, geom, objects)
+                # the best objects by score: the cuts, then as many detections as the cuts leave room for
+                shown = added[:max(0, self.cfg.discovery.max_objects - len(objects))]
+                masks = [to_numpy(o.mask) for o in objects]
+                masks += [decode_mask(o.segmentation, row["height"], row["width"]) for o in shown]
+                self._draw(want.ref.image_id, image, eigenvectors, geom, masks,
+                           [o.box for o in objects] + [o.box for o in shown],
+                           [o.score for o in objects] + [o.score for o in shown])
                 result.panels.append(want.ref.image_id)
         except Exception as exc:
             result.errors.append(self._relabel(self.extractor.error_row(want.ref, "objects", exc)))
@@ -199,10 +189,6 @@ class ObjectLabeller:
         """The shard rows of `stored`, in order, each shard read once."""
         rows = rows_by_id([(i.ref.image_id, i.features_shard) for i in stored], self.extract_digest)
         return [rows[item.ref.image_id] for item in stored]
-
-    def _panel(self, image_id: str, image: np.ndarray, eigenvectors: np.ndarray, geom, objects) -> None:
-        self._draw(image_id, image, eigenvectors, geom, [to_numpy(o.mask) for o in objects],
-                   [o.box for o in objects], [o.score for o in objects])
 
     def _draw(self, image_id: str, image: np.ndarray, eigenvectors: np.ndarray, geom, masks: list, boxes: list,
               scores: list[float]) -> None:

@@ -7,7 +7,7 @@ pixels times the resize scale is its box there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -93,6 +93,24 @@ def detected_objects(detection: dict[str, Tensor], row: dict, long_side: int | N
             mask[y0:y1, x0:x1] = True
         objects.append(DetectedObject(box.astype(np.float64), encode_mask(mask), int(mask.sum()), float(score)))
     return objects
+
+
+def added_detections(cut_boxes: list, cut_scores: list[float], detections: list[DetectedObject],
+                     iou: float = 0.5) -> list[DetectedObject]:
+    """The detections that join one image's cuts in `label --detector`: those whose box overlaps
+    no positive-scored cut by IoU >= iou, each score multiplied by the image's lowest positive cut
+    score, so they rank after its cuts (the cuts' scores and the detector's are not on one scale;
+    the cuts find the salient object better, the detector the ones the cuts missed)."""
+    positive = [(box, score) for box, score in zip(cut_boxes, cut_scores) if score > 0]
+    if not positive:
+        return list(detections)
+    cuts = torch.tensor(np.asarray([box for box, _ in positive], np.float32).reshape(-1, 4))
+    lowest = min(score for _, score in positive)
+    added = []
+    for d in detections:
+        if box_iou(torch.tensor(d.box, dtype=torch.float32)[None], cuts).max() < iou:
+            added.append(replace(d, score=d.score * lowest))
+    return added
 
 
 def round_objects(cuts: list[dict], detections: list[DetectedObject], min_score: float,
