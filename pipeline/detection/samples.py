@@ -95,6 +95,15 @@ def detected_objects(detection: dict[str, Tensor], row: dict, long_side: int | N
     return objects
 
 
+def _overlapping_none(boxes: list, others: list, iou: float) -> list[bool]:
+    """For each of boxes (N, 4), whether its IoU with every one of others (M >= 1, 4) is below iou."""
+    if not len(boxes):
+        return []
+    overlap = box_iou(torch.tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+                      torch.tensor(np.asarray(others, np.float32).reshape(-1, 4)))
+    return (overlap.amax(dim=1) < iou).tolist()
+
+
 def added_detections(cut_boxes: list, cut_scores: list[float], detections: list[DetectedObject],
                      iou: float = 0.5) -> list[DetectedObject]:
     """The detections that join one image's cuts in `label --detector`: those whose box overlaps
@@ -104,13 +113,9 @@ def added_detections(cut_boxes: list, cut_scores: list[float], detections: list[
     positive = [(box, score) for box, score in zip(cut_boxes, cut_scores) if score > 0]
     if not positive:
         return list(detections)
-    cuts = torch.tensor(np.asarray([box for box, _ in positive], np.float32).reshape(-1, 4))
     lowest = min(score for _, score in positive)
-    added = []
-    for d in detections:
-        if box_iou(torch.tensor(d.box, dtype=torch.float32)[None], cuts).max() < iou:
-            added.append(replace(d, score=d.score * lowest))
-    return added
+    new = _overlapping_none([d.box for d in detections], [box for box, _ in positive], iou)
+    return [replace(d, score=d.score * lowest) for d, keep in zip(detections, new) if keep]
 
 
 def round_objects(cuts: list[dict], detections: list[DetectedObject], min_score: float,
@@ -121,9 +126,6 @@ def round_objects(cuts: list[dict], detections: list[DetectedObject], min_score:
     kept = [{"box": d.box.tolist(), "segmentation": d.segmentation} for d in detections if d.score >= min_score]
     if not kept:
         return list(cuts)
-    kept_boxes = torch.tensor([k["box"] for k in kept], dtype=torch.float32)
-    for cut in cuts:
-        overlap = box_iou(torch.tensor([cut["box"]], dtype=torch.float32), kept_boxes).max()
-        if overlap < iou:
-            kept.append({"box": list(cut["box"]), "segmentation": cut["segmentation"]})
-    return kept
+    new = _overlapping_none([cut["box"] for cut in cuts], [k["box"] for k in kept], iou)
+    return kept + [{"box": list(cut["box"]), "segmentation": cut["segmentation"]}
+                   for cut, keep in zip(cuts, new) if keep]
